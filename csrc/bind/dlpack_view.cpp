@@ -1,0 +1,153 @@
+#include "bind/dlpack_view.h"
+
+#include <sstream>
+
+#include "core/dlpack_abi.h"
+
+namespace dc {
+
+int64_t View::numel() const { return numel_from(0); }
+
+int64_t View::numel_from(int dim) const {
+  int64_t n = 1;
+  for (int d = dim; d < ndim; ++d) n *= shape[d];
+  return n;
+}
+
+bool View::compact_from(int dim) const {
+  int64_t expect = 1;
+  for (int d = ndim - 1; d >= dim; --d) {
+    if (shape[d] != 1 && strides[d] != expect) return false;
+    expect *= shape[d];
+  }
+  return true;
+}
+
+std::pair<uintptr_t, uintptr_t> View::extent() const {
+  intptr_t lo = 0, hi = 0;
+  if (numel() == 0) return {uintptr_t(data), uintptr_t(data)};
+  for (int d = 0; d < ndim; ++d) {
+    intptr_t span = intptr_t(shape[d] - 1) * intptr_t(strides[d]) * itemsize;
+    if (span < 0) lo += span; else hi += span;
+  }
+  return {uintptr_t(data) + lo, uintptr_t(data) + hi + itemsize};
+}
+
+const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::F16: return "float16";
+    case DType::BF16: return "bfloat16";
+    case DType::F32: return "float32";
+    case DType::F64: return "float64";
+    default: return "an unsupported dtype";
+  }
+}
+
+std::string device_name(const View& v) {
+  switch (v.device_type) {
+    case dlpack::kCPU: return "cpu";
+    case dlpack::kCUDA: return "cuda:" + std::to_string(v.device_id);
+    default: return "device type " + std::to_string(v.device_type);
+  }
+}
+
+std::string View::describe() const {
+  std::ostringstream os;
+  os << "(";
+  for (int d = 0; d < ndim; ++d) os << (d ? ", " : "") << shape[d];
+  if (ndim == 1) os << ",";
+  os << ")";
+  return os.str();
+}
+
+bool is_none(py::handle obj) { return obj.is_none(); }
+
+static void fill_view(View& v, const dlpack::Tensor& t) {
+  if (t.ndim < 0 || t.ndim > kMaxDims)
+    throw py::value_error(std::string(v.name) + ": tensors with more than " + std::to_string(kMaxDims) +
+                          " dimensions are not supported");
+  v.ndim = t.ndim;
+  v.device_type = t.device.device_type;
+  v.device_id = t.device.device_id;
+  v.data = static_cast<char*>(t.data) + t.byte_offset;
+  if (t.dtype.lanes != 1) v.dtype = DType::Other;
+  else if (t.dtype.code == dlpack::kFloat && t.dtype.bits == 16) v.dtype = DType::F16;
+  else if (t.dtype.code == dlpack::kFloat && t.dtype.bits == 32) v.dtype = DType::F32;
+  else if (t.dtype.code == dlpack::kFloat && t.dtype.bits == 64) v.dtype = DType::F64;
+  else if (t.dtype.code == dlpack::kBfloat && t.dtype.bits == 16) v.dtype = DType::BF16;
+  else v.dtype = DType::Other;
+  v.itemsize = (t.dtype.bits / 8) * (t.dtype.lanes ? t.dtype.lanes : 1);
+  int64_t expect = 1;
+  for (int d = v.ndim - 1; d >= 0; --d) {
+    v.shape[d] = t.shape[d];
+    v.strides[d] = t.strides ? t.strides[d] : expect;
+    expect *= t.shape[d];
+  }
+  if (v.device_type != dlpack::kCPU && v.device_type != dlpack::kCUDA)
+    throw py::value_error(std::string(v.name) + ": expected a CPU or CUDA tensor, got " + device_name(v));
+}
+
+View parse_view(py::handle obj, const char* name) {
+  View v;
+  v.name = name;
+  PyObject* p = obj.ptr();
+  if (PyCapsule_IsValid(p, "dltensor")) {
+    auto* mt = static_cast<dlpack::ManagedTensor*>(PyCapsule_GetPointer(p, "dltensor"));
+    fill_view(v, mt->dl_tensor);
+  } else if (PyCapsule_IsValid(p, "dltensor_versioned")) {
+    auto* mt = static_cast<dlpack::ManagedTensorVersioned*>(PyCapsule_GetPointer(p, "dltensor_versioned"));
+    if (mt->version.major > 1)
+      throw py::value_error(std::string(name) + ": unsupported DLPack major version " +
+                            std::to_string(mt->version.major));
+    fill_view(v, mt->dl_tensor);
+    v.readonly = (mt->flags & dlpack::kFlagReadOnly) != 0;
+  } else if (PyCapsule_CheckExact(p)) {
+    throw py::value_error(std::string(name) + ": DLPack capsule was already consumed or is not a tensor");
+  } else {
+    throw py::type_error(std::string(name) + ": expected a DLPack capsule (use diffcore's Python API, "
+                                             "which converts torch/NumPy/CuPy/JAX arrays)");
+  }
+  return v;
+}
+
+void require_float(const View& v) {
+  if (v.dtype == DType::Other)
+    throw py::type_error(std::string(v.name) + ": expected float16, bfloat16, float32 or float64");
+}
+
+void require_real(const View& v) {
+  if (v.dtype != DType::F32 && v.dtype != DType::F64)
+    throw py::type_error(std::string(v.name) + ": expected float32 or float64, got " + dtype_name(v.dtype));
+}
+
+void require_same_dtype(const View& v, const View& ref) {
+  if (v.dtype != ref.dtype)
+    throw py::type_error(std::string(v.name) + ": expected dtype " + dtype_name(ref.dtype) + " (as " +
+                         ref.name + "), got " + dtype_name(v.dtype));
+}
+
+void require_same_device(const View& v, const View& ref) {
+  if (v.device_type != ref.device_type || v.device_id != ref.device_id)
+    throw py::value_error(std::string(v.name) + ": expected a tensor on " + device_name(ref) + " (as " +
+                          ref.name + "), got " + device_name(v));
+}
+
+void require_writable(const View& v) {
+  if (v.readonly)
+    throw py::value_error(std::string(v.name) + ": the array is read-only (e.g. a JAX array) and cannot be written");
+}
+
+bool overlaps(const View& a, const View& b) {
+  auto ea = a.extent(), eb = b.extent();
+  if (ea.first == ea.second || eb.first == eb.second) return false;
+  return ea.first < eb.second && eb.first < ea.second;
+}
+
+bool same_view(const View& a, const View& b) {
+  if (a.data != b.data || a.ndim != b.ndim || a.itemsize != b.itemsize) return false;
+  for (int d = 0; d < a.ndim; ++d)
+    if (a.shape[d] != b.shape[d] || (a.shape[d] != 1 && a.strides[d] != b.strides[d])) return false;
+  return true;
+}
+
+}  // namespace dc

@@ -1,0 +1,57 @@
+// Borrowed views of DLPack capsules: parsing and validation with errors that name the argument.
+#pragma once
+#include <pybind11/pybind11.h>
+
+#include <array>
+#include <cstdint>
+#include <string>
+
+#include "core/numeric.h"
+
+namespace dc {
+
+namespace py = pybind11;
+
+constexpr int kMaxDims = 12;
+
+// A borrowed, non-owning view of a tensor received through a DLPack capsule. The capsule keeps the
+// producer's tensor alive for the duration of the call (we never rename it, so its destructor frees it).
+struct View {
+  const char* name = "";
+  char* data = nullptr;  // byte_offset already applied
+  int device_type = 0;   // dlpack::DeviceType
+  int device_id = 0;
+  DType dtype = DType::Other;
+  int itemsize = 0;
+  int ndim = 0;
+  std::array<int64_t, kMaxDims> shape{};
+  std::array<int64_t, kMaxDims> strides{};  // in elements
+  bool readonly = false;
+
+  int64_t numel() const;
+  int64_t numel_from(int dim) const;  // product of shape[dim:]
+  // True when dims [dim, ndim) are laid out compactly in row-major order.
+  bool compact_from(int dim) const;
+  bool is_cuda() const { return device_type == 2; }
+  // Lowest and one-past-highest byte touched.
+  std::pair<uintptr_t, uintptr_t> extent() const;
+  std::string describe() const;
+};
+
+// Parse a capsule (or None when allow_none) into a View. Raises TypeError for non-capsules.
+View parse_view(py::handle obj, const char* name);
+bool is_none(py::handle obj);
+
+const char* dtype_name(DType d);
+std::string device_name(const View& v);
+
+// Validation helpers; each raises TypeError/ValueError naming the argument.
+void require_float(const View& v);                       // f16/bf16/f32/f64
+void require_real(const View& v);                        // f32/f64 (coefficient tables)
+void require_same_dtype(const View& v, const View& ref);
+void require_same_device(const View& v, const View& ref);
+void require_writable(const View& v);
+bool overlaps(const View& a, const View& b);
+bool same_view(const View& a, const View& b);
+
+}  // namespace dc

@@ -1,0 +1,14 @@
+// Stand-ins used when the module is built without CUDA: CUDA tensors are refused with a clear error.
+#include <pybind11/pybind11.h>
+
+#include "core/lincomb.h"
+
+namespace dc {
+
+void lincomb_cuda(const LincombArgs&, DType, bool, int, uintptr_t) {
+  throw pybind11::value_error("diffcore was built without CUDA support; rebuild with nvcc on PATH or DIFFCORE_CUDA=ON");
+}
+bool cuda_compiled() { return false; }
+int cuda_device_count() { return 0; }
+
+}  // namespace dc

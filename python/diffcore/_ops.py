@@ -1,0 +1,161 @@
+"""The only module that imports ``diffcore._core``.
+
+Every compiled op has two paths (DESIGN.md, "Arrays across the boundary"):
+
+* the **fast path**: arguments cross as DLPack capsules (``torch.utils.dlpack.to_dlpack`` for torch,
+  ≈0.2 µs, ``__dlpack__`` for NumPy/CuPy/JAX) into one C++/CUDA call; taken only when no gradient
+  is needed and nothing is traced;
+* the **reference path**: the same arithmetic in eager torch, taken under autograd (an input requires
+  grad while grad mode is on), inside ``torch.func`` transforms (``jvp``, ``vmap``, ``grad``) and while
+  ``torch.compile`` traces — all three handle it natively, so gradients and JVPs are exact.
+
+Outputs are allocated here by torch (or passed by the caller as ``out=``), never by C++.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Optional, Sequence
+
+import torch
+from torch.utils.dlpack import to_dlpack as _to_dlpack
+
+from . import _core
+
+__all__ = ["build_info", "set_num_threads", "get_num_threads", "lincomb", "lincomb_reference", "fast_path_ok"]
+
+_peek_interpreter = torch._C._functorch.peek_interpreter_stack
+_is_compiling = torch.compiler.is_compiling
+_num_threads: Optional[int] = None
+_tls = threading.local()
+
+
+def set_num_threads(n: Optional[int]) -> None:
+    """Threads for diffcore's CPU kernels; ``None`` follows ``torch.get_num_threads()`` (the default),
+    so diffcore never oversubscribes the cores beside torch's own pool."""
+    global _num_threads
+    if n is not None and (not isinstance(n, int) or n < 1):
+        raise ValueError(f"n: expected a positive int or None, got {n!r}")
+    _num_threads = n
+
+
+def get_num_threads() -> int:
+    """The thread count diffcore's CPU kernels use now."""
+    return _num_threads if _num_threads is not None else torch.get_num_threads()
+
+
+def build_info() -> dict:
+    """Version, compiler, CUDA on/off and architectures, OpenMP and the thread count in use."""
+    info = dict(_core.build_info())
+    info["num_threads"] = get_num_threads()
+    info["cuda_devices"] = _core.cuda_device_count() if info["cuda"] else 0
+    return info
+
+
+def fast_path_ok(*tensors) -> bool:
+    """True when the compiled kernel may run: no tensor needs a gradient, no ``torch.func`` transform
+    is active and ``torch.compile`` is not tracing. Non-torch arrays always take the fast path."""
+    if _peek_interpreter() is not None or _is_compiling():
+        return False
+    if torch.is_grad_enabled():
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                return False
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and (t.is_meta or t.layout is not torch.strided):
+            return False
+    return True
+
+
+def _capsule(a):
+    if a is None:
+        return None
+    if isinstance(a, torch.Tensor):
+        return _to_dlpack(a)
+    if hasattr(a, "__dlpack__"):
+        return a.__dlpack__()
+    raise TypeError(f"expected a torch tensor or an array exposing __dlpack__, got {type(a).__name__}")
+
+
+def _stream_of(a) -> int:
+    """The caller's current CUDA stream handle for the array's device (0 on CPU)."""
+    if isinstance(a, torch.Tensor):
+        if a.device.type == "cuda":
+            return torch.cuda.current_stream(a.device).cuda_stream
+        return 0
+    dev = getattr(a, "__dlpack_device__", None)
+    if dev is not None and dev()[0] == 2:  # kDLCUDA: a CuPy (or JAX) array
+        try:
+            import cupy  # noqa: PLC0415
+
+            return cupy.cuda.get_current_stream().ptr
+        except ImportError:  # pragma: no cover - no CuPy: legacy default stream
+            return 0
+    return 0
+
+
+def _as_torch(a) -> torch.Tensor:
+    """A torch view of any DLPack array (zero copy), used for outputs and for the reference path."""
+    if isinstance(a, torch.Tensor):
+        return a
+    return torch.utils.dlpack.from_dlpack(a)
+
+
+def lincomb_reference(x, coefs, ring=None, new=None, slot=-1, feat=None, out=None):
+    """Eager-torch reference of :func:`lincomb` (differentiable; used under autograd / transforms)."""
+    x = _as_torch(x)
+    B = x.shape[0]
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    c = _as_torch(coefs).to(compute)
+    f = None if feat is None else _as_torch(feat).to(compute).reshape(feat.shape[0], feat.shape[1], *x.shape[1:])
+    bshape = (c.shape[0],) + (1,) * (x.dim() - 1)
+
+    def weight(k):
+        w = c[:, k].reshape(bshape)
+        return w if f is None else w * f[:, k]
+
+    acc = weight(0) * x.to(compute)
+    terms = []
+    if ring is not None:
+        ring = _as_torch(ring)
+        for k in range(ring.shape[0]):
+            terms.append(_as_torch(new) if k == slot else ring[k])
+    for k, term in enumerate(terms):
+        acc = acc + weight(k + 1) * term.to(compute)
+    if slot >= 0:
+        with torch.no_grad():
+            ring[slot].copy_(_as_torch(new).detach())
+    res = acc.to(x.dtype)
+    if out is not None:
+        out.copy_(res)
+        return out
+    return res if res.shape[0] == B else res.expand_as(x)
+
+
+def lincomb(x, coefs, ring=None, new=None, slot: int = -1, feat=None, out=None):
+    """Fused linear combination ``out = c₀·x + Σ_k c_k·ring[k]`` (DESIGN.md, "The one idea").
+
+    Args:
+        x: ``[B, *S]`` state (float16/bfloat16/float32/float64; half types compute in float32).
+        coefs: ``[B, 1+K]`` (or ``[1, 1+K]``, broadcast) per-sample coefficients, float32/float64:
+            column 0 multiplies ``x``, column ``k+1`` multiplies ring slot ``k``.
+        ring: optional history ring buffer ``[K, B, *S]`` of past model outputs.
+        new: optional new model output ``[B, *S]``; it is written into ``ring[slot]`` and used as that
+            slot's term in the same pass (the step's history update).
+        slot: ring slot to write (``-1``: none).
+        feat: optional per-feature factors ``[B or 1, 1+K, prod(S)]`` multiplying the coefficients
+            (DPM-Solver-v3's per-dimension coefficients), same dtype as ``coefs``.
+        out: optional output ``[B, *S]``; may be ``x`` itself or a ring slot other than ``slot``.
+
+    Returns ``out`` (a new torch tensor when not given). Under autograd, ``torch.func`` transforms or
+    ``torch.compile`` tracing this runs :func:`lincomb_reference` instead of the compiled kernel.
+    """
+    if not fast_path_ok(x, coefs, ring, new, feat, out):
+        return lincomb_reference(x, coefs, ring, new, slot, feat, out)
+    if out is None:
+        xt = _as_torch(x)
+        out = torch.empty(xt.shape, dtype=xt.dtype, device=xt.device)
+    _core.lincomb(
+        _capsule(out), _capsule(x), _capsule(coefs), _capsule(ring), _capsule(new), slot, _capsule(feat),
+        get_num_threads(), _stream_of(x),
+    )
+    return out
