@@ -1,3 +1,10 @@
-"""diffcore: a compiled ODE/SDE core for diffusion and flow models."""
+"""diffcore: a compiled ODE/SDE core for diffusion and flow models.
+
+Layers (DESIGN.md): ``_ops`` (the compiled core) ← ``schedules`` ← ``grids``/``param``/``oracles``.
+"""
 from ._version import __version__
 from ._ops import build_info, set_num_threads, get_num_threads, lincomb
+from . import schedules
+from .schedules import Schedule
+
+__all__ = ["__version__", "build_info", "set_num_threads", "get_num_threads", "lincomb", "schedules", "Schedule"]

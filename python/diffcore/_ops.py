@@ -159,3 +159,22 @@ def lincomb(x, coefs, ring=None, new=None, slot: int = -1, feat=None, out=None):
         get_num_threads(), _stream_of(x),
     )
     return out
+
+
+def schedule_eval(cid: int, params, table, t: torch.Tensor):
+    """All eight schedule quantities (α, σ, α', σ', λ, λ', f, g²) at CPU times ``t`` in the float64
+    core (csrc/core/schedule_math.h). Returns a tuple of tensors shaped and typed like ``t``."""
+    tt = t.detach().to(torch.float64).contiguous()
+    out = torch.empty((8,) + tuple(tt.shape), dtype=torch.float64)
+    _core.schedule_eval(int(cid), [float(p) for p in params], _capsule(table), _capsule(tt), _capsule(out))
+    if t.dtype != torch.float64:
+        out = out.to(t.dtype)
+    return tuple(out.unbind(0))
+
+
+def schedule_inverse(cid: int, params, table, lam: torch.Tensor) -> torch.Tensor:
+    """t(λ) at CPU half log-SNR values in the float64 core; shaped and typed like ``lam``."""
+    ll = lam.detach().to(torch.float64).contiguous()
+    out = torch.empty(tuple(ll.shape), dtype=torch.float64)
+    _core.schedule_inverse(int(cid), [float(p) for p in params], _capsule(table), _capsule(ll), _capsule(out))
+    return out if lam.dtype == torch.float64 else out.to(lam.dtype)
