@@ -12,12 +12,57 @@
 namespace dc {
 namespace {
 
-constexpr int64_t kChunk = 1024;
+constexpr int64_t kChunk = 2048;
 constexpr int64_t kParallelThreshold = 1 << 16;  // elements; below this threads cost more than they save
+
+// Single pass for the common case (no per-feature factors, K <= 4 known at compile time): each
+// element is read once from every term and written once, with the operation order of
+// lincomb_element(): acc = w0*x, acc += wk*Dk for k = 1..K, then ring[slot] <- new, then out <- acc
+// (per element, so exact aliases of out/ring[slot] with any input are safe).
+template <class T, class CT, int KK, bool WRITE>
+void lincomb_chunk_fixed(const LincombArgs& a, int64_t b, int64_t n0, int64_t len) {
+  using C = typename Compute<T>::type;
+  const CT* cf = static_cast<const CT*>(a.coef) + b * a.coef_sb;
+  const T* x = static_cast<const T*>(a.x) + b * a.x_sb + n0;
+  const T* src[KK > 0 ? KK : 1];
+  C w[KK + 1];
+  w[0] = C(cf[0]);
+  for (int k = 0; k < KK; ++k) {
+    src[k] = (k == a.slot) ? static_cast<const T*>(a.nw) + b * a.nw_sb + n0
+                           : static_cast<const T*>(a.ring) + k * a.ring_sk + b * a.ring_sb + n0;
+    w[k + 1] = C(cf[(k + 1) * a.coef_sk]);
+  }
+  T* out = static_cast<T*>(a.out) + b * a.out_sb + n0;
+  T* dst = WRITE ? static_cast<T*>(a.ring) + a.slot * a.ring_sk + b * a.ring_sb + n0 : nullptr;
+  const T* nw = WRITE ? static_cast<const T*>(a.nw) + b * a.nw_sb + n0 : nullptr;
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    C acc = w[0] * load_as<C>(x + i);
+    for (int k = 0; k < KK; ++k) acc += w[k + 1] * load_as<C>(src[k] + i);
+    if (WRITE) dst[i] = nw[i];
+    store_from(out + i, acc);
+  }
+}
+
+template <class T, class CT, int KK>
+void lincomb_chunk_k(const LincombArgs& a, int64_t b, int64_t n0, int64_t len) {
+  if (a.slot >= 0) lincomb_chunk_fixed<T, CT, KK, true>(a, b, n0, len);
+  else lincomb_chunk_fixed<T, CT, KK, false>(a, b, n0, len);
+}
 
 template <class T, class CT>
 void lincomb_chunk(const LincombArgs& a, int64_t b, int64_t n0, int64_t len) {
   using C = typename Compute<T>::type;
+  if (!a.feat) {
+    switch (a.K) {
+      case 0: return lincomb_chunk_k<T, CT, 0>(a, b, n0, len);
+      case 1: return lincomb_chunk_k<T, CT, 1>(a, b, n0, len);
+      case 2: return lincomb_chunk_k<T, CT, 2>(a, b, n0, len);
+      case 3: return lincomb_chunk_k<T, CT, 3>(a, b, n0, len);
+      case 4: return lincomb_chunk_k<T, CT, 4>(a, b, n0, len);
+      default: break;
+    }
+  }
   C buf[kChunk];
   const CT* cf = static_cast<const CT*>(a.coef) + b * a.coef_sb;
   const CT* ft = a.feat ? static_cast<const CT*>(a.feat) + b * a.feat_sb + n0 : nullptr;

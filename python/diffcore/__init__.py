@@ -6,5 +6,6 @@ from ._version import __version__
 from ._ops import build_info, set_num_threads, get_num_threads, lincomb
 from . import schedules
 from .schedules import Schedule
+from .grids import timesteps
 
-__all__ = ["__version__", "build_info", "set_num_threads", "get_num_threads", "lincomb", "schedules", "Schedule"]
+__all__ = ["__version__", "build_info", "set_num_threads", "get_num_threads", "lincomb", "schedules", "Schedule", "timesteps"]

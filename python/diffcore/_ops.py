@@ -66,14 +66,14 @@ def fast_path_ok(*tensors) -> bool:
     return True
 
 
-def _capsule(a):
+def _capsule(a, name: str = "argument"):
     if a is None:
         return None
     if isinstance(a, torch.Tensor):
         return _to_dlpack(a)
     if hasattr(a, "__dlpack__"):
         return a.__dlpack__()
-    raise TypeError(f"expected a torch tensor or an array exposing __dlpack__, got {type(a).__name__}")
+    raise TypeError(f"{name}: expected a torch tensor or an array exposing __dlpack__, got {type(a).__name__}")
 
 
 def _stream_of(a) -> int:
@@ -93,10 +93,12 @@ def _stream_of(a) -> int:
     return 0
 
 
-def _as_torch(a) -> torch.Tensor:
+def _as_torch(a, name: str = "argument") -> torch.Tensor:
     """A torch view of any DLPack array (zero copy), used for outputs and for the reference path."""
     if isinstance(a, torch.Tensor):
         return a
+    if not hasattr(a, "__dlpack__"):
+        raise TypeError(f"{name}: expected a torch tensor or an array exposing __dlpack__, got {type(a).__name__}")
     return torch.utils.dlpack.from_dlpack(a)
 
 
@@ -152,7 +154,7 @@ def lincomb(x, coefs, ring=None, new=None, slot: int = -1, feat=None, out=None):
     if not fast_path_ok(x, coefs, ring, new, feat, out):
         return lincomb_reference(x, coefs, ring, new, slot, feat, out)
     if out is None:
-        xt = _as_torch(x)
+        xt = _as_torch(x, "x")
         out = torch.empty(xt.shape, dtype=xt.dtype, device=xt.device)
     _core.lincomb(
         _capsule(out), _capsule(x), _capsule(coefs), _capsule(ring), _capsule(new), slot, _capsule(feat),
