@@ -199,8 +199,9 @@ class Schedule:
         if not (math.isfinite(self.t_min) and math.isfinite(self.t_max)):
             raise ValueError(f"{self!r}: the generic inverse needs a finite valid range")
         work = lam.detach().to(torch.float64)
-        lo = torch.full_like(work, self.t_min)
-        hi = torch.full_like(work, self.t_max)
+        lam_lo, lam_hi = self.lam_range()  # λ(t_max), λ(t_min): the ends map to t_max, t_min exactly
+        lo = torch.where(work <= lam_lo, self.t_max, torch.full_like(work, self.t_min))
+        hi = torch.where(work >= lam_hi, self.t_min, torch.full_like(work, self.t_max))
         for _ in range(200):  # bracket halves each pass; 200 passes reach the float64 spacing
             mid = 0.5 * (lo + hi)
             above = self._eval_ref(mid)[4] > work  # λ(mid) > target ⇒ the root lies right of mid
@@ -340,11 +341,13 @@ class VPCosine(Schedule):
     def _inv_ref(self, lam):
         s = self.s
         k = math.pi / (2 * (1 + s))
-        th0 = k * s
+        s0, c0 = math.sin(k * s), math.cos(k * s)
         alpha = torch.sqrt(torch.sigmoid(2 * lam))
         sig2 = torch.sigmoid(-2 * lam)
-        th = torch.atan2(torch.sqrt(math.sin(th0) ** 2 + math.cos(th0) ** 2 * sig2), math.cos(th0) * alpha)
-        return (th - th0) / k
+        # cos θ = c0·α, sin θ = R; θ − θ0 from its sine and cosine, without the cancellation of θ − θ0
+        # near t = 0: sin(θ − θ0) = c0(R − s0·α) = c0·σ²/(R + s0·α)
+        R = torch.sqrt(s0 * s0 + c0 * c0 * sig2)
+        return torch.atan2(c0 * sig2 / (R + s0 * alpha), c0 * c0 * alpha + s0 * R) / k
 
 
 class VPDiscrete(Schedule):

@@ -1,0 +1,21 @@
+"""The README's Quick start is what CI runs (DEVELOPERS.md: `.ci/run` runs that same test command)."""
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _quick_start_lines():
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"^#+ .*[Qq]uick[ -]?[Ss]tart.*?\n```bash\n(.*?)```", text, re.S | re.M)
+    assert m, "README.md needs a 'Quick start' heading followed by a ```bash block"
+    return [ln.strip() for ln in m.group(1).splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def test_ci_runs_the_readme_test_command():
+    lines = _quick_start_lines()
+    assert len(lines) == 2, lines
+    install_demo, tests = lines
+    assert "diffcore.demo" in install_demo and "pytest" in tests
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert tests in ci
