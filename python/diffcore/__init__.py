@@ -7,5 +7,8 @@ from ._ops import build_info, set_num_threads, get_num_threads, lincomb
 from . import schedules
 from .schedules import Schedule
 from .grids import timesteps
+from . import param, oracles, metrics
+from .param import ModelWrapper, canonical_prediction, convert
 
-__all__ = ["__version__", "build_info", "set_num_threads", "get_num_threads", "lincomb", "schedules", "Schedule", "timesteps"]
+__all__ = ["__version__", "build_info", "set_num_threads", "get_num_threads", "lincomb", "schedules", "Schedule", "timesteps",
+           "param", "oracles", "metrics", "ModelWrapper", "canonical_prediction", "convert"]
