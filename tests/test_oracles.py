@@ -398,7 +398,7 @@ def test_bad_call_inputs():
     with pytest.raises(ValueError, match="^t:"):
         gm.score(x, 1.5, S.VPLinear())  # outside the schedule's range
     with pytest.raises(ValueError, match="^prediction:"):
-        gm.predict(x, 0.5, S.VPLinear(), "x_0")
+        gm.predict(x, 0.5, S.VPLinear(), "x_zero")
     with pytest.raises(TypeError, match="^schedule:"):
         gm.score(x, 0.5, 3)
     with pytest.raises(ValueError, match="^n:"):

@@ -19,3 +19,12 @@ def test_ci_runs_the_readme_test_command():
     assert "diffcore.demo" in install_demo and "pytest" in tests
     ci = (ROOT / ".ci" / "run").read_text()
     assert tests in ci
+
+
+def test_readme_usage_snippet_runs():
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"## What is there\n\n```python\n(.*?)```", text, re.S)
+    assert m, "README.md lost its usage snippet"
+    namespace: dict = {}
+    exec(compile(m.group(1), "README.md", "exec"), namespace)
+    assert namespace["out"].shape == (4, 2)

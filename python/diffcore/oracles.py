@@ -37,20 +37,13 @@ from typing import Dict, Optional
 import torch
 
 from . import schedules as _schedules
+from .param import canonical_prediction
 
-__all__ = ["GaussianMixture", "Gaussian", "reference_ode", "toy_2d_mixture", "toy_1d_mixture", "PREDICTIONS"]
+__all__ = ["GaussianMixture", "Gaussian", "reference_ode", "toy_2d_mixture", "toy_1d_mixture"]
 
 _F64 = torch.float64
 _LOG_2PI = math.log(2 * math.pi)
 
-#: Accepted ``prediction`` names of :meth:`GaussianMixture.predict` (aliases map to the first four + "v").
-PREDICTIONS = {
-    "x0": "x0", "data": "x0", "sample": "x0",
-    "eps": "eps", "epsilon": "eps", "noise": "eps",
-    "score": "score",
-    "velocity": "velocity", "flow": "velocity",
-    "v": "v",
-}
 
 
 # ---- input helpers ------------------------------------------------------------------------------
@@ -378,10 +371,9 @@ class GaussianMixture:
     def predict(self, x, t, schedule, prediction: str) -> torch.Tensor:
         """The oracle for a network parameterization: ``"x0"``, ``"eps"``, ``"score"``, ``"velocity"``
         (PF-ODE field ``dx/dt``) or ``"v"`` (Salimans–Ho ``v = α ε* − σ x0*``, the v-prediction target
-        of VP schedules; the same formula is returned for any schedule). Aliases: see :data:`PREDICTIONS`."""
-        key = PREDICTIONS.get(prediction) if isinstance(prediction, str) else None
-        if key is None:
-            raise ValueError(f"prediction: expected one of {sorted(PREDICTIONS)}, got {prediction!r}")
+        of VP schedules; the same formula is returned for any schedule). Aliases as in
+        :func:`diffcore.param.canonical_prediction`."""
+        key = canonical_prediction(prediction)
         x, v = self._vals(x, t, schedule)
         x0, eps, ew, _ = self._x0_eps(x, v.alpha, v.sigma)
         if key == "x0":
