@@ -228,7 +228,33 @@ def _require(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
-class VPLinear(Schedule):
+class _LinearBeta(Schedule):
+    """Shared pieces of the schedules driven by a linear β(t) = β_min + (β_max − β_min)t and its
+    integral B(t) = β_min t + ½(β_max − β_min)t² (α = e^{−B/2} for both VP and sub-VP)."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_end: float = 1e-3):
+        _require(beta_min >= 0 and beta_max >= beta_min and beta_max > 0,
+                 f"beta_min, beta_max: expected 0 <= beta_min <= beta_max, beta_max > 0, got {beta_min}, {beta_max}")
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        self.t_end = float(t_end)
+
+    def _core_params(self):
+        return (self.beta_min, self.beta_max)
+
+    def _repr_params(self):
+        return {"beta_min": self.beta_min, "beta_max": self.beta_max}
+
+    def _beta_B(self, t):
+        db = self.beta_max - self.beta_min
+        return self.beta_min + db * t, self.beta_min * t + 0.5 * db * t * t
+
+    def _t_of_B(self, B):
+        """Inverse of B(t) in the cancellation-free form 2B/(β_min + √(β_min² + 2ΔβB)) (also Δβ = 0)."""
+        db = self.beta_max - self.beta_min
+        return 2 * B / (self.beta_min + torch.sqrt(self.beta_min ** 2 + 2 * db * B))
+
+
+class VPLinear(_LinearBeta):
     """Variance-preserving SDE with linear β(t) = β_min + (β_max − β_min)t (continuous DDPM;
     training.md §1.2 S1, solvers.md §1.4). α = e^{−B/2}, σ = √(1 − e^{−B}), B(t) = ∫₀ᵗβ."""
 
@@ -236,22 +262,8 @@ class VPLinear(Schedule):
     kind = "vp"
     _cid = 0
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_end: float = 1e-3):
-        _require(beta_min >= 0 and beta_max >= beta_min and beta_max > 0,
-                 f"beta_min, beta_max: expected 0 <= beta_min <= beta_max, beta_max > 0, got {beta_min}, {beta_max}")
-        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
-        self.t_end = float(t_end)
-
-    def _core_params(self):
-        return (self.beta_min, self.beta_max)
-
-    def _repr_params(self):
-        return {"beta_min": self.beta_min, "beta_max": self.beta_max}
-
     def _eval_ref(self, t):
-        db = self.beta_max - self.beta_min
-        beta = self.beta_min + db * t
-        B = self.beta_min * t + 0.5 * db * t * t
+        beta, B = self._beta_B(t)
         alpha = torch.exp(-0.5 * B)
         sig2 = -torch.expm1(-B)
         sigma = torch.sqrt(sig2)
@@ -259,12 +271,10 @@ class VPLinear(Schedule):
                 -0.5 * torch.log(torch.expm1(B)), -beta / (2 * sig2), -0.5 * beta, beta)
 
     def _inv_ref(self, lam):
-        Bl = _softplus(-2 * lam)
-        db = self.beta_max - self.beta_min
-        return 2 * Bl / (self.beta_min + torch.sqrt(self.beta_min ** 2 + 2 * db * Bl))
+        return self._t_of_B(_softplus(-2 * lam))
 
 
-class SubVP(Schedule):
+class SubVP(_LinearBeta):
     """sub-VP SDE (Song et al. 2021; solvers.md §1.5): α = e^{−B/2}, σ = 1 − e^{−B} (σ, not σ²),
     g² = β(1 − e^{−2B}), with the linear β of :class:`VPLinear`."""
 
@@ -272,22 +282,8 @@ class SubVP(Schedule):
     kind = "general"
     _cid = 3
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_end: float = 1e-3):
-        _require(beta_min >= 0 and beta_max >= beta_min and beta_max > 0,
-                 f"beta_min, beta_max: expected 0 <= beta_min <= beta_max, beta_max > 0, got {beta_min}, {beta_max}")
-        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
-        self.t_end = float(t_end)
-
-    def _core_params(self):
-        return (self.beta_min, self.beta_max)
-
-    def _repr_params(self):
-        return {"beta_min": self.beta_min, "beta_max": self.beta_max}
-
     def _eval_ref(self, t):
-        db = self.beta_max - self.beta_min
-        beta = self.beta_min + db * t
-        B = self.beta_min * t + 0.5 * db * t * t
+        beta, B = self._beta_B(t)
         alpha = torch.exp(-0.5 * B)
         sigma = -torch.expm1(-B)
         dsigma = beta * alpha * alpha
@@ -297,9 +293,7 @@ class SubVP(Schedule):
     def _inv_ref(self, lam):
         # α solves e^λ α² + α − e^λ = 0; B = −2 log α written without cancellation near α = 1.
         u = torch.exp(-lam)
-        Bl = 2 * torch.log1p(0.5 * (u + u * u / (torch.sqrt(u * u + 4) + 2)))
-        db = self.beta_max - self.beta_min
-        return 2 * Bl / (self.beta_min + torch.sqrt(self.beta_min ** 2 + 2 * db * Bl))
+        return self._t_of_B(2 * torch.log1p(0.5 * (u + u * u / (torch.sqrt(u * u + 4) + 2))))
 
 
 class VPCosine(Schedule):
