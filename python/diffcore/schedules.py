@@ -169,10 +169,9 @@ class Schedule:
     def _check_t(self, t: torch.Tensor, check: Optional[bool]) -> None:
         if check is False or (check is None and t.device.type != "cpu") or t.numel() == 0:
             return
-        if _ops.fast_path_ok(t) is False and t.requires_grad:
-            t = t.detach()
-        if _peek_transform():
+        if _peek_transform():  # values inside torch.func transforms cannot be read on the host
             return
+        t = t.detach()
         bad = torch.isnan(t) | (t < self.t_min) | (t > self.t_max)
         if bool(bad.any()):
             raise ValueError(
