@@ -51,10 +51,15 @@ def build_info() -> dict:
     return info
 
 
+def in_transform() -> bool:
+    """True inside a ``torch.func`` transform (jvp, vmap, grad), where tensor values cannot be read."""
+    return _peek_interpreter() is not None
+
+
 def fast_path_ok(*tensors) -> bool:
     """True when the compiled kernel may run: no tensor needs a gradient, no ``torch.func`` transform
     is active and ``torch.compile`` is not tracing. Non-torch arrays always take the fast path."""
-    if _peek_interpreter() is not None or _is_compiling():
+    if in_transform() or _is_compiling():
         return False
     if torch.is_grad_enabled():
         for t in tensors:

@@ -39,7 +39,7 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from . import _ops
-from .schedules import Schedule, ScheduleValues, _as_time, _peek_transform
+from .schedules import Schedule, ScheduleValues, _as_time
 
 __all__ = [
     "PREDICTION_TYPES", "TIME_CONVENTIONS", "canonical_prediction", "conversion_coefs", "convert",
@@ -113,7 +113,7 @@ def _check_v(kind_ok: Optional[bool], argname: str, schedule) -> None:
 def _is_vp(schedule, alpha, sigma) -> Optional[bool]:
     if schedule is not None:
         return getattr(schedule, "kind", "general") == "vp"
-    if _peek_transform():  # no data-dependent checks inside torch.func transforms
+    if _ops.in_transform():  # no data-dependent checks inside torch.func transforms
         return None
     with torch.no_grad():
         err = (alpha.detach() ** 2 + sigma.detach() ** 2 - 1).abs()

@@ -169,7 +169,7 @@ class Schedule:
     def _check_t(self, t: torch.Tensor, check: Optional[bool]) -> None:
         if check is False or (check is None and t.device.type != "cpu") or t.numel() == 0:
             return
-        if _peek_transform():  # values inside torch.func transforms cannot be read on the host
+        if _ops.in_transform():  # values inside torch.func transforms cannot be read on the host
             return
         t = t.detach()
         bad = torch.isnan(t) | (t < self.t_min) | (t > self.t_max)
@@ -182,7 +182,7 @@ class Schedule:
     def _check_lam(self, lam: torch.Tensor, check: Optional[bool]) -> None:
         if check is False or (check is None and lam.device.type != "cpu") or lam.numel() == 0:
             return
-        if _peek_transform():
+        if _ops.in_transform():
             return
         lo, hi = self.lam_range()
         lam = lam.detach()
@@ -216,10 +216,6 @@ class Schedule:
 
     def _repr_params(self) -> dict:
         return {}
-
-
-def _peek_transform() -> bool:
-    return torch._C._functorch.peek_interpreter_stack() is not None
 
 
 def _require(cond: bool, msg: str) -> None:
