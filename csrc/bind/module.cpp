@@ -15,6 +15,8 @@ namespace py = pybind11;
 
 namespace dc {
 void register_schedule_ops(py::module_& m);  // cpu/schedule_cpu.cpp
+void register_step_ops(py::module_& m);      // bind/step_bind.cpp
+void register_plan_ops(py::module_& m);      // cpu/plan_cpu.cpp
 
 namespace {
 
@@ -192,4 +194,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("build_info", &dc::build_info);
   m.def("cuda_device_count", &dc::cuda_device_count);
   dc::register_schedule_ops(m);
+  dc::register_step_ops(m);
+  dc::register_plan_ops(m);
 }

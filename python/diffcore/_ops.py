@@ -185,3 +185,17 @@ def schedule_inverse(cid: int, params, table, lam: torch.Tensor) -> torch.Tensor
     out = torch.empty(tuple(ll.shape), dtype=torch.float64)
     _core.schedule_inverse(int(cid), [float(p) for p in params], _capsule(table), _capsule(ll), _capsule(out))
     return out if lam.dtype == torch.float64 else out.to(lam.dtype)
+
+
+def make_stepper(x, y, ring, coefs, layout):
+    """Bind a run's buffers (x, y or None, ring or None) and a plan's coefficient table to the fused
+    step kernel (csrc/bind/step_bind.cpp); validation happens once here, not per step."""
+    return _core.Stepper(_capsule(x, "x"), _capsule(y, "y"), _capsule(ring, "ring"), _capsule(coefs, "coefs"),
+                         list(layout))
+
+
+def plan_build(method, options, grid, stage, quad, orders, K, S, coefs, mtime):
+    """Fill a coefficient plan in the float64 core (csrc/cpu/plan_cpu.cpp); returns (layout, nstages)."""
+    layout, nstages = _core.plan_build(method, dict(options), _capsule(grid), _capsule(stage), _capsule(quad),
+                                       [int(o) for o in orders], int(K), int(S), _capsule(coefs), _capsule(mtime))
+    return list(layout), list(nstages)

@@ -1,0 +1,144 @@
+// Python binding of the fused sampler step.
+//
+//   st = _core.Stepper(x, y, ring, coefs, layout)   validates and binds a run's buffers once
+//   st.step(i, s, o, raw, nthreads, stream)         one fused call per model evaluation
+//
+// x, y (or None), ring (or None) and the model output o are DLPack capsules of the run's state;
+// coefs is the plan's float64 table [B|1, steps, stages, 8 + 2K] on the state's device and layout the
+// flattened [steps, stages, 4] list = (model input 0:x / 1:y, ring slot or -1, write x, write y).
+// The Stepper keeps the capsules (and so the tensors) alive; only o is parsed per step, which keeps
+// the per-step host cost to about a microsecond. Nothing is allocated and nothing synchronizes.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+#include "bind/dlpack_view.h"
+#include "core/solver_step.h"
+
+namespace py = pybind11;
+
+namespace dc {
+namespace {
+
+void same_shape(const View& v, int first, const View& ref, const char* what) {
+  bool ok = (v.ndim - first) == ref.ndim;
+  for (int d = 0; ok && d < ref.ndim; ++d) ok = v.shape[first + d] == ref.shape[d];
+  if (!ok)
+    throw py::value_error(std::string(v.name) + ": expected shape " + what + " " + ref.describe() + ", got " +
+                          v.describe());
+}
+
+void compact_features(const View& v, int first) {
+  if (!v.compact_from(first))
+    throw py::value_error(std::string(v.name) + ": its feature dimensions must be contiguous (row-major); "
+                          "call .contiguous() first");
+}
+
+class Stepper {
+ public:
+  Stepper(py::object x_c, py::object y_c, py::object ring_c, py::object coef_c, std::vector<int32_t> layout)
+      : keep_{x_c, y_c, ring_c, coef_c} {
+    x_ = parse_view(x_c, "x");
+    require_float(x_);
+    if (x_.ndim < 1) throw py::value_error("x: expected at least one (batch) dimension");
+    require_writable(x_);
+    compact_features(x_, 1);
+    a_.B = x_.shape[0];
+    a_.N = x_.numel_from(1);
+    a_.x = x_.data; a_.x_sb = x_.strides[0];
+    if (!is_none(y_c)) {
+      y_ = parse_view(y_c, "y");
+      require_same_dtype(y_, x_); require_same_device(y_, x_); same_shape(y_, 0, x_, "equal to x's");
+      require_writable(y_); compact_features(y_, 1);
+      if (overlaps(y_, x_)) throw py::value_error("y: must not overlap x");
+      a_.y = y_.data; a_.y_sb = y_.strides[0];
+    }
+    if (!is_none(ring_c)) {
+      ring_ = parse_view(ring_c, "ring");
+      require_same_dtype(ring_, x_); require_same_device(ring_, x_);
+      same_shape(ring_, 1, x_, "(K, *x.shape) with x.shape =");
+      require_writable(ring_); compact_features(ring_, 2);
+      if (overlaps(ring_, x_) || (a_.y && overlaps(ring_, y_)))
+        throw py::value_error("ring: must not overlap x or y");
+      a_.K = int(ring_.shape[0]);
+      if (a_.K > kMaxRing)
+        throw py::value_error("ring: at most " + std::to_string(kMaxRing) + " slots, got " + std::to_string(a_.K));
+      a_.ring = ring_.data; a_.ring_sk = ring_.strides[0]; a_.ring_sb = ring_.strides[1];
+    }
+    View coef = parse_view(coef_c, "coefs");
+    if (coef.dtype != DType::F64) throw py::type_error(std::string("coefs: expected float64, got ") + dtype_name(coef.dtype));
+    require_same_device(coef, x_);
+    const int nc = step_ncoef(a_.K);
+    if (coef.ndim != 4 || (coef.shape[0] != 1 && coef.shape[0] != a_.B) || coef.shape[3] != nc || !coef.compact_from(0))
+      throw py::value_error("coefs: expected a contiguous table (" + std::to_string(a_.B) + " or 1, steps, stages, " +
+                            std::to_string(nc) + "), got " + coef.describe());
+    steps_ = int(coef.shape[1]); stages_ = int(coef.shape[2]);
+    coef_ = reinterpret_cast<const double*>(coef.data);
+    a_.coef_sb = coef.shape[0] == 1 ? 0 : coef.strides[0];
+    layout_ = std::move(layout);
+    if (int64_t(layout_.size()) != int64_t(steps_) * stages_ * 4)
+      throw py::value_error("layout: expected " + std::to_string(steps_) + " x " + std::to_string(stages_) +
+                            " x 4 entries, got " + std::to_string(layout_.size()));
+    for (size_t q = 0; q < layout_.size(); q += 4) {
+      if ((layout_[q] == 1 && !a_.y) || (layout_[q + 3] && !a_.y))
+        throw py::value_error("y: the plan uses a second state buffer but none was given");
+      if (layout_[q + 1] >= a_.K || layout_[q + 1] < -1)
+        throw py::value_error("ring: the plan writes slot " + std::to_string(layout_[q + 1]) + " but the ring has " +
+                              std::to_string(a_.K));
+    }
+  }
+
+  void step(int i, int s, py::handle o_c, bool raw, int nthreads, uintptr_t stream) {
+    if (i < 0 || i >= steps_) throw py::index_error("i: step " + std::to_string(i) + " out of range [0, " + std::to_string(steps_) + ")");
+    if (s < 0 || s >= stages_) throw py::index_error("s: stage " + std::to_string(s) + " out of range [0, " + std::to_string(stages_) + ")");
+    View o = parse_view(o_c, "out");
+    require_same_dtype(o, x_);
+    require_same_device(o, x_);
+    if (o.ndim != x_.ndim) same_shape(o, 0, x_, "equal to x's");
+    for (int d = 0; d < x_.ndim; ++d)
+      if (o.shape[d] != x_.shape[d]) same_shape(o, 0, x_, "equal to x's");
+    compact_features(o, 1);
+    // The model may return one of the state buffers itself (an identity model): exact aliases are
+    // safe because every element is read before it is written; partial overlaps are not.
+    if ((overlaps(o, x_) && !same_view(o, x_)) || (a_.y && overlaps(o, y_) && !same_view(o, y_)) ||
+        (a_.ring && overlaps(o, ring_)))
+      throw py::value_error("out: the model output partially overlaps the sampler state; return a new tensor");
+    StepArgs a = a_;
+    const int32_t* l = &layout_[(int64_t(i) * stages_ + s) * 4];
+    a.input = l[0]; a.slot = l[1]; a.write_x = l[2] != 0; a.write_y = l[3] != 0;
+    a.o = o.data; a.o_sb = o.strides[0];
+    a.raw = raw;
+    a.coef = coef_ + (int64_t(i) * stages_ + s) * step_ncoef(a.K);
+    if (x_.is_cuda()) {
+      py::gil_scoped_release nogil;
+      solver_step_cuda(a, x_.dtype, x_.device_id, stream);
+    } else if (a.B * a.N >= (1 << 15)) {
+      py::gil_scoped_release nogil;
+      solver_step_cpu(a, x_.dtype, nthreads);
+    } else {
+      solver_step_cpu(a, x_.dtype, nthreads);
+    }
+  }
+
+ private:
+  std::vector<py::object> keep_;
+  View x_, y_, ring_;
+  StepArgs a_;
+  const double* coef_ = nullptr;
+  int steps_ = 0, stages_ = 0;
+  std::vector<int32_t> layout_;
+};
+
+}  // namespace
+
+void register_step_ops(py::module_& m) {
+  py::class_<Stepper>(m, "Stepper")
+      .def(py::init<py::object, py::object, py::object, py::object, std::vector<int32_t>>(), py::arg("x"), py::arg("y"),
+           py::arg("ring"), py::arg("coefs"), py::arg("layout"))
+      .def("step", &Stepper::step, py::arg("i"), py::arg("s"), py::arg("out"), py::arg("raw"), py::arg("nthreads"),
+           py::arg("stream"), "one fused step (csrc/core/solver_step.h)");
+}
+
+}  // namespace dc

@@ -1,0 +1,97 @@
+// Building blocks of the coefficient plans (DESIGN.md, "Coefficient plans"): grid nodes, linear
+// expressions over the step kernel's terms, and the writer that turns one (step, stage) into a row
+// of csrc/core/solver_step.h. Every plan generator (csrc/core/plans/*.h) is written with these, so
+// a method reads as its update formula.
+#pragma once
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "core/solver_step.h"
+
+namespace dc {
+
+// Schedule values at one time (σ = 0 gives λ = +∞ and ρ = 0).
+struct Node {
+  double t = 0, a = 1, s = 0, lam = 0, rho = 0;
+};
+
+// A linear expression over the step's inputs: x, y, the K old history slots and the new model
+// output m (already converted to the solver's native prediction).
+struct Lin {
+  static constexpr int kX = 0, kY = 1, kM = 2 + kMaxRing, kTerms = 3 + kMaxRing;
+  double c[kTerms] = {};
+  static Lin term(int k, double w = 1.0) { Lin l; l.c[k] = w; return l; }
+  static Lin X() { return term(kX); }
+  static Lin Y() { return term(kY); }
+  static Lin M() { return term(kM); }
+  static Lin R(int slot) { return term(2 + slot); }
+  Lin operator+(const Lin& o) const { Lin r; for (int k = 0; k < kTerms; ++k) r.c[k] = c[k] + o.c[k]; return r; }
+  Lin operator-(const Lin& o) const { Lin r; for (int k = 0; k < kTerms; ++k) r.c[k] = c[k] - o.c[k]; return r; }
+  Lin operator*(double w) const { Lin r; for (int k = 0; k < kTerms; ++k) r.c[k] = c[k] * w; return r; }
+  Lin operator/(double w) const { return *this * (1.0 / w); }
+  friend Lin operator*(double w, const Lin& l) { return l * w; }
+};
+
+// One sample's inputs and outputs of a plan generator.
+struct PlanIO {
+  const double* grid = nullptr;   // [M+1, 4]: t, α, σ, λ
+  const double* stage = nullptr;  // [M, 2, 4] intermediate stage nodes, or null
+  const double* quad = nullptr;   // [M, Q, 2]: quadrature nodes τ and weights (in ρ), or null
+  int Q = 0;
+  const int* orders = nullptr;    // [M] order of each step
+  int M = 0, S = 0, K = 0;
+  double* coef = nullptr;         // [M, S, 8 + 2K]
+  double* mtime = nullptr;        // [M, S]
+  int* layout = nullptr;          // [M, S, 4] or null
+  int* nstages = nullptr;         // [M] or null
+
+  static Node node(const double* v) {
+    Node n; n.t = v[0]; n.a = v[1]; n.s = v[2]; n.lam = v[3];
+    n.rho = n.s / n.a;
+    return n;
+  }
+  Node g(int i) const {
+    if (i < 0 || i > M) throw std::out_of_range("plan: step order reaches before the first grid point");
+    return node(grid + 4 * i);
+  }
+  Node st(int i, int j) const {
+    if (!stage) throw std::invalid_argument("plan: this method needs intermediate stage times");
+    return node(stage + (2 * i + j) * 4);
+  }
+  int order(int i) const { return orders[i]; }
+  // Slot of the history ring holding the model output of step j (multistep methods).
+  int slot_of(int j) const { return K > 0 ? ((j % K) + K) % K : -1; }
+
+  // Writes the row of (step i, stage s): the model is evaluated at `at` on buffer `input`
+  // (0: x, 1: y), its native output is stored in `slot` (or not, -1), and x / y are replaced by the
+  // given expressions (null: left unchanged).
+  void emit(int i, int s, const Node& at, int input, int slot, const Lin* to_x, const Lin* to_y) const {
+    const int nc = step_ncoef(K);
+    double* r = coef + (int64_t(i) * S + s) * nc;
+    for (int k = 0; k < nc; ++k) r[k] = 0.0;
+    auto put = [&](const Lin* e, int off) {
+      if (!e) return;
+      for (int k = 0; k < kMaxRing; ++k)
+        if (e->c[2 + k] != 0.0 && k >= K) throw std::logic_error("plan: expression uses ring slot beyond K");
+      r[off] = e->c[Lin::kX];
+      r[off + 1] = e->c[Lin::kY];
+      for (int k = 0; k < K; ++k) r[off + 2 + k] = e->c[2 + k];
+      r[off + 2 + K] = e->c[Lin::kM];
+    };
+    put(to_x, 2);
+    put(to_y, 5 + K);
+    for (int k = 2; k < nc; ++k)
+      if (!std::isfinite(r[k]))
+        throw std::domain_error("plan: non-finite coefficient at step " + std::to_string(i) + ", stage " +
+                                std::to_string(s) + " (a step to or from σ = 0 the method cannot take?)");
+    mtime[int64_t(i) * S + s] = at.t;
+    if (layout) {
+      int* l = layout + (int64_t(i) * S + s) * 4;
+      l[0] = input; l[1] = slot; l[2] = to_x != nullptr; l[3] = to_y != nullptr;
+    }
+    if (nstages && nstages[i] < s + 1) nstages[i] = s + 1;
+  }
+};
+
+}  // namespace dc

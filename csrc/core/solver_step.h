@@ -1,0 +1,71 @@
+// One fused sampler step (DESIGN.md, "Plan / execute protocol"). For sample b, element n:
+//
+//   m          = cu * u + co * o        model output o -> the solver's native prediction
+//                                       (u = model input = x or y; skipped when `raw`: m = o)
+//   x'         = ax*x + ay*y + sum_k ar_k*ring_k + am*m          (when write_x)
+//   y'         = bx*x + by*y + sum_k br_k*ring_k + bm*m          (when write_y)
+//   ring[slot] <- m                                              (when slot >= 0)
+//
+// ring_k is always the *old* history value: every input of an element is read before any output of
+// that element is written, so x' and y' replace x and y in place and the slot being written can
+// still be read as the oldest history entry (a multistep method needs K = order - 1 slots).
+//
+// Coefficient row layout (float64, NC = 8 + 2K, one row per sample or broadcast):
+//   [cu, co, ax, ay, ar_0..ar_{K-1}, am, bx, by, br_0..br_{K-1}, bm]
+// Plans (csrc/core/plan_*.h) produce these rows; the step only applies them.
+#pragma once
+#include <cstdint>
+
+#include "core/numeric.h"
+
+namespace dc {
+
+constexpr int kMaxRing = 5;
+
+DC_HD int step_ncoef(int K) { return 8 + 2 * K; }
+
+struct StepArgs {
+  void* x = nullptr;         int64_t x_sb = 0;
+  void* y = nullptr;         int64_t y_sb = 0;             // null when the plan has no second buffer
+  void* ring = nullptr;      int64_t ring_sk = 0, ring_sb = 0;
+  int K = 0;
+  const void* o = nullptr;   int64_t o_sb = 0;
+  const double* coef = nullptr; int64_t coef_sb = 0;       // row for sample b at coef + b*coef_sb
+  int input = 0;             // 0: model input u = x, 1: u = y
+  int slot = -1;
+  bool raw = false, write_x = false, write_y = false;
+  int64_t B = 0, N = 0;
+};
+
+// The body shared by the CUDA kernel and the CPU loop (which inlines the same arithmetic with K
+// known at compile time).
+template <class T>
+DC_HD void step_element(const StepArgs& a, int64_t b, int64_t n) {
+  using C = typename Compute<T>::type;
+  const double* c = a.coef + b * a.coef_sb;
+  const int K = a.K;
+  T* xp = static_cast<T*>(a.x) + b * a.x_sb + n;
+  T* yp = a.y ? static_cast<T*>(a.y) + b * a.y_sb + n : nullptr;
+  const C xv = load_as<C>(xp);
+  const C yv = yp ? load_as<C>(yp) : C(0);
+  const C ov = load_as<C>(static_cast<const T*>(a.o) + b * a.o_sb + n);
+  const C m = a.raw ? ov : C(c[0]) * (a.input ? yv : xv) + C(c[1]) * ov;
+  C accx = C(c[2]) * xv + C(c[3]) * yv;
+  C accy = C(c[5 + K]) * xv + C(c[6 + K]) * yv;
+  T* rp = static_cast<T*>(a.ring) + b * a.ring_sb + n;
+  for (int k = 0; k < K; ++k) {
+    const C v = load_as<C>(rp + k * a.ring_sk);
+    accx += C(c[4 + k]) * v;
+    accy += C(c[7 + K + k]) * v;
+  }
+  accx += C(c[4 + K]) * m;
+  accy += C(c[7 + 2 * K]) * m;
+  if (a.slot >= 0) store_from(rp + a.slot * a.ring_sk, m);
+  if (a.write_x) store_from(xp, accx);
+  if (a.write_y) store_from(yp, accy);
+}
+
+void solver_step_cpu(const StepArgs& a, DType dtype, int nthreads);
+void solver_step_cuda(const StepArgs& a, DType dtype, int device, uintptr_t stream);
+
+}  // namespace dc

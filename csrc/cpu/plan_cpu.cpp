@@ -1,0 +1,136 @@
+// _core.plan_build: coefficient plans in float64 (DESIGN.md, "Coefficient plans").
+//
+//   layout, nstages = _core.plan_build(method, options, grid, stage, quad, orders, K, S, coefs, mtime)
+//
+// grid  [B, M+1, 4]  (t, α, σ, λ) at the grid times, one row per sample (B = 1: shared grid)
+// stage [B, M, 2, 4] intermediate stage nodes of single-step methods, or None
+// quad  [B, M, Q, 2] (τ, weight) Gauss–Legendre nodes in ρ of each step (DEIS), or None
+// orders: the order of each step (warm-up and lower_order_final already applied by the caller)
+// coefs [B, M, S, 8 + 2K] and mtime [B, M, S]: outputs (float64, zero-filled by the caller).
+// Returns the stage layout (flattened [M, S, 4]) and the number of stages of each step. All arrays
+// are contiguous float64 CPU tensors; samples are independent, so they run in parallel.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "bind/dlpack_view.h"
+#include "core/plans/adams.h"
+#include "core/plans/exponential.h"
+#include "core/plans/runge_kutta.h"
+#include "core/plans/unipc.h"
+
+namespace py = pybind11;
+
+namespace dc {
+namespace {
+
+View f64_cpu(py::handle obj, const char* name, int ndim) {
+  View v = parse_view(obj, name);
+  if (v.dtype != DType::F64) throw py::type_error(std::string(name) + ": expected float64, got " + dtype_name(v.dtype));
+  if (v.device_type != 1) throw py::value_error(std::string(name) + ": expected a CPU tensor, got " + device_name(v));
+  if (v.ndim != ndim || !v.compact_from(0))
+    throw py::value_error(std::string(name) + ": expected a contiguous " + std::to_string(ndim) + "-d tensor, got " +
+                          v.describe());
+  return v;
+}
+
+template <class T>
+T opt(const py::dict& d, const char* key, T dflt) {
+  return d.contains(key) ? d[key].cast<T>() : dflt;
+}
+
+py::tuple plan_build(const std::string& method, const py::dict& options, py::handle grid_c, py::handle stage_c,
+                     py::handle quad_c, std::vector<int> orders, int K, int S, py::handle coef_c, py::handle mtime_c) {
+  View grid = f64_cpu(grid_c, "grid", 3);
+  const int64_t B = grid.shape[0];
+  const int M = int(grid.shape[1]) - 1;
+  if (grid.shape[2] != 4 || M < 1) throw py::value_error("grid: expected shape (B, steps + 1, 4), got " + grid.describe());
+  if (int(orders.size()) != M) throw py::value_error("orders: expected one order per step");
+  if (K < 0 || K > kMaxRing) throw py::value_error("K: expected 0 <= K <= " + std::to_string(kMaxRing));
+  View coef = f64_cpu(coef_c, "coefs", 4), mtime = f64_cpu(mtime_c, "mtime", 3);
+  if (coef.shape[0] != B || coef.shape[1] != M || coef.shape[2] != S || coef.shape[3] != step_ncoef(K))
+    throw py::value_error("coefs: wrong shape " + coef.describe());
+  if (mtime.shape[0] != B || mtime.shape[1] != M || mtime.shape[2] != S)
+    throw py::value_error("mtime: wrong shape " + mtime.describe());
+  View stage, quad;
+  const bool has_stage = !is_none(stage_c), has_quad = !is_none(quad_c);
+  if (has_stage) {
+    stage = f64_cpu(stage_c, "stage", 4);
+    if (stage.shape[0] != B || stage.shape[1] != M || stage.shape[2] != 2 || stage.shape[3] != 4)
+      throw py::value_error("stage: wrong shape " + stage.describe());
+  }
+  int Q = 0;
+  if (has_quad) {
+    quad = f64_cpu(quad_c, "quad", 4);
+    if (quad.shape[0] != B || quad.shape[1] != M || quad.shape[3] != 2) throw py::value_error("quad: wrong shape " + quad.describe());
+    Q = int(quad.shape[2]);
+  }
+
+  const int variant = opt<int>(options, "variant", 0);
+  const double w = opt<double>(options, "w", 2.0);
+  UniPCOptions uo;
+  uo.data = opt<bool>(options, "predict_x0", true);
+  uo.bh2 = opt<bool>(options, "bh2", true);
+  uo.corrector = opt<bool>(options, "corrector", true);
+  const bool in_rho = opt<bool>(options, "rho", false);
+
+  using Gen = void (*)(const PlanIO&, int, double, const UniPCOptions&, bool);
+  Gen gen = nullptr;
+  if (method == "ddim") gen = [](const PlanIO& io, int, double, const UniPCOptions&, bool) { plan_ddim(io); };
+  else if (method == "dpm_solver") gen = [](const PlanIO& io, int v, double, const UniPCOptions&, bool) { plan_dpm_solver(io, v); };
+  else if (method == "dpmpp_single") gen = [](const PlanIO& io, int v, double, const UniPCOptions&, bool) { plan_dpmpp_single(io, v); };
+  else if (method == "dpmpp_multi") gen = [](const PlanIO& io, int v, double w, const UniPCOptions&, bool) { plan_dpmpp_multi(io, v, w); };
+  else if (method == "deis") gen = [](const PlanIO& io, int, double, const UniPCOptions&, bool) { plan_deis(io); };
+  else if (method == "ipndm") gen = [](const PlanIO& io, int, double, const UniPCOptions&, bool) { plan_ipndm(io); };
+  else if (method == "unipc") gen = [](const PlanIO& io, int, double, const UniPCOptions& o, bool) { plan_unipc(io, o); };
+  else if (method == "rk") gen = [](const PlanIO& io, int, double, const UniPCOptions&, bool r) { plan_rk(io, r); };
+  else throw py::value_error("method: unknown plan generator '" + method + "'");
+  if (method == "deis" && !has_quad) throw py::value_error("quad: DEIS needs quadrature nodes");
+
+  std::vector<int> layout(size_t(M) * S * 4, 0), nstages(M, 0);
+  for (size_t q = 0; q < layout.size(); q += 4) layout[q + 1] = -1;
+  const int nc = step_ncoef(K);
+  std::string error;
+  {
+    py::gil_scoped_release nogil;
+#ifdef DIFFCORE_WITH_OPENMP
+#pragma omp parallel for schedule(static) if (B > 16)
+#endif
+    for (int64_t b = 0; b < B; ++b) {
+      PlanIO io;
+      io.grid = reinterpret_cast<const double*>(grid.data) + b * (M + 1) * 4;
+      io.stage = has_stage ? reinterpret_cast<const double*>(stage.data) + b * M * 8 : nullptr;
+      io.quad = has_quad ? reinterpret_cast<const double*>(quad.data) + b * M * Q * 2 : nullptr;
+      io.Q = Q;
+      io.orders = orders.data();
+      io.M = M; io.S = S; io.K = K;
+      io.coef = reinterpret_cast<double*>(coef.data) + b * M * S * nc;
+      io.mtime = reinterpret_cast<double*>(mtime.data) + b * M * S;
+      io.layout = b == 0 ? layout.data() : nullptr;
+      io.nstages = b == 0 ? nstages.data() : nullptr;
+      try {
+        gen(io, variant, w, uo, in_rho);
+      } catch (const std::exception& e) {
+#ifdef DIFFCORE_WITH_OPENMP
+#pragma omp critical
+#endif
+        if (error.empty()) error = std::string(e.what()) + (B > 1 ? " (sample " + std::to_string(b) + ")" : "");
+      }
+    }
+  }
+  if (!error.empty()) throw py::value_error(error);
+  return py::make_tuple(layout, nstages);
+}
+
+}  // namespace
+
+void register_plan_ops(py::module_& m) {
+  m.def("plan_build", &plan_build, py::arg("method"), py::arg("options"), py::arg("grid"), py::arg("stage"),
+        py::arg("quad"), py::arg("orders"), py::arg("K"), py::arg("S"), py::arg("coefs"), py::arg("mtime"),
+        "fill a coefficient plan (csrc/core/plans/*.h)");
+}
+
+}  // namespace dc

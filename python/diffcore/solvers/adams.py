@@ -1,0 +1,44 @@
+"""Exponential Adams–Bashforth solvers on noise predictions (solvers.md §6.4, §12.1; book §9.3).
+
+* ``deis_1..3`` — DEIS tAB with k model outputs: ε̂ is extrapolated by the Lagrange polynomial
+  (degree k − 1) in t through the last k outputs and integrated exactly against dρ; the integrals
+  ``C_j = α_t ∫ ℓ_j dρ`` are 16-node Gauss–Legendre sums in ρ computed in the float64 core
+  (``csrc/core/plans/adams.h``). Order k.
+* ``ipndm`` — improved PNDM: fixed Adams–Bashforth weights (up to 4 outputs) on ε̂ in (ρ, x/α);
+  order 2 on non-uniform grids (the fixed weights are only exact for uniform steps).
+"""
+from __future__ import annotations
+
+from .base import Solver, _check_order
+
+
+class DEIS(Solver):
+    """tAB-DEIS with ``order`` model outputs (polynomial degree order − 1), global order ``order``.
+    ``order=1`` is DDIM. Option ``lower_order_final`` as for the other multistep solvers."""
+
+    native = "eps"
+    method = "deis"
+    multistep = True
+
+    def __init__(self, order: int = 3, **common):
+        super().__init__(**common)
+        self.max_order = self.order = _check_order(order, (1, 2, 3, 4))
+        self.history = order - 1
+        self.name = f"deis_{order}"
+
+
+class IPNDM(Solver):
+    """iPNDM (k-diffusion's ``sample_ipndm``, Zhang & Chen 2023): Adams–Bashforth weights of order
+    min(4, outputs so far) applied to ε̂ in (ρ = σ/α, x/α). Global order 2 on non-uniform grids."""
+
+    name = "ipndm"
+    native = "eps"
+    method = "ipndm"
+    multistep = True
+    order = 2
+
+    def __init__(self, max_order: int = 4, **common):
+        super().__init__(**common)
+        self.max_order = _check_order(max_order, (1, 2, 3, 4))
+        self.history = self.max_order - 1
+        self.order = min(2, self.max_order)

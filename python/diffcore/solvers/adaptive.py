@@ -1,0 +1,128 @@
+"""Adaptive DPM-Solver-12 / -23 (solvers.md §6.5 "Adaptive step size"; Lu et al. 2022, App. C).
+
+An embedded pair in λ: the lower-order update (DPM-Solver-1, resp. DPM-Solver-2 with r₁ = ⅓) and the
+higher-order one (DPM-Solver-2 with r₁ = ½, resp. DPM-Solver-3 with r = ⅓, ⅔) share model
+evaluations; the step is accepted when the scaled RMS difference ``E`` is at most 1 for every sample,
+and ``h ← min(θ h E^{−1/order}, λ_end − λ_s)``. One step size is shared by the whole batch, so each
+step reads ``E`` back to the host: this solver is **not** sync-free and cannot be captured in a CUDA
+graph (per-sample adaptive stepping is a different solver).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+
+from ..schedules import Schedule
+
+
+def _scalar_vals(schedule: Schedule, t: float):
+    v = schedule.eval(torch.tensor([t], dtype=torch.float64))
+    a, s = float(v.alpha[0]), float(v.sigma[0])
+    return a, s, math.log(a) - math.log(s)
+
+
+class DPMAdaptive:
+    """Adaptive DPM-Solver on noise predictions.
+
+    Args:
+        order: 2 (DPM-Solver-12) or 3 (DPM-Solver-23, the default).
+        rtol, atol: tolerances of ``δ = max(atol, rtol·max(|x_low|, |x_prev|))`` (defaults 0.05 and
+            0.0078, the reference's values for data in [−1, 1]).
+        h_init: first trial step in λ (0.05).
+        theta: safety factor (0.9).
+        t_err: stop when |t − t_end| < t_err.
+        max_steps: raise ``RuntimeError`` after this many trial steps.
+    """
+
+    name = "dpm_adaptive"
+    native = "eps"
+    adaptive = True
+
+    def __init__(self, order: int = 3, rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
+                 theta: float = 0.9, t_err: float = 1e-5, max_steps: int = 100000):
+        if order not in (2, 3):
+            raise ValueError(f"order: expected 2 or 3, got {order!r}")
+        for k, v in (("rtol", rtol), ("atol", atol), ("h_init", h_init), ("theta", theta), ("t_err", t_err)):
+            if not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"{k}: expected a positive number, got {v!r}")
+        self.order = order
+        self.rtol, self.atol, self.h_init, self.theta, self.t_err = float(rtol), float(atol), float(h_init), float(theta), float(t_err)
+        self.max_steps = int(max_steps)
+
+    def __repr__(self) -> str:
+        return f"dpm_adaptive(order={self.order}, rtol={self.rtol}, atol={self.atol})"
+
+    def solve(self, eps_fn: Callable, x: torch.Tensor, schedule: Schedule, t_start: float, t_end: float,
+              callback: Optional[Callable] = None):
+        """Integrate from ``t_start`` to ``t_end`` (> 0, σ > 0) with ``eps_fn(x, t_batch) → ε̂``.
+
+        Returns ``(x, info)`` with ``info = {"nfe", "steps", "rejected"}``."""
+        t_start, t_end = float(t_start), float(t_end)
+        a_T, s_T, lam_T = _scalar_vals(schedule, t_start)
+        a_0, s_0, lam_end = _scalar_vals(schedule, t_end)
+        if not (s_0 > 0 and math.isfinite(lam_end)):
+            raise ValueError("t_end: dpm_adaptive needs a final time with σ > 0 (denoise to zero afterwards)")
+        B = x.shape[0]
+        r1, r2 = (0.5, None) if self.order == 2 else (1 / 3, 2 / 3)
+        time = lambda t: torch.full((B,), t, dtype=x.dtype, device=x.device)  # noqa: E731
+        t_of = lambda lam: float(schedule.t_of_lam(torch.tensor([lam], dtype=torch.float64))[0])  # noqa: E731
+        s, lam_s, (a_s, sg_s) = t_start, lam_T, (a_T, s_T)
+        h = self.h_init * (1 if lam_end > lam_T else -1)
+        x_prev = x
+        eps_s = None
+        nfe = steps = rejected = 0
+
+        def ddim(xs, eps, a_s_, a_t, s_t, r_s, r_t):  # x_t = (α_t/α_s)x_s − α_t(ρ_s − ρ_t) ε, exact at any h
+            return (a_t / a_s_) * xs - (a_t * (r_s - r_t)) * eps
+
+        while abs(s - t_end) > self.t_err:
+            if steps + rejected >= self.max_steps:
+                raise RuntimeError(f"dpm_adaptive: no convergence after {self.max_steps} trial steps")
+            if eps_s is None:
+                eps_s = eps_fn(x, time(s))
+                nfe += 1
+            lam_t = lam_s + h
+            t = t_end if abs(lam_t - lam_end) < 1e-12 else t_of(lam_t)
+            a_t, s_t, _ = _scalar_vals(schedule, t)
+            rho_s, rho_t = sg_s / a_s, s_t / a_t
+            em1 = a_t * (rho_s - rho_t)  # σ_t (e^h − 1)
+            t1 = t_of(lam_s + r1 * h)
+            a1, g1, _ = _scalar_vals(schedule, t1)
+            u1 = ddim(x, eps_s, a_s, a1, g1, rho_s, g1 / a1)
+            eps1 = eps_fn(u1, time(t1))
+            base = (a_t / a_s) * x - em1 * eps_s
+            if self.order == 2:
+                x_low = base
+                x_high = base - (em1 / (2 * r1)) * (eps1 - eps_s)
+                nfe += 1
+            else:
+                x_low = base - (em1 / (2 * r1)) * (eps1 - eps_s)
+                t2 = t_of(lam_s + r2 * h)
+                a2, g2, _ = _scalar_vals(schedule, t2)
+                hr2 = r2 * h
+                phi22 = math.expm1(hr2) / hr2 - 1.0
+                u2 = ddim(x, eps_s, a_s, a2, g2, rho_s, g2 / a2) - (g2 * (r2 / r1) * phi22) * (eps1 - eps_s)
+                eps2 = eps_fn(u2, time(t2))
+                phi2 = math.expm1(h) / h - 1.0
+                x_high = base - (s_t * phi2 / r2) * (eps2 - eps_s)
+                nfe += 2
+            delta = torch.maximum(torch.full_like(x_low, self.atol), self.rtol * torch.maximum(x_low.abs(), x_prev.abs()))
+            err = ((x_high - x_low) / delta).reshape(B, -1).pow(2).mean(1).sqrt().max()
+            E = float(err)  # host sync: one step size for the batch
+            if E <= 1.0:
+                x, x_prev = x_high, x_low
+                s, lam_s, a_s, sg_s = t, lam_t, a_t, s_t
+                eps_s = None
+                steps += 1
+                if callback is not None:
+                    callback({"i": steps, "t": s, "x": x})
+            else:
+                rejected += 1
+            E = max(E, 1e-10)
+            h_new = self.theta * abs(h) * E ** (-1.0 / self.order)
+            h = math.copysign(min(h_new, abs(lam_end - lam_s)), lam_end - lam_s) if lam_end != lam_s else 0.0
+            if h == 0.0:
+                break
+        return x, {"nfe": nfe, "steps": steps, "rejected": rejected}

@@ -1,0 +1,390 @@
+"""The plan / execute engine shared by every deterministic solver (DESIGN.md, "Plan / execute protocol").
+
+A :class:`Solver` is immutable: its options and its method structure (stages per step, history size,
+native prediction, per-step orders). :meth:`Solver.plan` turns a schedule and a time grid into a
+:class:`Plan`: every step's coefficients, computed once in float64 by the compiled core
+(``csrc/core/plans/*.h``), stored on the sample's device as a table
+``[B or 1, steps, stages, 8 + 2K]`` (one row per sample when the grid is per-sample). A plan holds no
+run state either; :meth:`Plan.init_state` makes the per-run :class:`State` (the sample, a second
+buffer for stage inputs or the last corrected state, and the history ring), and :meth:`Plan.step`
+applies one row in one fused kernel call (``csrc/core/solver_step.h``): it converts the model output
+to the solver's native prediction, stores it in the history ring and updates the state, with no host
+synchronization. Under autograd, ``torch.func`` transforms or ``torch.compile`` tracing the same row is
+applied by an eager-torch reference (:meth:`Plan.step_reference`).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .. import _ops
+from ..param import canonical_prediction, conversion_coefs
+from ..schedules import Schedule
+from ..thresholding import dynamic_threshold
+
+__all__ = ["Solver", "Plan", "State", "SOLVER_TYPES"]
+
+#: Accepted spellings of the two second-order variants (solvers.md §6.5, §6.7):
+#: A = midpoint / the reference "dpmsolver" form, B = heun / the reference "taylor" form.
+SOLVER_TYPES = {"midpoint": 0, "dpmsolver": 0, "a": 0, "heun": 1, "taylor": 1, "b": 1}
+
+_QUAD_NODES = 16  # Gauss–Legendre nodes per step for DEIS (solvers.md §6.4: ≥ 16 suffices in float64)
+
+
+def _check_bool(name: str, v) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"{name}: expected a bool, got {v!r}")
+    return v
+
+
+def _check_order(order, allowed: Sequence[int]) -> int:
+    if not isinstance(order, int) or isinstance(order, bool) or order not in allowed:
+        raise ValueError(f"order: expected one of {list(allowed)}, got {order!r}")
+    return order
+
+
+class Solver:
+    """Base class of the deterministic PF-ODE solvers (solvers.md §6).
+
+    Subclasses set the class attributes and, where needed, override :meth:`_orders`,
+    :meth:`_stage_lams` and :meth:`_core_options`.
+
+    Attributes:
+        name: registry name.
+        order: the global order of a correct implementation with these options.
+        native: the prediction the update is written in (``"eps"``, ``"x0"`` or ``"velocity"``).
+        method: compiled plan generator (``csrc/cpu/plan_cpu.cpp``).
+        stages: model evaluations per step (single-step methods) — 1 for multistep ones.
+        history: ring slots of past native outputs the update reads (K).
+        second_buffer: whether the state needs a second buffer (stage input / last corrected state).
+        multistep: warm-up and ``lower_order_final`` apply.
+        max_order: order of the full-history (or full-stage) update.
+    """
+
+    name = "solver"
+    order = 1
+    native = "eps"
+    method = "ddim"
+    stages = 1
+    history = 0
+    second_buffer = False
+    multistep = False
+    max_order = 1
+    supports_thresholding = False
+
+    def __init__(self, *, lower_order_final: bool = True, thresholding: bool = False,
+                 dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0):
+        self.lower_order_final = _check_bool("lower_order_final", lower_order_final)
+        self.thresholding = _check_bool("thresholding", thresholding)
+        if thresholding and not self.supports_thresholding:
+            raise ValueError(f"thresholding: {self.name} works on noise predictions; dynamic thresholding is "
+                             "defined for data-prediction solvers (ddim, dpmpp_*, unipc with predict_x0=True)")
+        if not (isinstance(dynamic_thresholding_ratio, (int, float)) and 0 < dynamic_thresholding_ratio <= 1):
+            raise ValueError(f"dynamic_thresholding_ratio: expected a number in (0, 1], got {dynamic_thresholding_ratio!r}")
+        if not (isinstance(sample_max_value, (int, float)) and sample_max_value > 0):
+            raise ValueError(f"sample_max_value: expected a positive number, got {sample_max_value!r}")
+        self.dynamic_thresholding_ratio = float(dynamic_thresholding_ratio)
+        self.sample_max_value = float(sample_max_value)
+
+    # -- method structure --------------------------------------------------------------------------
+    def _core_options(self) -> dict:
+        return {}
+
+    def _orders(self, M: int, final_zero: bool) -> List[int]:
+        """Order of each step: warm-up (step i of a multistep method has i + 1 outputs),
+        ``lower_order_final`` (the reference's rule, applied below 15 steps) and order 1 for a final
+        step to σ = 0, where higher-order λ-terms are infinite (solvers.md §6.7, §10 "Endpoints")."""
+        p = self.max_order
+        orders = []
+        for i in range(M):
+            o = p
+            if self.multistep:
+                o = min(o, i + 1)
+                if self.lower_order_final and M < 15:
+                    o = min(o, M - i)
+            orders.append(o)
+        if final_zero:
+            orders[-1] = 1
+        return orders
+
+    def _steps(self, schedule: Schedule, grid_t: torch.Tensor, grid: torch.Tensor, final_zero: bool):
+        """The steps of a plan: ``(grid times [B, M+1], per-step orders, stage times [B, M, 2] or None)``.
+        Stage times sit at fractions :meth:`_stage_lams` of each step in λ."""
+        M = grid_t.shape[1] - 1
+        orders = self._orders(M, final_zero)
+        if self.stages == 1:
+            return grid_t, orders, None
+        lam = grid[..., 3]
+        stage_t = grid_t[:, :-1, None].repeat(1, 1, 2)  # unused stages: any valid time
+        for i, p in enumerate(orders):
+            for j, r in enumerate(self._stage_lams(p)):
+                if r == 1.0:
+                    stage_t[:, i, j] = grid_t[:, i + 1]
+                else:
+                    stage_t[:, i, j] = schedule.t_of_lam(lam[:, i] + r * (lam[:, i + 1] - lam[:, i]))
+        return grid_t, orders, stage_t.contiguous()
+
+    def _stage_lams(self, order: int) -> Sequence[float]:
+        """Fractions r of the step in λ at which the intermediate stages of an order-``order`` step sit."""
+        return ()
+
+    # -- planning ----------------------------------------------------------------------------------
+    def plan(self, schedule: Schedule, timesteps, device=None, dtype=None, prediction="eps") -> "Plan":
+        """Compute every coefficient of a run once (float64, compiled core).
+
+        Args:
+            schedule: the noise schedule (:mod:`diffcore.schedules`).
+            timesteps: ``M + 1`` strictly monotone times in the schedule's units (decreasing to sample,
+                increasing to invert), or a ``[B, M + 1]`` tensor of per-sample grids.
+            device: where the coefficient table lives (the sample's device); default CPU.
+            dtype: dtype of the model times handed to the model (default float32).
+            prediction: what the model returns (``"eps"``, ``"x0"``, ``"score"``, ``"velocity"``,
+                ``"v"`` or an alias); the conversion to this solver's native prediction is fused into
+                every step.
+        """
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule: expected a diffcore Schedule, got {type(schedule).__name__}")
+        return Plan(self, schedule, timesteps, device, dtype, canonical_prediction(prediction))
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self._repr_options().items())
+        return f"{self.name}({opts})"
+
+    def _repr_options(self) -> dict:
+        return {}
+
+
+def _grid(timesteps) -> torch.Tensor:
+    t = timesteps if isinstance(timesteps, torch.Tensor) else torch.as_tensor(timesteps, dtype=torch.float64)
+    if t.is_complex() or not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+        raise TypeError(f"timesteps: expected real times, got dtype {t.dtype}")
+    t = t.detach().to("cpu", torch.float64)
+    if t.dim() == 1:
+        t = t.unsqueeze(0)
+    if t.dim() != 2 or t.shape[1] < 2:
+        raise ValueError(f"timesteps: expected M + 1 >= 2 times, shape (M+1,) or (B, M+1), got {tuple(timesteps.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError("timesteps: expected finite times")
+    d = t[:, 1:] - t[:, :-1]
+    dec, inc = bool((d < 0).all()), bool((d > 0).all())
+    if not (dec or inc):
+        raise ValueError("timesteps: expected a strictly monotone grid (decreasing to sample, increasing to invert)")
+    return t.contiguous()
+
+
+def _nodes(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
+    """(t, α, σ, λ) float64 at times ``t``; λ = +∞ where σ = 0."""
+    v = schedule.eval(t)
+    a, s = v.alpha.to(torch.float64), v.sigma.to(torch.float64)
+    lam = torch.where(s > 0, torch.log(a) - torch.log(s), torch.full_like(s, math.inf))
+    return torch.stack([t, a, s, lam], -1).contiguous()
+
+
+class Plan:
+    """Coefficients of one solver on one schedule and grid (see the module docstring).
+
+    Attributes:
+        num_steps: number of steps M.
+        nfe: model evaluations of a run.
+        timesteps: the float64 grid, ``[B or 1, M + 1]`` on the CPU.
+        coefs: float64 table ``[B or 1, M, stages, 8 + 2K]`` on ``device``.
+        orders: the order of each step.
+    """
+
+    def __init__(self, solver: Solver, schedule: Schedule, timesteps, device, dtype, prediction: str):
+        self.solver, self.schedule, self.prediction = solver, schedule, prediction
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.dtype = dtype if dtype is not None else torch.float32
+        if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
+            raise TypeError(f"dtype: expected a floating torch dtype, got {dtype!r}")
+        given = _grid(timesteps)
+        grid_t = given
+        grid = _nodes(schedule, grid_t)                       # [Bc, M+1, 4]
+        sig = grid[..., 2]
+        if bool((sig < 0).any()) or not bool(torch.isfinite(grid[..., :3]).all()):
+            raise ValueError(f"timesteps: outside the range of {schedule!r}")
+        zero_end = sig[:, -1] == 0
+        if bool(zero_end.any()) and not bool(zero_end.all()):
+            raise ValueError("timesteps: per-sample grids must all end at σ = 0 or all end above it")
+        if bool((sig[:, :-1] == 0).any()):
+            raise ValueError("timesteps: only the last time may have σ = 0 (a step from zero noise cannot be "
+                             "taken; start inversion at t > 0)")
+        final_zero = bool(zero_end.all())
+        grid_t, orders, stage_t = solver._steps(schedule, grid_t, grid, final_zero)
+        if grid_t is not given:
+            grid = _nodes(schedule, grid_t)
+        Bc, M = grid_t.shape[0], grid_t.shape[1] - 1
+        self.timesteps = grid_t
+        self.num_steps = M
+        self.orders = orders
+        stage = None
+        if stage_t is not None:
+            stage = _nodes(schedule, stage_t.reshape(Bc, -1)).reshape(Bc, M, 2, 4).contiguous()
+
+        quad = None
+        if solver.method == "deis":
+            xi, wi = np.polynomial.legendre.leggauss(_QUAD_NODES)
+            xi, wi = torch.from_numpy(xi), torch.from_numpy(wi)
+            rho = grid[..., 2] / grid[..., 1]
+            r0, r1 = rho[:, :-1, None], rho[:, 1:, None]
+            rq = 0.5 * (r0 + r1) + 0.5 * (r1 - r0) * xi
+            tq = schedule.t_of_lam(-torch.log(rq))
+            quad = torch.stack([tq, (0.5 * (r1 - r0) * wi).expand_as(tq)], -1).contiguous()
+
+        S, K = solver.stages, solver.history
+        coefs = torch.zeros(Bc, M, S, 8 + 2 * K, dtype=torch.float64)
+        mtime = torch.zeros(Bc, M, S, dtype=torch.float64)
+        layout, nstages = _ops.plan_build(solver.method, solver._core_options(), grid, stage, quad, orders, K, S,
+                                          coefs, mtime)
+        self.layout = layout
+        self.nstages = nstages
+        self.nfe = int(sum(nstages))
+        # fuse the model-output conversion: native = cu·(model input) + co·(model output)
+        active = torch.tensor([[[s < nstages[i] for s in range(S)] for i in range(M)]])
+        tt = torch.where(active, mtime, grid_t[:, :1, None])  # inactive stages: any valid time
+        vals = schedule.eval(tt)
+        cu, co = conversion_coefs(prediction, solver.native, vals, schedule)
+        coefs[..., 0] = torch.where(active, cu.to(torch.float64), 0.0)
+        coefs[..., 1] = torch.where(active, co.to(torch.float64), 0.0)
+        if not bool(torch.isfinite(coefs).all()):
+            raise ValueError(f"prediction: converting a {prediction!r} model to {solver.native!r} is singular on this "
+                             "grid (σ = 0 or α = 0 at a model evaluation)")
+        self.coefs = coefs.to(self.device)
+        self.model_times = mtime.to(self.device, self.dtype)
+        self._rows = [[self.coefs[:, i, s] for s in range(S)] for i in range(M)]
+        self._times = [[self.model_times[:, i, s] for s in range(S)] for i in range(M)]
+
+    # -- protocol ----------------------------------------------------------------------------------
+    @property
+    def batch(self) -> int:
+        """Rows of the plan: 1 for a shared grid, B for per-sample grids."""
+        return self.coefs.shape[0]
+
+    def stages(self, i: int) -> range:
+        """The stages (model evaluations) of step ``i``."""
+        return range(self.nstages[i])
+
+    def model_time(self, i: int, s: int) -> torch.Tensor:
+        """Times of the model evaluation of step ``i``, stage ``s``: ``[B or 1]`` in ``dtype`` on ``device``."""
+        return self._times[i][s]
+
+    def history_slot(self, j: int) -> int:
+        """Ring slot that holds the native output of step ``j`` (multistep methods)."""
+        K = self.solver.history
+        return j % K if K else -1
+
+    def init_state(self, x: torch.Tensor) -> "State":
+        """A fresh run state starting from ``x`` (copied; ``x`` is never written)."""
+        return State(self, x)
+
+    def step(self, state: "State", i: int, s: int, out: torch.Tensor) -> None:
+        """Apply stage ``s`` of step ``i`` given the model output ``out`` at
+        ``state.model_input(s)`` and ``model_time(i, s)``: one fused kernel call."""
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"out: expected a torch tensor, got {type(out).__name__}")
+        x = state.x
+        if out.shape != x.shape:
+            raise ValueError(f"out: expected the model output of shape {tuple(x.shape)}, got {tuple(out.shape)}")
+        if out.dtype != x.dtype or out.device != x.device:
+            raise TypeError(f"out: expected {x.dtype} on {x.device}, got {out.dtype} on {out.device}")
+        raw = False
+        if self.solver.thresholding:
+            out = self._threshold(state, i, s, out)
+            raw = True
+        if state._stepper is None or not _ops.fast_path_ok(out):
+            return self.step_reference(state, i, s, out, raw)
+        if out.numel() and not out[0].is_contiguous():
+            out = out.contiguous()
+        state._stepper.step(i, s, _ops._capsule(out), raw, _ops.get_num_threads(), state._stream())
+
+    def _threshold(self, state: "State", i: int, s: int, out: torch.Tensor) -> torch.Tensor:
+        row = self._rows[i][s]
+        u = state.model_input(s)
+        bshape = (row.shape[0],) + (1,) * (u.dim() - 1)
+        m = row[:, 0].reshape(bshape).to(u.dtype) * u + row[:, 1].reshape(bshape).to(u.dtype) * out
+        return dynamic_threshold(m, self.solver.dynamic_thresholding_ratio, self.solver.sample_max_value)
+
+    def step_reference(self, state: "State", i: int, s: int, out: torch.Tensor, raw: bool = False) -> None:
+        """Eager-torch version of :meth:`step` (differentiable; the tests' reference for the kernel)."""
+        row = self._rows[i][s]
+        l = self.layout[(i * self.solver.stages + s) * 4:(i * self.solver.stages + s + 1) * 4]
+        inp, slot, wx, wy = l
+        K = self.solver.history
+        x, y = state.x, state.y
+        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+        c = row.to(compute)
+        bshape = (c.shape[0],) + (1,) * (x.dim() - 1)
+        w = lambda k: c[:, k].reshape(bshape)  # noqa: E731
+        xv = x.to(compute)
+        yv = y.to(compute) if y is not None else torch.zeros_like(xv)
+        ov = out.to(compute)
+        m = ov if raw else w(0) * (yv if inp == 1 else xv) + w(1) * ov
+        ring = [state.ring[k].to(compute) for k in range(K)] if K else []
+        accx = w(2) * xv + w(3) * yv
+        accy = w(5 + K) * xv + w(6 + K) * yv
+        for k in range(K):
+            accx = accx + w(4 + k) * ring[k]
+            accy = accy + w(7 + K + k) * ring[k]
+        accx = accx + w(4 + K) * m
+        accy = accy + w(7 + 2 * K) * m
+        if slot >= 0:
+            state._set_ring(slot, m.to(x.dtype))
+        if wx:
+            state._set("x", accx.to(x.dtype))
+        if wy:
+            state._set("y", accy.to(x.dtype))
+
+
+class State:
+    """Per-run buffers of a plan: ``x`` (the sample), ``y`` (stage input or last corrected state)
+    and the history ``ring`` ``[K, B, *S]`` of native model outputs. One state per concurrent run."""
+
+    def __init__(self, plan: Plan, x: torch.Tensor):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x: expected a torch tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"x: expected a floating-point tensor, got {x.dtype}")
+        if x.dim() < 1:
+            raise ValueError("x: expected a batch dimension")
+        if x.device != plan.device:
+            raise ValueError(f"x: the plan lives on {plan.device} but x is on {x.device}; pass device= to plan()")
+        if plan.batch not in (1, x.shape[0]):
+            raise ValueError(f"x: the plan has per-sample grids for {plan.batch} samples, x has batch {x.shape[0]}")
+        self.plan = plan
+        solver = plan.solver
+        grad = x.requires_grad and torch.is_grad_enabled()
+        self.x = x.clone() if grad else x.detach().clone(memory_format=torch.contiguous_format)
+        self.y = torch.zeros_like(self.x) if solver.second_buffer else None
+        K = solver.history
+        self.ring = torch.zeros((K,) + tuple(x.shape), dtype=x.dtype, device=x.device) if K else None
+        self._stepper = None
+        if _ops.fast_path_ok(self.x):
+            self._stepper = _ops.make_stepper(self.x, self.y, self.ring, plan.coefs, plan.layout)
+
+    def model_input(self, s: int) -> torch.Tensor:
+        """The tensor the model is evaluated on at stage ``s`` (x at stage 0, y at later stages)."""
+        return self.x if s == 0 else self.y
+
+    def _stream(self) -> int:
+        return _ops._stream_of(self.x)
+
+    # reference-path writers: keep autograd history when the state is differentiable
+    def _set(self, name: str, value: torch.Tensor) -> None:
+        cur = getattr(self, name)
+        if value.requires_grad or cur.requires_grad:
+            setattr(self, name, value)
+        else:
+            cur.copy_(value)
+        self._stepper = None if value.requires_grad else self._stepper
+
+    def _set_ring(self, slot: int, value: torch.Tensor) -> None:
+        if value.requires_grad or self.ring.requires_grad:
+            ring = self.ring.clone()
+            ring[slot] = value
+            self.ring = ring
+            self._stepper = None
+        else:
+            self.ring[slot].copy_(value)
