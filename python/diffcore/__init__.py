@@ -1,6 +1,7 @@
 """diffcore: a compiled ODE/SDE core for diffusion and flow models.
 
-Layers (DESIGN.md): ``_ops`` (the compiled core) ← ``schedules`` ← ``grids``/``param``/``oracles``.
+Layers (DESIGN.md): ``_ops`` (the compiled core) ← ``schedules`` ← ``grids``/``param``/``oracles``/``solvers``
+← ``sample``.
 """
 from ._version import __version__
 from ._ops import build_info, set_num_threads, get_num_threads, lincomb
@@ -9,6 +10,10 @@ from .schedules import Schedule
 from .grids import timesteps
 from . import param, oracles, metrics
 from .param import ModelWrapper, canonical_prediction, convert
+from . import solvers
+from .guidance import CFG
+from .sample import sample, prior_sample
 
 __all__ = ["__version__", "build_info", "set_num_threads", "get_num_threads", "lincomb", "schedules", "Schedule", "timesteps",
-           "param", "oracles", "metrics", "ModelWrapper", "canonical_prediction", "convert"]
+           "param", "oracles", "metrics", "ModelWrapper", "canonical_prediction", "convert",
+           "solvers", "CFG", "sample", "prior_sample"]

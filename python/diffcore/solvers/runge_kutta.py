@@ -13,12 +13,9 @@ from typing import Optional
 
 from .base import Solver, _check_order
 
-_SIGMA_SCHEDULES = ("VE", "EDM")
-
-
 def natural_variable(schedule) -> str:
-    """``"rho"`` for schedules with α ≡ 1 (VE, EDM), ``"t"`` for the others."""
-    return "rho" if type(schedule).__name__ in _SIGMA_SCHEDULES else "t"
+    """``"rho"`` for schedules with α ≡ 1 (``kind == "ve"``: VE, EDM), ``"t"`` for the others."""
+    return "rho" if getattr(schedule, "kind", "general") == "ve" else "t"
 
 
 class _RK(Solver):

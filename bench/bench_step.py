@@ -1,0 +1,234 @@
+"""One step of every solver: diffcore's fused step vs. the same method in diffusers and vs. eager torch.
+
+For each plan-based diffcore solver and each size (2k, 16k, 262k and 4M elements, batch 16, float32),
+measured side by side in one run:
+
+* ``diffcore fused``: ``plan.step(state, i, 0, out)`` — one fused kernel call — for stage 0 of the
+  middle step ``i = num_steps // 2`` (10) of a 20-step plan (``dpm_solver_fast`` spends the 20 as NFE on
+  7 steps: step 3) on ``VPDiscrete(betas=linspace(1e-4, 0.02, 1000))``,
+  prediction ``"eps"``, after running steps ``0 … i-1`` so the history ring is warm. ``out`` is a
+  fixed precomputed tensor; repeated calls update the state in place (values do not affect speed).
+* ``eager torch``: ``plan.step_reference`` on a second, identically warmed state (same row, eager ops).
+* ``diffusers``: ``scheduler.step(out, t, sample, return_dict=False)`` of the same method (table
+  ``PEERS``), ``beta_schedule="linear"``, 1000 training steps, the same betas, ``set_timesteps(20)``,
+  history warmed by stepping through the earlier timesteps. The timed call is the one matching
+  diffcore's stage 0 of a middle step (multistep: index 10; Heun: index 20, a first-order half;
+  single-step order 2: index 10, the order-1 half that opens a pair). ``step()`` mutates the
+  scheduler (``_step_index``, ``model_outputs``, ``lower_order_nums``, ``ets``, …), so before every
+  timed call the mutable attributes are restored from a snapshot (plain attribute sets and list
+  copies, no tensor work). That restore is timed alone in the same run and *subtracted* from the
+  diffusers median, so the column is the step itself (the restore costs well under 1 µs; the
+  ``--keep-restore`` flag reports the raw restore+step median instead).
+  A peer missing from the installed diffusers is reported as ``skipped``; a method without one as ``—``.
+  (``dpm_solver_2``'s peer, singlestep ``algorithm_type="dpmsolver"``, is deprecated in diffusers and
+  needs ``final_sigmas_type="sigma_min"``; that only changes the last step, not the timed one.)
+* ``copy_ floor``: ``dst.copy_(src)`` moving the bytes the fused step nominally touches. For the
+  timed row the kernel reads ``out``, ``x``, ``y`` (when the solver has a second buffer) and the
+  ``K = plan.solver.history`` ring slots, and writes ``x`` / ``y`` / one ring slot as the row's layout
+  says: ``T`` tensors of x's size in all (listed under the table). A copy of ``n`` elements reads
+  ``n`` and writes ``n``, so ``src`` / ``dst`` hold ``T·numel(x)/2`` elements each (the same
+  convention as ``bench_overhead.py``, whose floor is K + 2 tensors' worth).
+
+Usage: ``python bench/bench_step.py [--device cpu|cuda] [--quick]`` (``--quick``: 2k and 16k only,
+``--min-time 0.05``). Prints a markdown table of medians (µs) and ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import warnings
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import machine, median_us, table  # noqa: E402
+
+import diffcore  # noqa: E402
+from diffcore import schedules, solvers  # noqa: E402
+
+SIZES = [2048, 16384, 262144, 4194304]
+QUICK_SIZES = [2048, 16384]
+STEPS = 20
+MID = 10
+
+# diffcore solver -> (diffusers class name, constructor options, index of the timed step() call)
+PEERS = {
+    "ddim": ("DDIMScheduler", dict(set_alpha_to_one=False, clip_sample=False), MID),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver++", solver_order=2), MID),
+    "dpmpp_3m": ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver++", solver_order=3), MID),
+    "dpm_solver_2": ("DPMSolverSinglestepScheduler", dict(algorithm_type="dpmsolver", solver_order=2,
+                                                          lower_order_final=True,
+                                                          final_sigmas_type="sigma_min"), MID),
+    "dpmpp_2s": ("DPMSolverSinglestepScheduler", dict(algorithm_type="dpmsolver++", solver_order=2,
+                                                      lower_order_final=True), MID),
+    "deis_2": ("DEISMultistepScheduler", dict(solver_order=2), MID),
+    "deis_3": ("DEISMultistepScheduler", dict(solver_order=3), MID),
+    "unipc_2": ("UniPCMultistepScheduler", dict(solver_order=2), MID),
+    "unipc_3": ("UniPCMultistepScheduler", dict(solver_order=3), MID),
+    "euler": ("EulerDiscreteScheduler", {}, MID),
+    "heun": ("HeunDiscreteScheduler", {}, 2 * MID),
+    "ipndm": ("IPNDMScheduler", {}, MID),
+}
+# schedulers that take the DDPM beta schedule (IPNDM has its own fixed schedule)
+_BETA_KW = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+# attributes step() mutates; restored before each timed call
+_MUTABLE = ("_step_index", "lower_order_nums", "model_outputs", "timestep_list", "last_sample", "this_order",
+            "sample", "ets", "prev_derivative", "dt")
+
+
+def _betas() -> torch.Tensor:
+    return torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+
+
+def diffusers_peer(name: str, x: torch.Tensor, out: torch.Tensor, min_time: float, sync: bool, keep_restore: bool):
+    """Median µs of the diffusers step matching ``name``, or the string ``"—"`` / ``"skipped"``."""
+    if name not in PEERS:
+        return "—"
+    cls_name, opts, k = PEERS[name]
+    try:
+        import diffusers  # noqa: PLC0415
+    except Exception:  # noqa: BLE001 — any import failure means "not installed" here
+        return "skipped"
+    cls = getattr(diffusers, cls_name, None)
+    if cls is None:
+        return "skipped"
+    kw = dict(opts)
+    if cls_name != "IPNDMScheduler":
+        kw.update(_BETA_KW)
+    with warnings.catch_warnings():  # algorithm_type="dpmsolver" is deprecated in recent diffusers
+        warnings.simplefilter("ignore", FutureWarning)
+        sch = cls(**kw)
+    sch.set_timesteps(STEPS, device=x.device)
+    if hasattr(sch, "is_scale_input_called"):  # Euler: as after the loop's scale_model_input(); no warning
+        sch.is_scale_input_called = True
+    ts = sch.timesteps
+    with torch.no_grad():
+        for j in range(k):  # warm the history
+            sch.step(out, ts[j], x, return_dict=False)
+    snap = {a: getattr(sch, a) for a in _MUTABLE if hasattr(sch, a)}
+    snap = {a: (list(v) if isinstance(v, list) else v) for a, v in snap.items()}
+    lists = [a for a, v in snap.items() if isinstance(v, list)]
+    plain = [(a, v) for a, v in snap.items() if a not in lists]
+    t = ts[k]
+
+    def restore():
+        for a, v in plain:
+            setattr(sch, a, v)
+        for a in lists:
+            setattr(sch, a, list(snap[a]))
+
+    def step():
+        restore()
+        sch.step(out, t, x, return_dict=False)
+
+    with torch.no_grad():
+        t_step = median_us(step, min_time, sync=sync)
+        if keep_restore:
+            return t_step
+        t_restore = median_us(restore, min_time, sync=False)
+    return t_step - t_restore
+
+
+def traffic(plan, i: int, s: int) -> int:
+    """Tensors of x's size the fused step reads + writes for row (i, s) (see the module docstring)."""
+    sol = plan.solver
+    _inp, slot, wx, wy = plan.layout[(i * sol.stages + s) * 4:(i * sol.stages + s + 1) * 4]
+    has_y = 1 if sol.second_buffer else 0
+    reads = 2 + has_y + sol.history          # out, x, y, ring
+    writes = int(bool(wx)) + int(bool(wy)) + int(slot >= 0)
+    return reads + writes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--min-time", type=float, default=None, help="seconds per median (default 0.3, quick 0.05)")
+    ap.add_argument("--quick", action="store_true", help="2k and 16k elements only, --min-time 0.05")
+    ap.add_argument("--solvers", default=None, help="comma-separated subset (default: every plan-based solver)")
+    ap.add_argument("--keep-restore", action="store_true",
+                    help="report diffusers' restore+step median (default: restore cost subtracted)")
+    args = ap.parse_args()
+    min_time = args.min_time if args.min_time is not None else (0.05 if args.quick else 0.3)
+    sizes = QUICK_SIZES if args.quick else SIZES
+    dev = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    sync = dev.type == "cuda"
+    B = args.batch
+
+    names = args.solvers.split(",") if args.solvers else [n for n in solvers.available() if n != "dpm_adaptive"]
+    sch = schedules.VPDiscrete(betas=_betas())
+    ts = diffcore.timesteps(sch, STEPS)
+    torch.manual_seed(0)
+    rows, floors = [], {}
+    for name in names:
+        solver = solvers.get(name)
+        plan = solver.plan(sch, ts, device=dev, dtype=dtype, prediction="eps")
+        i = plan.num_steps // 2  # MID for a 20-step plan; dpm_solver_fast spends 20 NFE on 7 steps
+        T = traffic(plan, i, 0)
+        floors[name] = T
+        for n in sizes:
+            x = torch.randn(B, n // B, device=dev, dtype=dtype)
+            out = torch.randn_like(x)
+            states = []
+            with torch.no_grad():
+                for _ in range(2):
+                    st = plan.init_state(x)
+                    for j in range(i):
+                        for s in plan.stages(j):
+                            plan.step(st, j, s, out)
+                    states.append(st)
+            st_f, st_r = states
+            src = torch.empty(T * n // 2, device=dev, dtype=dtype).normal_()
+            dst = torch.empty_like(src)
+
+            def fused():
+                plan.step(st_f, i, 0, out)
+
+            def eager():
+                plan.step_reference(st_r, i, 0, out)
+
+            def floor():
+                dst.copy_(src)
+
+            with torch.no_grad():
+                t_f = median_us(fused, min_time, sync=sync)
+                t_e = median_us(eager, min_time, sync=sync)
+                t_d = diffusers_peer(name, x, out, min_time, sync, args.keep_restore)
+                t_c = median_us(floor, min_time, sync=sync)
+            d_cell = f"{t_d:.2f}" if isinstance(t_d, float) else t_d
+            d_ratio = f"{t_d / t_f:.2f}x" if isinstance(t_d, float) else "—"
+            rows.append([name, f"{n:,}", f"{t_f:.2f}", f"{t_e:.2f}", d_cell, f"{t_c:.2f}",
+                         d_ratio, f"{t_e / t_f:.2f}x", f"{t_f / t_c:.2f}x"])
+    cmd = f"python bench/bench_step.py --device {args.device} --dtype {args.dtype}"
+    if args.quick:
+        cmd += " --quick"
+    if args.min_time is not None:
+        cmd += f" --min-time {args.min_time}"
+    if args.solvers:
+        cmd += f" --solvers {args.solvers}"
+    if args.keep_restore:
+        cmd += " --keep-restore"
+    try:
+        import diffusers  # noqa: PLC0415
+        peer = f"diffusers {diffusers.__version__}"
+    except Exception:  # noqa: BLE001
+        peer = "diffusers not installed"
+    print(f"# solver step — {datetime.date.today()} — {args.device}, {args.dtype}, batch {B}, "
+          f"stage 0 of the middle step of a {STEPS}-step plan, VPDiscrete linear betas, eps model — {peer}")
+    print(f"# {machine()}")
+    print(f"# command: {cmd}")
+    print(table(["solver", "elements", "diffcore fused µs", "eager torch µs", "diffusers µs", "copy_ floor µs",
+                 "diffusers/fused", "eager/fused", "fused/floor"], rows))
+    print()
+    print("# copy_ floor traffic T (tensors of x's size read + written by the timed row): "
+          + ", ".join(f"{k} {v}" for k, v in floors.items()))
+    if not args.keep_restore:
+        print("# diffusers: median of (state restore + step) minus the median of the restore alone")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""``diffcore.sample``: the plan / execute loop of DESIGN.md with model wrapping, guidance, progress
+bar, trajectory recording and optional CUDA-graph capture; ``diffcore.prior_sample`` draws its start.
+
+Data flow, top to bottom: schedule → timesteps → model wrapper (prediction type, CFG) → plan (all
+coefficients once) → per step: model call → one fused step (history ring included).
+"""
+from __future__ import annotations
+
+import collections
+import weakref
+from typing import Callable, Optional, Union
+
+import torch
+
+from . import schedules as _schedules
+from .grids import timesteps as _timesteps
+from .guidance import CFG
+from .param import ModelWrapper, canonical_prediction, convert
+from .solvers import get as _get_solver
+from .solvers.adaptive import DPMAdaptive
+
+__all__ = ["sample", "prior_sample"]
+
+
+def prior_sample(schedule, shape, generator: Optional[torch.Generator] = None, device=None,
+                 dtype: torch.dtype = torch.float32, t: Optional[float] = None) -> torch.Tensor:
+    """Draw the sampler's start ``x ~ N(0, prior_std(t)² I)`` at ``t`` (default ``schedule.t_start``)
+    (solvers.md §6: N(0, I) for VP/sub-VP/FM, N(0, σ_max² I) for VE/EDM)."""
+    schedule = _schedules.get(schedule)
+    std = schedule.prior_std(t)
+    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype) * std
+
+
+def _grid(schedule, steps, spacing, t_start, t_end):
+    if isinstance(steps, torch.Tensor):
+        if spacing is not None or t_start is not None or t_end is not None:
+            raise ValueError("steps: with an explicit tensor of times, spacing/t_start/t_end must not be given")
+        return steps.detach().to("cpu", torch.float64)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps: expected a positive int or a tensor of times, got {steps!r}")
+    if t_start is not None and t_end is not None and float(t_start) < float(t_end):
+        # inversion (data -> noise): the sampling grid between the same end points, reversed
+        return _timesteps(schedule, steps, spacing=spacing, t_start=t_end, t_end=t_start, final_zero=False).flip(0)
+    return _timesteps(schedule, steps, spacing=spacing, t_start=t_start, t_end=t_end)
+
+
+def _model_fn(model, prediction, model_kwargs, guidance):
+    if isinstance(model, ModelWrapper):
+        # the wrapper already handles time convention and preconditioning; ask it for x̂
+        inner, prediction = (lambda x, t, **kw: model(x, t, target="x0", **kw)), "x0"
+    elif callable(model):
+        inner, prediction = model, canonical_prediction(prediction)
+    else:
+        raise TypeError(f"model: expected a callable model(x, t, **model_kwargs), got {type(model).__name__}")
+    if model_kwargs is not None and not isinstance(model_kwargs, dict):
+        raise TypeError(f"model_kwargs: expected a dict, got {type(model_kwargs).__name__}")
+    if guidance is None:
+        kw = dict(model_kwargs or {})
+        fn = (lambda x, t: inner(x, t, **kw)) if kw else inner
+    elif isinstance(guidance, CFG):
+        fn = guidance.wrap(inner, model_kwargs)
+    else:
+        raise TypeError(f"guidance: expected a diffcore.CFG or None, got {type(guidance).__name__}")
+    return fn, prediction
+
+
+def _checked(fn, x):
+    def call(inp, t):
+        out = fn(inp, t)
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            raise ValueError(f"model: expected an output of shape {tuple(x.shape)}, got "
+                             f"{getattr(out, 'shape', type(out).__name__)}")
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
+        return out
+    return call
+
+
+def _loop(plan, fn, state, times, callback, trajectory, progress):
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=plan.num_steps, desc=plan.solver.name)
+    for i in range(plan.num_steps):
+        for s in plan.stages(i):
+            plan.step(state, i, s, fn(state.model_input(s), times[i][s]))
+        if trajectory is not None:
+            trajectory.append(state.x.clone())
+        if callback is not None:
+            callback({"i": i, "t": plan.timesteps[:, i + 1], "x": state.x})
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return state.x
+
+
+_GRAPHS: "collections.OrderedDict" = collections.OrderedDict()
+_GRAPH_CACHE_SIZE = 8
+
+
+def _graph_sample(key, model, plan, fn, x, times):
+    """Capture the whole loop (model included) once per key, then replay it: no host work per step."""
+    entry = _GRAPHS.get(key)
+    if entry is not None and entry[0]() is model:
+        _, graph, static_x, state = entry
+        _GRAPHS.move_to_end(key)
+    else:
+        static_x = x.clone()
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):  # warm-up run outside capture (lazy init, cuBLAS handles, ...)
+            _loop(plan, fn, plan.init_state(static_x), times, None, None, False)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            state = plan.init_state(static_x)
+            _loop(plan, fn, state, times, None, None, False)
+        _GRAPHS[key] = (weakref.ref(model) if _weakrefable(model) else (lambda m=model: m), graph, static_x, state)
+        while len(_GRAPHS) > _GRAPH_CACHE_SIZE:
+            _GRAPHS.popitem(last=False)
+    static_x.copy_(x)
+    graph.replay()
+    return state.x.clone()
+
+
+def _weakrefable(obj) -> bool:
+    try:
+        weakref.ref(obj)
+        return True
+    except TypeError:
+        return False
+
+
+def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Schedule", None] = None,
+           solver="dpmpp_2m", steps: Union[int, torch.Tensor] = 10, prediction="eps", spacing: Optional[str] = None,
+           t_start: Optional[float] = None, t_end: Optional[float] = None, model_kwargs: Optional[dict] = None,
+           guidance: Optional[CFG] = None, callback: Optional[Callable] = None, return_trajectory: bool = False,
+           progress: bool = False, cuda_graph: bool = False, **solver_options):
+    """Solve the probability-flow ODE of ``model`` from ``x`` at ``t_start`` to ``t_end``.
+
+    Args:
+        model: ``model(x, t, **model_kwargs)`` with ``t`` a ``[B]`` tensor of the schedule's continuous
+            times (one per sample), returning a ``prediction``; or a :class:`~diffcore.ModelWrapper`
+            (which handles time conventions and EDM preconditioning).
+        x: the state at ``t_start`` in the schedule's units (:func:`prior_sample` draws it).
+        schedule: a :class:`~diffcore.schedules.Schedule` or its name.
+        solver: a name from ``diffcore.solvers.available()`` or a solver object; ``**solver_options``
+            go to :func:`diffcore.solvers.get`.
+        steps: number of steps, or an explicit tensor of times ``[M + 1]`` / per-sample ``[B, M + 1]``
+            (then ``spacing``, ``t_start`` and ``t_end`` must be left out).
+        prediction: ``"eps"``, ``"x0"``, ``"score"``, ``"velocity"``, ``"v"`` or an alias.
+        spacing, t_start, t_end: grid options of :func:`diffcore.timesteps` (default: the schedule's).
+            ``t_start < t_end`` inverts (data → noise).
+        guidance: ``diffcore.CFG(omega, uncond=...)``.
+        callback: called after every step with ``{"i", "t", "x"}``.
+        return_trajectory: also return the list of states after each step.
+        progress: tqdm progress bar.
+        cuda_graph: on CUDA, capture the whole loop (model included) as one CUDA graph, cached per
+            (model, solver, schedule, grid, shape), and replay it. The model must be capturable and
+            ``model_kwargs`` tensors are captured by reference. Ignored on the CPU.
+
+    Returns ``x`` at ``t_end`` (and the trajectory when asked).
+    """
+    if schedule is None:
+        raise TypeError("schedule: required (a diffcore Schedule or its name, e.g. 'vp_linear', 'edm', 'rf')")
+    schedule = _schedules.get(schedule)
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
+        raise TypeError("x: expected a floating-point torch tensor with a batch dimension")
+    solver = _get_solver(solver, **solver_options)
+    fn, prediction = _model_fn(model, prediction, model_kwargs, guidance)
+    fn = _checked(fn, x)
+    if isinstance(solver, DPMAdaptive):
+        if cuda_graph or return_trajectory:
+            raise ValueError("solver: dpm_adaptive syncs with the host every step; cuda_graph and "
+                             "return_trajectory are not available for it")
+        ts = float(schedule.t_start if t_start is None else t_start)
+        te = float(schedule.t_end if t_end is None else t_end)
+
+        def eps_fn(xx, t):
+            return convert(fn(xx, t), xx, t, schedule, prediction, "eps")
+
+        with torch.no_grad():
+            out, _ = solver.solve(eps_fn, x, schedule, ts, te, callback)
+        return out
+    grid = _grid(schedule, steps, spacing, t_start, t_end)
+    plan = solver.plan(schedule, grid, device=x.device, dtype=x.dtype, prediction=prediction)
+    B = x.shape[0]
+    times = [[plan.model_time(i, s).expand(B) for s in plan.stages(i)] for i in range(plan.num_steps)]
+    with torch.no_grad():
+        if cuda_graph and x.is_cuda:
+            if callback is not None or return_trajectory or progress:
+                raise ValueError("cuda_graph: callback, return_trajectory and progress need host work per step")
+            kw_key = tuple(sorted((k, id(v)) for k, v in (model_kwargs or {}).items()))
+            key = (id(model), repr(solver), repr(schedule), tuple(grid.flatten().tolist()), prediction,
+                   tuple(x.shape), x.dtype, str(x.device), kw_key, repr(guidance))
+            return _graph_sample(key, model, plan, fn, x, times)
+        state = plan.init_state(x)
+        trajectory = [state.x.clone()] if return_trajectory else None
+        out = _loop(plan, fn, state, times, callback, trajectory, progress)
+    return (out, trajectory) if return_trajectory else out
