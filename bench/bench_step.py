@@ -16,9 +16,11 @@ measured side by side in one run:
   single-step order 2: index 10, the order-1 half that opens a pair). ``step()`` mutates the
   scheduler (``_step_index``, ``model_outputs``, ``lower_order_nums``, ``ets``, …), so before every
   timed call the mutable attributes are restored from a snapshot (plain attribute sets and list
-  copies, no tensor work). That restore is timed alone in the same run and *subtracted* from the
-  diffusers median, so the column is the step itself (the restore costs well under 1 µs; the
-  ``--keep-restore`` flag reports the raw restore+step median instead).
+  copies, no tensor work; a restored call returns bit-for-bit what the un-restored call would). That
+  restore is timed alone in the same run and *subtracted* from the diffusers median, so the column is
+  the step itself (the restore costs about 0.2–1 µs; ``--keep-restore`` reports the raw restore+step
+  median instead). Euler's ``is_scale_input_called`` is set as after ``scale_model_input()`` so
+  ``step()`` does not log a warning on every call.
   A peer missing from the installed diffusers is reported as ``skipped``; a method without one as ``—``.
   (``dpm_solver_2``'s peer, singlestep ``algorithm_type="dpmsolver"``, is deprecated in diffusers and
   needs ``final_sigmas_type="sigma_min"``; that only changes the last step, not the timed one.)
@@ -29,8 +31,12 @@ measured side by side in one run:
   ``n`` and writes ``n``, so ``src`` / ``dst`` hold ``T·numel(x)/2`` elements each (the same
   convention as ``bench_overhead.py``, whose floor is K + 2 tensors' worth).
 
-Usage: ``python bench/bench_step.py [--device cpu|cuda] [--quick]`` (``--quick``: 2k and 16k only,
-``--min-time 0.05``). Prints a markdown table of medians (µs) and ratios.
+Usage: ``python bench/bench_step.py [--device cpu|cuda] [--quick] [--solvers a,b] [--threads N]``
+(``--quick``: 2k and 16k only, ``--min-time 0.05``). Prints a markdown table of medians (µs) and ratios.
+
+Threads: diffcore's step goes parallel from 65,536 elements, torch's ``copy_`` from 32,768. On a
+loaded 2-core machine a parallel ``copy_`` can wait a scheduler tick (≈ 8 ms) for its worker thread,
+which shows as an absurd floor; rerun on a quiet machine or compare with ``--threads 1``.
 """
 from __future__ import annotations
 
@@ -149,9 +155,13 @@ def main() -> None:
     ap.add_argument("--min-time", type=float, default=None, help="seconds per median (default 0.3, quick 0.05)")
     ap.add_argument("--quick", action="store_true", help="2k and 16k elements only, --min-time 0.05")
     ap.add_argument("--solvers", default=None, help="comma-separated subset (default: every plan-based solver)")
+    ap.add_argument("--threads", type=int, default=None, help="torch and diffcore threads (default: as is)")
     ap.add_argument("--keep-restore", action="store_true",
                     help="report diffusers' restore+step median (default: restore cost subtracted)")
     args = ap.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        diffcore.set_num_threads(args.threads)
     min_time = args.min_time if args.min_time is not None else (0.05 if args.quick else 0.3)
     sizes = QUICK_SIZES if args.quick else SIZES
     dev = torch.device(args.device)
@@ -210,6 +220,8 @@ def main() -> None:
         cmd += f" --min-time {args.min_time}"
     if args.solvers:
         cmd += f" --solvers {args.solvers}"
+    if args.threads is not None:
+        cmd += f" --threads {args.threads}"
     if args.keep_restore:
         cmd += " --keep-restore"
     try:

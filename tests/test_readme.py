@@ -28,3 +28,14 @@ def test_readme_usage_snippet_runs():
     namespace: dict = {}
     exec(compile(m.group(1), "README.md", "exec"), namespace)
     assert namespace["out"].shape == (4, 2)
+
+
+def test_readme_sampling_snippets_run():
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"## Sampling\n\n```python\n(.*?)```.*?```python\n(.*?)```", text, re.S)
+    assert m, "README.md lost its sampling snippets"
+    namespace: dict = {}
+    exec(compile(m.group(1), "README.md", "exec"), namespace)
+    assert namespace["x0"].shape == (512, 2) and namespace["z"].shape == (512, 2)
+    exec(compile(m.group(2), "README.md", "exec"), namespace)
+    assert namespace["x0"].shape == (512, 2)

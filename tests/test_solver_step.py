@@ -87,7 +87,7 @@ def test_step_validation():
     with pytest.raises(ValueError, match="out"):
         plan.step(st, 0, 0, torch.randn(2, 4))
     with pytest.raises(TypeError, match="out"):
-        plan.step(st, 0, 0, torch.randn(2, 3, dtype=torch.float64))
+        plan.step(st, 0, 0, torch.ones(2, 3, dtype=torch.int64))
     with pytest.raises(TypeError, match="out"):
         plan.step(st, 0, 0, [1.0])
     with pytest.raises(IndexError, match="i"):

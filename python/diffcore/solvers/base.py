@@ -288,8 +288,10 @@ class Plan:
         x = state.x
         if out.shape != x.shape:
             raise ValueError(f"out: expected the model output of shape {tuple(x.shape)}, got {tuple(out.shape)}")
-        if out.dtype != x.dtype or out.device != x.device:
-            raise TypeError(f"out: expected {x.dtype} on {x.device}, got {out.dtype} on {out.device}")
+        if out.device != x.device or not out.is_floating_point():
+            raise TypeError(f"out: expected a floating tensor on {x.device}, got {out.dtype} on {out.device}")
+        if out.dtype != x.dtype:  # e.g. a float64 oracle or a bf16 autocast model on a float32 state
+            out = out.to(x.dtype)
         raw = False
         if self.solver.thresholding:
             out = self._threshold(state, i, s, out)

@@ -1,0 +1,97 @@
+"""Error vs NFE of every deterministic solver on every schedule family (a report, not a gate).
+
+The model is the exact Gaussian-mixture oracle of solvers.md §12 (its ε̂, x̂ or velocity), the error
+the RMS over pinned start points (normal quantiles, near-separatrix points dropped, §12.1) against
+the float64 DOP853 reference, with each schedule's default grid (spacing, t_start, t_end, final
+σ = 0 step where the schedule has one) and the solvers' defaults (lower_order_final on). A solver
+with k model calls per step gets ⌊NFE/k⌋ steps; the NFE column of each cell is what it used.
+
+Usage: ``python bench/bench_error_nfe.py [--nfe 5 10 15 20 50] [--schedules vp_linear edm rf]``.
+Also prints the orders table (warm-up and exact history) of the order tests.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import machine, table  # noqa: E402
+
+import diffcore  # noqa: E402
+from diffcore import oracles, schedules, solvers  # noqa: E402
+from diffcore.convergence import order_study, pinned_starts, reference_mixture, run_plan  # noqa: E402
+
+SOLVERS = [("euler", {}), ("heun", {}), ("ddim", {}), ("dpm_solver_2", {}), ("dpm_solver_3", {}),
+           ("dpm_solver_fast", {}), ("dpmpp_2s", {}), ("dpmpp_2m", {}), ("dpmpp_3m", {"w": 2.0}),
+           ("dpmpp_3m", {"w": 1.0}), ("deis_2", {}), ("deis_3", {}), ("unipc_1", {}), ("unipc_2", {}),
+           ("unipc_3", {}), ("ipndm", {})]
+
+
+def _label(name, opts):
+    return name + ("" if not opts else "(" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")")
+
+
+def error_table(sched_name, nfes):
+    sched = schedules.get(sched_name)
+    oracle = reference_mixture()
+    ts0 = diffcore.timesteps(sched, 4)
+    t0, t1 = float(ts0[0]), float(ts0[-1])
+    x0 = pinned_starts(oracle, sched, t0, t1)
+    ref = oracles.reference_ode(oracle, x0, t0, t1, sched)
+    pred = "velocity" if sched_name == "rf" else "eps"
+    model = lambda x, t: oracle.predict(x, t, sched, pred)  # noqa: E731
+    rows = []
+    for name, opts in SOLVERS:
+        s = solvers.get(name, **opts)
+        row = [_label(name, opts)]
+        for nfe in nfes:
+            steps = nfe if name == "dpm_solver_fast" else max(1, nfe // s.stages)
+            try:
+                plan = s.plan(sched, diffcore.timesteps(sched, steps), dtype=torch.float64, prediction=pred)
+                err = float(((run_plan(plan, model, x0) - ref) ** 2).mean().sqrt())
+                row.append(f"{err:.2e} ({plan.nfe})")
+            except ValueError as e:  # e.g. a noise-form solver at α = 0
+                row.append("n/a: " + str(e).split(";")[0][:40])
+        rows.append(row)
+    return table(["solver"] + [f"NFE {n}" for n in nfes], rows)
+
+
+def orders_table():
+    sched = schedules.VPLinear()
+    oracle = reference_mixture()
+    starts = pinned_starts(oracle, sched, sched.t_start, sched.t_end)
+    rows = []
+    for name, opts in SOLVERS:
+        s = solvers.get(name, **opts)
+        if getattr(s, "multistep", False):
+            s = solvers.get(name, lower_order_final=False, **opts)
+        r = order_study(s, sched, oracle, starts=starts)
+        ex = order_study(s, sched, oracle, starts=starts, exact_history=True) if s.multistep and s.history else None
+        rows.append([_label(name, opts), str(s.order), f"{r['order']:.2f}", f"{ex['order']:.2f}" if ex else "—",
+                     f"{r['errors'][-1]:.1e}"])
+    return table(["solver", "nominal", "LSQ order (warm-up)", "LSQ order (exact history)", "RMS error N=1024"], rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 15, 20, 50])
+    ap.add_argument("--schedules", nargs="+", default=["vp_linear", "vp_cosine", "edm", "rf"])
+    ap.add_argument("--no-orders", action="store_true")
+    args = ap.parse_args()
+    print(f"# error vs NFE — {datetime.date.today()} — float64, GMM oracle of solvers.md §12")
+    print(f"# {machine()}")
+    print(f"# command: python bench/bench_error_nfe.py {' '.join(sys.argv[1:])}".rstrip())
+    for name in args.schedules:
+        print(f"\n## {name}\n")
+        print(error_table(name, args.nfe))
+    if not args.no_orders:
+        print("\n## observed orders (VP-linear, λ-uniform, t_end = 1e-3, N = 128…1024, lower_order_final off)\n")
+        print(orders_table())
+
+
+if __name__ == "__main__":
+    main()
