@@ -20,7 +20,11 @@ batch (16, 1024) and step count (10, 50), measured side by side in one run:
   outside. ``set_timesteps`` resets the scheduler's history, so every run starts fresh. Peers are
   those of ``bench_step.py``; a peer missing from the installed diffusers is reported as ``skipped``.
 
-Solver overhead per step = (loop − model only with the matching times) / steps, in µs.
+Solver overhead per step = (loop − model only with the matching times) / steps, in µs. Every number
+is the median of ``--rounds`` (3) block medians (``common.median_us`` with ``min_time / rounds`` each),
+the five measurements of a row taken in turn within each round (``bench_step.interleaved``), so a
+burst of load from elsewhere does not land on one term of a difference only. On a loaded 2-core
+machine any parallel torch op can stall a scheduler tick; ``--threads 1`` sidesteps that.
 
 Usage: ``python bench/bench_loop.py [--device cpu|cuda] [--quick]`` (``--quick``: batch 16, 10 steps,
 ``--min-time 0.05``). Prints a markdown table of medians (µs) and ratios.
@@ -36,8 +40,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine, median_us, table  # noqa: E402
-from bench_step import _BETA_KW, PEERS  # noqa: E402
+from common import machine, table  # noqa: E402
+from bench_step import diffusers_scheduler, interleaved  # noqa: E402
 
 import diffcore  # noqa: E402
 from diffcore import schedules, solvers  # noqa: E402
@@ -60,29 +64,12 @@ class MLP(nn.Module):
         return self.net(torch.cat([x, t], 1))
 
 
-def diffusers_scheduler(name: str):
-    """The diffusers peer of ``name`` (built once), or the string ``"skipped"`` / ``"—"``."""
-    if name not in PEERS:
-        return "—"
-    cls_name, opts, _ = PEERS[name]
-    try:
-        import diffusers  # noqa: PLC0415
-    except Exception:  # noqa: BLE001 — any import failure means "not installed" here
-        return "skipped"
-    cls = getattr(diffusers, cls_name, None)
-    if cls is None:
-        return "skipped"
-    kw = dict(opts)
-    if cls_name != "IPNDMScheduler":
-        kw.update(_BETA_KW)
-    return cls(**kw)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--min-time", type=float, default=None, help="seconds per median (default 0.3, quick 0.05)")
     ap.add_argument("--quick", action="store_true", help="batch 16, 10 steps, --min-time 0.05")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per median (default 3)")
     ap.add_argument("--threads", type=int, default=None, help="torch and diffcore threads (default: as is)")
     args = ap.parse_args()
     if args.threads is not None:
@@ -123,32 +110,34 @@ def main() -> None:
                             plan.step(st, i, s, model(st.model_input(s), times[i][s]))
                     return st.x
 
+                fns = {"m": (model_only_dc, sync), "s": (dc_sample, sync), "p": (dc_plan_loop, sync)}
+                if not isinstance(peer, str):
+                    peer.set_timesteps(N, device=dev)
+                    dts = list(peer.timesteps)
+
+                    def model_only_df():
+                        for t in dts:
+                            model(x0, t)
+
+                    def df_loop(p=peer):
+                        p.set_timesteps(N, device=dev)
+                        x = x0 * p.init_noise_sigma
+                        for t in p.timesteps:
+                            out = model(p.scale_model_input(x, t), t)
+                            x = p.step(out, t, x).prev_sample
+                        return x
+
+                    fns["dm"] = (model_only_df, sync)
+                    fns["dl"] = (df_loop, sync)
                 with torch.no_grad():
-                    t_m = median_us(model_only_dc, min_time, sync=sync)
-                    t_s = median_us(dc_sample, min_time, sync=sync)
-                    t_p = median_us(dc_plan_loop, min_time, sync=sync)
-                    o_s, o_p = (t_s - t_m) / N, (t_p - t_m) / N
-                    if isinstance(peer, str):
-                        d_m = d_l = o_d = peer
-                    else:
-                        peer.set_timesteps(N, device=dev)
-                        dts = list(peer.timesteps)
-
-                        def model_only_df():
-                            for t in dts:
-                                model(x0, t)
-
-                        def df_loop(p=peer):
-                            p.set_timesteps(N, device=dev)
-                            x = x0 * p.init_noise_sigma
-                            for t in p.timesteps:
-                                out = model(p.scale_model_input(x, t), t)
-                                x = p.step(out, t, x).prev_sample
-                            return x
-
-                        d_m = median_us(model_only_df, min_time, sync=sync)
-                        d_l = median_us(df_loop, min_time, sync=sync)
-                        o_d = (d_l - d_m) / len(dts)
+                    med = interleaved(fns, min_time, args.rounds)
+                t_m, t_s, t_p = med["m"], med["s"], med["p"]
+                o_s, o_p = (t_s - t_m) / N, (t_p - t_m) / N
+                if isinstance(peer, str):
+                    d_m = d_l = o_d = peer
+                else:
+                    d_m, d_l = med["dm"], med["dl"]
+                    o_d = (d_l - d_m) / len(dts)
                 f = lambda v: f"{v:.1f}" if isinstance(v, float) else v  # noqa: E731
                 r = lambda a, b: f"{a / b:.2f}x" if isinstance(a, float) and isinstance(b, float) else "—"  # noqa: E731
                 rows.append([name, str(B), str(N), f(t_m), f(t_s), f(t_p), f(d_m), f(d_l),
@@ -158,6 +147,8 @@ def main() -> None:
         cmd += " --quick"
     if args.min_time is not None:
         cmd += f" --min-time {args.min_time}"
+    if args.rounds != 3:
+        cmd += f" --rounds {args.rounds}"
     if args.threads is not None:
         cmd += f" --threads {args.threads}"
     try:

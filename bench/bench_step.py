@@ -31,6 +31,9 @@ measured side by side in one run:
   ``n`` and writes ``n``, so ``src`` / ``dst`` hold ``T·numel(x)/2`` elements each (the same
   convention as ``bench_overhead.py``, whose floor is K + 2 tensors' worth).
 
+Every number is the median of ``--rounds`` (3) block medians (``common.median_us`` with
+``min_time / rounds`` each), the four measurements of a row taken in turn within each round.
+
 Usage: ``python bench/bench_step.py [--device cpu|cuda] [--quick] [--solvers a,b] [--threads N]``
 (``--quick``: 2k and 16k only, ``--min-time 0.05``). Prints a markdown table of medians (µs) and ratios.
 
@@ -43,8 +46,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import statistics
 import sys
 import warnings
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -88,11 +93,22 @@ def _betas() -> torch.Tensor:
     return torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
 
 
-def diffusers_peer(name: str, x: torch.Tensor, out: torch.Tensor, min_time: float, sync: bool, keep_restore: bool):
-    """Median µs of the diffusers step matching ``name``, or the string ``"—"`` / ``"skipped"``."""
+def interleaved(fns: Dict[str, Tuple[Callable[[], object], bool]], min_time: float, rounds: int) -> Dict[str, float]:
+    """Median over ``rounds`` rounds of ``median_us(fn, min_time / rounds)`` per entry ``(fn, sync)``, the
+    entries taken in turn within each round, so a burst of load from elsewhere on a shared machine
+    spoils one round of every entry rather than every round of one entry."""
+    res: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, (fn, sync) in fns.items():
+            res[k].append(median_us(fn, min_time / rounds, sync=sync))
+    return {k: statistics.median(v) for k, v in res.items()}
+
+
+def diffusers_scheduler(name: str):
+    """The diffusers peer of ``name`` (a fresh scheduler), or the string ``"skipped"`` / ``"—"``."""
     if name not in PEERS:
         return "—"
-    cls_name, opts, k = PEERS[name]
+    cls_name, opts, _ = PEERS[name]
     try:
         import diffusers  # noqa: PLC0415
     except Exception:  # noqa: BLE001 — any import failure means "not installed" here
@@ -105,7 +121,16 @@ def diffusers_peer(name: str, x: torch.Tensor, out: torch.Tensor, min_time: floa
         kw.update(_BETA_KW)
     with warnings.catch_warnings():  # algorithm_type="dpmsolver" is deprecated in recent diffusers
         warnings.simplefilter("ignore", FutureWarning)
-        sch = cls(**kw)
+        return cls(**kw)
+
+
+def diffusers_peer(name: str, x: torch.Tensor, out: torch.Tensor):
+    """``(step, restore)`` callables for the diffusers step matching ``name`` (``step`` restores the
+    warmed state, then steps), or the string ``"—"`` / ``"skipped"``."""
+    sch = diffusers_scheduler(name)
+    if isinstance(sch, str):
+        return sch
+    k = PEERS[name][2]
     sch.set_timesteps(STEPS, device=x.device)
     if hasattr(sch, "is_scale_input_called"):  # Euler: as after the loop's scale_model_input(); no warning
         sch.is_scale_input_called = True
@@ -129,12 +154,7 @@ def diffusers_peer(name: str, x: torch.Tensor, out: torch.Tensor, min_time: floa
         restore()
         sch.step(out, t, x, return_dict=False)
 
-    with torch.no_grad():
-        t_step = median_us(step, min_time, sync=sync)
-        if keep_restore:
-            return t_step
-        t_restore = median_us(restore, min_time, sync=False)
-    return t_step - t_restore
+    return step, restore
 
 
 def traffic(plan, i: int, s: int) -> int:
@@ -155,6 +175,7 @@ def main() -> None:
     ap.add_argument("--min-time", type=float, default=None, help="seconds per median (default 0.3, quick 0.05)")
     ap.add_argument("--quick", action="store_true", help="2k and 16k elements only, --min-time 0.05")
     ap.add_argument("--solvers", default=None, help="comma-separated subset (default: every plan-based solver)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per median (default 3)")
     ap.add_argument("--threads", type=int, default=None, help="torch and diffcore threads (default: as is)")
     ap.add_argument("--keep-restore", action="store_true",
                     help="report diffusers' restore+step median (default: restore cost subtracted)")
@@ -204,11 +225,16 @@ def main() -> None:
             def floor():
                 dst.copy_(src)
 
+            fns = {"fused": (fused, sync), "eager": (eager, sync), "floor": (floor, sync)}
+            peer = diffusers_peer(name, x, out)
+            if not isinstance(peer, str):
+                fns["diffusers"] = (peer[0], sync)
+                if not args.keep_restore:
+                    fns["restore"] = (peer[1], False)
             with torch.no_grad():
-                t_f = median_us(fused, min_time, sync=sync)
-                t_e = median_us(eager, min_time, sync=sync)
-                t_d = diffusers_peer(name, x, out, min_time, sync, args.keep_restore)
-                t_c = median_us(floor, min_time, sync=sync)
+                med = interleaved(fns, min_time, args.rounds)
+            t_f, t_e, t_c = med["fused"], med["eager"], med["floor"]
+            t_d = peer if isinstance(peer, str) else med["diffusers"] - med.get("restore", 0.0)
             d_cell = f"{t_d:.2f}" if isinstance(t_d, float) else t_d
             d_ratio = f"{t_d / t_f:.2f}x" if isinstance(t_d, float) else "—"
             rows.append([name, f"{n:,}", f"{t_f:.2f}", f"{t_e:.2f}", d_cell, f"{t_c:.2f}",
@@ -220,6 +246,8 @@ def main() -> None:
         cmd += f" --min-time {args.min_time}"
     if args.solvers:
         cmd += f" --solvers {args.solvers}"
+    if args.rounds != 3:
+        cmd += f" --rounds {args.rounds}"
     if args.threads is not None:
         cmd += f" --threads {args.threads}"
     if args.keep_restore:

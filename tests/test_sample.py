@@ -265,10 +265,11 @@ def test_cuda_graph_replay_equals_eager():
 def test_cuda_loop_has_no_host_sync():
     net = torch.nn.Linear(2, 2).cuda()
     x = torch.randn(8, 2, device="cuda")
+    plan = solvers.get("dpmpp_3m").plan(SCHED, diffcore.timesteps(SCHED, 6), device="cuda")
+    st = plan.init_state(x)
+    torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        plan = solvers.get("dpmpp_3m").plan(SCHED, diffcore.timesteps(SCHED, 6), device="cuda")
-        st = plan.init_state(x)
         for i in range(plan.num_steps):
             for s in plan.stages(i):
                 plan.step(st, i, s, net(st.model_input(s)))

@@ -1,6 +1,6 @@
-// CPU backend of the fused sampler step: the arithmetic of step_element() with K and the presence of
-// the second buffer known at compile time, so each chunk is one vectorizable pass; OpenMP over
-// (sample, chunk) pairs above a size threshold.
+// CPU backend of the fused sampler step: the arithmetic of step_element() with K and the written
+// buffers known at compile time, so each chunk is one vectorizable pass; OpenMP over (sample, chunk)
+// pairs above a size threshold.
 #include <algorithm>
 
 #include "core/solver_step.h"
@@ -15,31 +15,33 @@ namespace {
 constexpr int64_t kChunk = 4096;
 constexpr int64_t kParallelThreshold = 1 << 16;
 
-template <class T, int KK, bool HY>
+// WRITE bit 0: ring[slot] <- m, bit 1: x <- x', bit 2: y <- y'. Every branch is resolved at compile
+// time so the loop body is straight-line and vectorizes; a missing y reads x with zero weights.
+template <class T, int KK, int WRITE>
 void step_chunk(const StepArgs& a, int64_t b, int64_t n0, int64_t len) {
   using C = typename Compute<T>::type;
   const double* c = a.coef + b * a.coef_sb;
-  const C cu = C(c[0]), co = C(c[1]);
+  // raw: the output is already native, m = 0·u + 1·o
+  const C cu = a.raw ? C(0) : C(c[0]), co = a.raw ? C(1) : C(c[1]);
   const C ax = C(c[2]), ay = C(c[3]), am = C(c[4 + KK]);
   const C bx = C(c[5 + KK]), by = C(c[6 + KK]), bm = C(c[7 + 2 * KK]);
   C ar[KK > 0 ? KK : 1], br[KK > 0 ? KK : 1];
-  T* rp[KK > 0 ? KK : 1];
+  const T* rp[KK > 0 ? KK : 1];
   for (int k = 0; k < KK; ++k) {
     ar[k] = C(c[4 + k]);
     br[k] = C(c[7 + KK + k]);
-    rp[k] = static_cast<T*>(a.ring) + k * a.ring_sk + b * a.ring_sb + n0;
+    rp[k] = static_cast<const T*>(a.ring) + k * a.ring_sk + b * a.ring_sb + n0;
   }
   T* xp = static_cast<T*>(a.x) + b * a.x_sb + n0;
-  T* yp = HY ? static_cast<T*>(a.y) + b * a.y_sb + n0 : nullptr;
+  T* yp = a.y ? static_cast<T*>(a.y) + b * a.y_sb + n0 : xp;
+  const T* up = a.input == 1 ? yp : xp;
   const T* op = static_cast<const T*>(a.o) + b * a.o_sb + n0;
-  T* dst = a.slot >= 0 ? static_cast<T*>(a.ring) + a.slot * a.ring_sk + b * a.ring_sb + n0 : nullptr;
-  const bool raw = a.raw, from_y = a.input == 1, wx = a.write_x, wy = a.write_y;
+  T* dst = (WRITE & 1) ? static_cast<T*>(a.ring) + a.slot * a.ring_sk + b * a.ring_sb + n0 : nullptr;
 #pragma omp simd
   for (int64_t i = 0; i < len; ++i) {
     const C xv = load_as<C>(xp + i);
-    const C yv = HY ? load_as<C>(yp + i) : C(0);
-    const C ov = load_as<C>(op + i);
-    const C m = raw ? ov : cu * (from_y ? yv : xv) + co * ov;
+    const C yv = load_as<C>(yp + i);
+    const C m = cu * load_as<C>(up + i) + co * load_as<C>(op + i);
     C accx = ax * xv + ay * yv;
     C accy = bx * xv + by * yv;
     for (int k = 0; k < KK; ++k) {
@@ -49,16 +51,25 @@ void step_chunk(const StepArgs& a, int64_t b, int64_t n0, int64_t len) {
     }
     accx += am * m;
     accy += bm * m;
-    if (dst) store_from(dst + i, m);
-    if (wx) store_from(xp + i, accx);
-    if (HY && wy) store_from(yp + i, accy);
+    if (WRITE & 1) store_from(dst + i, m);
+    if (WRITE & 2) store_from(xp + i, accx);
+    if (WRITE & 4) store_from(yp + i, accy);
   }
 }
 
 template <class T, int KK>
 void step_chunk_k(const StepArgs& a, int64_t b, int64_t n0, int64_t len) {
-  if (a.y) step_chunk<T, KK, true>(a, b, n0, len);
-  else step_chunk<T, KK, false>(a, b, n0, len);
+  const int w = (a.slot >= 0 ? 1 : 0) | (a.write_x ? 2 : 0) | (a.write_y && a.y ? 4 : 0);
+  switch (w) {
+    case 0: return;
+    case 1: return step_chunk<T, KK, 1>(a, b, n0, len);
+    case 2: return step_chunk<T, KK, 2>(a, b, n0, len);
+    case 3: return step_chunk<T, KK, 3>(a, b, n0, len);
+    case 4: return step_chunk<T, KK, 4>(a, b, n0, len);
+    case 5: return step_chunk<T, KK, 5>(a, b, n0, len);
+    case 6: return step_chunk<T, KK, 6>(a, b, n0, len);
+    default: return step_chunk<T, KK, 7>(a, b, n0, len);
+  }
 }
 
 template <class T>

@@ -56,6 +56,11 @@ def in_transform() -> bool:
     return _peek_interpreter() is not None
 
 
+def untraced() -> bool:
+    """No ``torch.func`` transform is active and ``torch.compile`` is not tracing."""
+    return _peek_interpreter() is None and not _is_compiling()
+
+
 def fast_path_ok(*tensors) -> bool:
     """True when the compiled kernel may run: no tensor needs a gradient, no ``torch.func`` transform
     is active and ``torch.compile`` is not tracing. Non-torch arrays always take the fast path."""

@@ -65,13 +65,13 @@ def _model_fn(model, prediction, model_kwargs, guidance):
 
 
 def _checked(fn, x):
+    shape = x.shape
+
     def call(inp, t):
         out = fn(inp, t)
-        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-            raise ValueError(f"model: expected an output of shape {tuple(x.shape)}, got "
+        if out.__class__ is not torch.Tensor and not isinstance(out, torch.Tensor) or out.shape != shape:
+            raise ValueError(f"model: expected an output of shape {tuple(shape)}, got "
                              f"{getattr(out, 'shape', type(out).__name__)}")
-        if out.dtype != x.dtype:
-            out = out.to(x.dtype)
         return out
     return call
 
@@ -94,6 +94,46 @@ def _loop(plan, fn, state, times, callback, trajectory, progress):
     if bar is not None:
         bar.close()
     return state.x
+
+
+_PLANS: "collections.OrderedDict" = collections.OrderedDict()
+_PLAN_CACHE_SIZE = 32
+
+
+def _cached_plan(solver_arg, solver_options, schedule, steps, spacing, t_start, t_end, prediction, device, dtype):
+    """Plans are immutable, so repeated ``sample`` calls with the same solver, schedule, grid and model
+    type share one (building a plan costs a few hundred µs; a step costs a few)."""
+    if isinstance(solver_arg, str):
+        skey = ("name", solver_arg.lower(), tuple(sorted((k, repr(v)) for k, v in solver_options.items())))
+    else:
+        skey = ("obj", id(solver_arg))
+    if isinstance(steps, torch.Tensor):
+        gkey = ("times", tuple(steps.shape), tuple(steps.detach().cpu().double().flatten().tolist()))
+    else:
+        gkey = ("n", steps, spacing, t_start, t_end)
+    key = (skey, id(schedule), gkey, prediction, str(device), dtype)
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0] is schedule and (skey[0] == "name" or hit[1] is solver_arg):
+        return hit[2]
+    solver = _get_solver(solver_arg, **solver_options)
+    if isinstance(solver, DPMAdaptive):
+        return solver
+    plan = solver.plan(schedule, _grid(schedule, steps, spacing, t_start, t_end), device=device, dtype=dtype,
+                       prediction=prediction)
+    _PLANS[key] = (schedule, solver_arg, plan)  # the references keep the ids in the key valid
+    while len(_PLANS) > _PLAN_CACHE_SIZE:
+        _PLANS.popitem(last=False)
+    return plan
+
+
+def _batch_times(plan, B):
+    """The model times of every (step, stage), expanded to the batch once per plan and batch size."""
+    cache = plan.__dict__.setdefault("_expanded", {})
+    times = cache.get(B)
+    if times is None:
+        times = [[plan.model_time(i, s).expand(B) for s in plan.stages(i)] for i in range(plan.num_steps)]
+        cache[B] = times
+    return times
 
 
 _GRAPHS: "collections.OrderedDict" = collections.OrderedDict()
@@ -168,10 +208,11 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
     schedule = _schedules.get(schedule)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
         raise TypeError("x: expected a floating-point torch tensor with a batch dimension")
-    solver = _get_solver(solver, **solver_options)
     fn, prediction = _model_fn(model, prediction, model_kwargs, guidance)
     fn = _checked(fn, x)
-    if isinstance(solver, DPMAdaptive):
+    plan = _cached_plan(solver, solver_options, schedule, steps, spacing, t_start, t_end, prediction, x.device,
+                        x.dtype)
+    if isinstance(plan, DPMAdaptive):
         if cuda_graph or return_trajectory:
             raise ValueError("solver: dpm_adaptive syncs with the host every step; cuda_graph and "
                              "return_trajectory are not available for it")
@@ -182,12 +223,11 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
             return convert(fn(xx, t), xx, t, schedule, prediction, "eps")
 
         with torch.no_grad():
-            out, _ = solver.solve(eps_fn, x, schedule, ts, te, callback)
+            out, _ = plan.solve(eps_fn, x, schedule, ts, te, callback)
         return out
-    grid = _grid(schedule, steps, spacing, t_start, t_end)
-    plan = solver.plan(schedule, grid, device=x.device, dtype=x.dtype, prediction=prediction)
-    B = x.shape[0]
-    times = [[plan.model_time(i, s).expand(B) for s in plan.stages(i)] for i in range(plan.num_steps)]
+    solver = plan.solver
+    grid = plan.timesteps
+    times = _batch_times(plan, x.shape[0])
     with torch.no_grad():
         if cuda_graph and x.is_cuda:
             if callback is not None or return_trajectory or progress:

@@ -20,6 +20,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from torch.utils.dlpack import to_dlpack as _to_dlpack
+
 from .. import _ops
 from ..param import canonical_prediction, conversion_coefs
 from ..schedules import Schedule
@@ -196,6 +198,7 @@ class Plan:
 
     def __init__(self, solver: Solver, schedule: Schedule, timesteps, device, dtype, prediction: str):
         self.solver, self.schedule, self.prediction = solver, schedule, prediction
+        self._thresholding = solver.thresholding
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype if dtype is not None else torch.float32
         if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
@@ -283,6 +286,18 @@ class Plan:
     def step(self, state: "State", i: int, s: int, out: torch.Tensor) -> None:
         """Apply stage ``s`` of step ``i`` given the model output ``out`` at
         ``state.model_input(s)`` and ``model_time(i, s)``: one fused kernel call."""
+        st = state._stepper
+        # hot path: a plain tensor of the state's dtype, nothing to differentiate or trace — the C++
+        # side validates shape, device and layout, so Python does no more than hand it over
+        if (st is not None and type(out) is torch.Tensor and out.dtype is state.x.dtype and not self._thresholding
+                and not (out.requires_grad and torch.is_grad_enabled()) and _ops.untraced()):
+            if not out.is_contiguous() and not (out.numel() and out[0].is_contiguous()):
+                out = out.contiguous()
+            st.step(i, s, _to_dlpack(out), False, _ops.get_num_threads(), state._stream())
+            return
+        self._step_general(state, i, s, out)
+
+    def _step_general(self, state: "State", i: int, s: int, out) -> None:
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"out: expected a torch tensor, got {type(out).__name__}")
         x = state.x
@@ -293,14 +308,14 @@ class Plan:
         if out.dtype != x.dtype:  # e.g. a float64 oracle or a bf16 autocast model on a float32 state
             out = out.to(x.dtype)
         raw = False
-        if self.solver.thresholding:
+        if self._thresholding:
             out = self._threshold(state, i, s, out)
             raw = True
         if state._stepper is None or not _ops.fast_path_ok(out):
             return self.step_reference(state, i, s, out, raw)
         if out.numel() and not out[0].is_contiguous():
             out = out.contiguous()
-        state._stepper.step(i, s, _ops._capsule(out), raw, _ops.get_num_threads(), state._stream())
+        state._stepper.step(i, s, _to_dlpack(out), raw, _ops.get_num_threads(), state._stream())
 
     def _threshold(self, state: "State", i: int, s: int, out: torch.Tensor) -> torch.Tensor:
         row = self._rows[i][s]
@@ -363,6 +378,7 @@ class State:
         K = solver.history
         self.ring = torch.zeros((K,) + tuple(x.shape), dtype=x.dtype, device=x.device) if K else None
         self._stepper = None
+        self._cuda = self.x.is_cuda
         if _ops.fast_path_ok(self.x):
             self._stepper = _ops.make_stepper(self.x, self.y, self.ring, plan.coefs, plan.layout)
 
@@ -371,7 +387,7 @@ class State:
         return self.x if s == 0 else self.y
 
     def _stream(self) -> int:
-        return _ops._stream_of(self.x)
+        return _ops._stream_of(self.x) if self._cuda else 0
 
     # reference-path writers: keep autograd history when the state is differentiable
     def _set(self, name: str, value: torch.Tensor) -> None:
