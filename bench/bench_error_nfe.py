@@ -3,7 +3,8 @@
 The model is the exact Gaussian-mixture oracle of solvers.md §12 (its ε̂, x̂ or velocity), the error
 the RMS over pinned start points (normal quantiles, near-separatrix points dropped, §12.1) against
 the float64 DOP853 reference, with each schedule's default grid (spacing, t_start, t_end, final
-σ = 0 step where the schedule has one) and the solvers' defaults (lower_order_final on). A solver
+σ = 0 step where the schedule has one; rectified flow starts at t = 0.999, since noise-form and
+single-step solvers cannot start where α = 0) and the solvers' defaults (lower_order_final on). A solver
 with k model calls per step gets ⌊NFE/k⌋ steps; the NFE column of each cell is what it used.
 
 Usage: ``python bench/bench_error_nfe.py [--nfe 5 10 15 20 50] [--schedules vp_linear edm rf]``.
@@ -40,6 +41,8 @@ def error_table(sched_name, nfes):
     oracle = reference_mixture()
     ts0 = diffcore.timesteps(sched, 4)
     t0, t1 = float(ts0[0]), float(ts0[-1])
+    if float(sched.alpha(torch.tensor([t0], dtype=torch.float64))[0]) == 0.0:
+        t0 = 0.999  # α = 0 at t = 1 (rectified flow): noise-form and single-step solvers start inside
     x0 = pinned_starts(oracle, sched, t0, t1)
     ref = oracles.reference_ode(oracle, x0, t0, t1, sched)
     pred = "velocity" if sched_name == "rf" else "eps"
@@ -51,7 +54,8 @@ def error_table(sched_name, nfes):
         for nfe in nfes:
             steps = nfe if name == "dpm_solver_fast" else max(1, nfe // s.stages)
             try:
-                plan = s.plan(sched, diffcore.timesteps(sched, steps), dtype=torch.float64, prediction=pred)
+                grid = diffcore.timesteps(sched, steps, t_start=t0)
+                plan = s.plan(sched, grid, dtype=torch.float64, prediction=pred)
                 err = float(((run_plan(plan, model, x0) - ref) ** 2).mean().sqrt())
                 row.append(f"{err:.2e} ({plan.nfe})")
             except ValueError as e:  # e.g. a noise-form solver at α = 0

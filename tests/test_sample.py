@@ -231,9 +231,15 @@ def test_model_wrapper_and_flow_matching():
     vel = lambda x, t: ORACLE.predict(x, t, sched, "velocity")  # noqa: E731
     x = torch.randn(6, 1, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     ref = oracles.reference_ode(ORACLE, x, 1.0, 0.0, sched)
-    for name in ["euler", "heun", "dpmpp_2m", "unipc_2"]:
+    for name in ["euler", "heun", "dpmpp_2m", "unipc_2", "unipc_3", "dpmpp_3m"]:
         out = diffcore.sample(vel, x, schedule=sched, solver=name, steps=400, prediction="velocity")
         assert (out - ref).abs().max().item() < 2e-2, name
+    # α = 0 at t = 1: noise-form and single-step solvers refuse with a hint instead of NaNs
+    for name in ["dpm_solver_2", "deis_2", "ipndm", "dpmpp_2s"]:
+        with pytest.raises(ValueError, match="α = 0"):
+            diffcore.sample(vel, x, schedule=sched, solver=name, steps=10, prediction="velocity")
+    out = diffcore.sample(vel, x, schedule=sched, solver="deis_3", steps=400, prediction="velocity", t_start=0.999)
+    assert (out - oracles.reference_ode(ORACLE, x, 0.999, 0.0, sched)).abs().max().item() < 2e-2
     wrapped = diffcore.ModelWrapper(vel, sched, prediction="velocity")
     a = diffcore.sample(wrapped, x, schedule=sched, solver="dpmpp_2m", steps=10)
     b = diffcore.sample(vel, x, schedule=sched, solver="dpmpp_2m", steps=10, prediction="velocity")

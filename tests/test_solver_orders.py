@@ -25,7 +25,7 @@ CASES = [
     ("dpm_solver_2", {}, 2), ("dpm_solver_2", {"solver_type": "heun"}, 2), ("dpm_solver_2", {"r1": 1.0}, 2),
     ("dpm_solver_3", {}, 3), ("dpm_solver_3", {"solver_type": "heun"}, 3), ("dpm_solver_fast", {}, 3),
     ("dpmpp_2s", {}, 2), ("dpmpp_2s", {"solver_type": "heun"}, 2),
-    ("dpmpp_2m", {}, 2), ("dpmpp_2m", {"solver_type": "heun"}, 2), ("dpmpp_3m", {}, 3),
+    ("dpmpp_2m", {}, 2), ("dpmpp_2m", {"solver_type": "heun"}, 2), ("dpmpp_3m", {"w": 2.0}, 3),
     ("deis_2", {}, 2), ("deis_3", {}, 3),
     ("unipc_1", {}, 2), ("unipc_2", {}, 3), ("unipc_3", {}, 4), ("unipc_2", {"variant": "bh1"}, 3),
     ("unipc_3", {"corrector": False}, 3), ("unipc_2", {"predict_x0": False}, 3),

@@ -72,8 +72,12 @@ struct PlanIO {
     for (int k = 0; k < nc; ++k) r[k] = 0.0;
     auto put = [&](const Lin* e, int off) {
       if (!e) return;
-      for (int k = 0; k < kMaxRing; ++k)
-        if (e->c[2 + k] != 0.0 && k >= K) throw std::logic_error("plan: expression uses ring slot beyond K");
+      for (int k = 0; k < Lin::kTerms; ++k)
+        if (!std::isfinite(e->c[k]))
+          throw std::domain_error("plan: non-finite coefficient at step " + std::to_string(i) + ", stage " +
+                                  std::to_string(s) + " (a step to or from σ = 0 or α = 0 that this method cannot take)");
+      for (int k = K; k < kMaxRing; ++k)
+        if (e->c[2 + k] != 0.0) throw std::logic_error("plan: expression uses ring slot beyond K");
       r[off] = e->c[Lin::kX];
       r[off + 1] = e->c[Lin::kY];
       for (int k = 0; k < K; ++k) r[off + 2 + k] = e->c[2 + k];

@@ -70,7 +70,7 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
   }
 
   const int variant = opt<int>(options, "variant", 0);
-  const double w = opt<double>(options, "w", 2.0);
+  const double w = opt<double>(options, "w", 1.0);
   UniPCOptions uo;
   uo.data = opt<bool>(options, "predict_x0", true);
   uo.bh2 = opt<bool>(options, "bh2", true);

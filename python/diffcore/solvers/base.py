@@ -216,7 +216,18 @@ class Plan:
             raise ValueError("timesteps: only the last time may have σ = 0 (a step from zero noise cannot be "
                              "taken; start inversion at t > 0)")
         final_zero = bool(zero_end.all())
+        alpha0 = grid[:, :-1, 1] == 0  # α = 0 (λ = −∞): rectified flow / VP-cosine at their noisy end
+        if bool(alpha0.any()) and (solver.native == "eps" or (solver.stages > 1 and solver.method != "rk")):
+            raise ValueError(
+                f"timesteps: {solver.name} cannot start where α = 0 (λ = −∞, e.g. t = 1 of rectified flow): "
+                + ("noise-prediction updates need ρ = σ/α" if solver.native == "eps" else
+                   "its stages sit at fractions of an infinite λ-step")
+                + "; start slightly inside, e.g. t_start=0.999, or use a data-prediction multistep solver")
         grid_t, orders, stage_t = solver._steps(schedule, grid_t, grid, final_zero)
+        if solver.multistep and bool(alpha0.any()):
+            # a history node at λ = −∞ carries no derivative information: count only finite ones
+            first = int(alpha0.sum(1).max())
+            orders = [min(o, max(1, i - first + 1)) for i, o in enumerate(orders)]
         if grid_t is not given:
             grid = _nodes(schedule, grid_t)
         Bc, M = grid_t.shape[0], grid_t.shape[1] - 1
