@@ -119,7 +119,10 @@ class Solver:
         orders = self._orders(M, final_zero)
         if self.stages == 1:
             return grid_t, orders, None
-        lam = grid[..., 3]
+        return grid_t, orders, self._stage_times(schedule, grid_t, grid[..., 3], orders)
+
+    def _stage_times(self, schedule: Schedule, grid_t: torch.Tensor, lam: torch.Tensor, orders) -> torch.Tensor:
+        """Times of the intermediate stages ``[B, M, 2]`` at the fractions :meth:`_stage_lams` in λ."""
         stage_t = grid_t[:, :-1, None].repeat(1, 1, 2)  # unused stages: any valid time
         for i, p in enumerate(orders):
             for j, r in enumerate(self._stage_lams(p)):
@@ -127,7 +130,7 @@ class Solver:
                     stage_t[:, i, j] = grid_t[:, i + 1]
                 else:
                     stage_t[:, i, j] = schedule.t_of_lam(lam[:, i] + r * (lam[:, i + 1] - lam[:, i]))
-        return grid_t, orders, stage_t.contiguous()
+        return stage_t.contiguous()
 
     def _stage_lams(self, order: int) -> Sequence[float]:
         """Fractions r of the step in λ at which the intermediate stages of an order-``order`` step sit."""
