@@ -159,10 +159,11 @@ class DPMSolverPPMulti(Solver):
         w: weight of 3M's second divided difference. ``w = 2`` is the consistent third-order weighting
             (exact for x̂ quadratic in λ; global order 3). ``w = 1`` (the default) reproduces the
             DPM-Solver reference code and diffusers bit for bit and is only second order (§6.7, §12),
-            but it had the lower error at NFE 5–20 on all four schedule families of
-            ``bench/bench_error_nfe.py`` (e.g. VP-linear NFE 10: 1.5e-2 vs 1.8e-2 RMS; EDM NFE 15:
-            9.1e-2 vs 1.7e-1), the range 3M is used in; w = 2 wins from about NFE 20–50 on and
-            asymptotically. Use ``w=2`` for accuracy studies and many steps.
+            but in ``bench/bench_error_nfe.py`` it had the lower error in 13 of 16 (schedule family,
+            NFE ∈ {5, 10, 15, 20}) cells — every family at NFE 10 and 15 (e.g. VP-linear NFE 10:
+            0.154 vs 0.183 RMS; EDM NFE 15: 0.091 vs 0.170) — the range 3M is used in; w = 2 wins at
+            NFE 50 on three of four families and asymptotically. Use ``w=2`` for many steps and
+            accuracy studies.
         lower_order_final: lower the order of the last steps when there are fewer than 15 (the
             reference rule); a final step to σ = 0 always uses order 1.
         thresholding, dynamic_thresholding_ratio, sample_max_value: dynamic thresholding of x̂ (§2.5).
