@@ -137,6 +137,31 @@ void require_writable(const View& v) {
     throw py::value_error(std::string(v.name) + ": the array is read-only (e.g. a JAX array) and cannot be written");
 }
 
+void require_trailing_shape(const View& v, int first, const View& ref, int ref_first, const char* what) {
+  bool ok = (v.ndim - first) == (ref.ndim - ref_first);
+  for (int d = 0; ok && d < v.ndim - first; ++d) ok = v.shape[first + d] == ref.shape[ref_first + d];
+  if (!ok)
+    throw py::value_error(std::string(v.name) + ": expected shape " + what + ", got " + v.describe() +
+                          " with " + ref.name + " of shape " + ref.describe());
+}
+
+void require_feature_compact(const View& v, int first) {
+  if (!v.compact_from(first))
+    throw py::value_error(std::string(v.name) + ": its feature dimensions must be contiguous (row-major); "
+                          "call .contiguous() first");
+}
+
+View parse_f64_cpu(py::handle obj, const char* name) {
+  View v = parse_view(obj, name);
+  if (v.dtype != DType::F64)
+    throw py::type_error(std::string(v.name) + ": expected float64, got " + dtype_name(v.dtype));
+  if (v.device_type != dlpack::kCPU)
+    throw py::value_error(std::string(v.name) + ": expected a CPU tensor, got " + device_name(v));
+  if (v.numel() != 0 && !v.compact_from(0))  // empty tensors: any strides
+    throw py::value_error(std::string(v.name) + ": expected a contiguous (row-major) tensor; call .contiguous() first");
+  return v;
+}
+
 bool overlaps(const View& a, const View& b) {
   auto ea = a.extent(), eb = b.extent();
   if (ea.first == ea.second || eb.first == eb.second) return false;

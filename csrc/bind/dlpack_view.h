@@ -51,6 +51,11 @@ void require_real(const View& v);                        // f32/f64 (coefficient
 void require_same_dtype(const View& v, const View& ref);
 void require_same_device(const View& v, const View& ref);
 void require_writable(const View& v);
+// Dims [first, ndim) of v equal those of ref from ref_first on ("what" describes the expectation).
+void require_trailing_shape(const View& v, int first, const View& ref, int ref_first, const char* what);
+void require_feature_compact(const View& v, int first);  // dims [first, ndim) row-major contiguous
+// A contiguous float64 CPU tensor (coefficient tables, schedule inputs/outputs).
+View parse_f64_cpu(py::handle obj, const char* name);
 bool overlaps(const View& a, const View& b);
 bool same_view(const View& a, const View& b);
 

@@ -20,21 +20,6 @@ void register_plan_ops(py::module_& m);      // cpu/plan_cpu.cpp
 
 namespace {
 
-// Checks that dims [first, ndim) of v equal those of ref from ref_first on.
-void require_trailing_shape(const View& v, int first, const View& ref, int ref_first, const char* what) {
-  bool ok = (v.ndim - first) == (ref.ndim - ref_first);
-  for (int d = 0; ok && d < v.ndim - first; ++d) ok = v.shape[first + d] == ref.shape[ref_first + d];
-  if (!ok)
-    throw py::value_error(std::string(v.name) + ": expected shape " + what + ", got " + v.describe() +
-                          " with " + ref.name + " of shape " + ref.describe());
-}
-
-void require_feature_compact(const View& v, int first) {
-  if (!v.compact_from(first))
-    throw py::value_error(std::string(v.name) + ": its feature dimensions must be contiguous (row-major); "
-                          "call .contiguous() first");
-}
-
 // A written region may coincide exactly with an input term (in-place update) but never partially overlap.
 void require_no_partial_overlap(const View& w, const View& in) {
   if (overlaps(w, in) && !same_view(w, in))

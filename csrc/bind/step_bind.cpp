@@ -22,20 +22,6 @@ namespace py = pybind11;
 namespace dc {
 namespace {
 
-void same_shape(const View& v, int first, const View& ref, const char* what) {
-  bool ok = (v.ndim - first) == ref.ndim;
-  for (int d = 0; ok && d < ref.ndim; ++d) ok = v.shape[first + d] == ref.shape[d];
-  if (!ok)
-    throw py::value_error(std::string(v.name) + ": expected shape " + what + " " + ref.describe() + ", got " +
-                          v.describe());
-}
-
-void compact_features(const View& v, int first) {
-  if (!v.compact_from(first))
-    throw py::value_error(std::string(v.name) + ": its feature dimensions must be contiguous (row-major); "
-                          "call .contiguous() first");
-}
-
 class Stepper {
  public:
   Stepper(py::object x_c, py::object y_c, py::object ring_c, py::object coef_c, std::vector<int32_t> layout)
@@ -44,22 +30,22 @@ class Stepper {
     require_float(x_);
     if (x_.ndim < 1) throw py::value_error("x: expected at least one (batch) dimension");
     require_writable(x_);
-    compact_features(x_, 1);
+    require_feature_compact(x_, 1);
     a_.B = x_.shape[0];
     a_.N = x_.numel_from(1);
     a_.x = x_.data; a_.x_sb = x_.strides[0];
     if (!is_none(y_c)) {
       y_ = parse_view(y_c, "y");
-      require_same_dtype(y_, x_); require_same_device(y_, x_); same_shape(y_, 0, x_, "equal to x's");
-      require_writable(y_); compact_features(y_, 1);
+      require_same_dtype(y_, x_); require_same_device(y_, x_); require_trailing_shape(y_, 0, x_, 0, "equal to x's");
+      require_writable(y_); require_feature_compact(y_, 1);
       if (overlaps(y_, x_)) throw py::value_error("y: must not overlap x");
       a_.y = y_.data; a_.y_sb = y_.strides[0];
     }
     if (!is_none(ring_c)) {
       ring_ = parse_view(ring_c, "ring");
       require_same_dtype(ring_, x_); require_same_device(ring_, x_);
-      same_shape(ring_, 1, x_, "(K, *x.shape) with x.shape =");
-      require_writable(ring_); compact_features(ring_, 2);
+      require_trailing_shape(ring_, 1, x_, 0, "(K, *x.shape)");
+      require_writable(ring_); require_feature_compact(ring_, 2);
       if (overlaps(ring_, x_) || (a_.y && overlaps(ring_, y_)))
         throw py::value_error("ring: must not overlap x or y");
       a_.K = int(ring_.shape[0]);
@@ -96,10 +82,8 @@ class Stepper {
     View o = parse_view(o_c, "out");
     require_same_dtype(o, x_);
     require_same_device(o, x_);
-    if (o.ndim != x_.ndim) same_shape(o, 0, x_, "equal to x's");
-    for (int d = 0; d < x_.ndim; ++d)
-      if (o.shape[d] != x_.shape[d]) same_shape(o, 0, x_, "equal to x's");
-    compact_features(o, 1);
+    require_trailing_shape(o, 0, x_, 0, "equal to x's");
+    require_feature_compact(o, 1);
     // The model may return one of the state buffers itself (an identity model): exact aliases are
     // safe because every element is read before it is written; partial overlaps are not.
     if ((overlaps(o, x_) && !same_view(o, x_)) || (a_.y && overlaps(o, y_) && !same_view(o, y_)) ||

@@ -13,6 +13,7 @@
 #include <pybind11/stl.h>
 
 #include <exception>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -28,12 +29,9 @@ namespace dc {
 namespace {
 
 View f64_cpu(py::handle obj, const char* name, int ndim) {
-  View v = parse_view(obj, name);
-  if (v.dtype != DType::F64) throw py::type_error(std::string(name) + ": expected float64, got " + dtype_name(v.dtype));
-  if (v.device_type != 1) throw py::value_error(std::string(name) + ": expected a CPU tensor, got " + device_name(v));
-  if (v.ndim != ndim || !v.compact_from(0))
-    throw py::value_error(std::string(name) + ": expected a contiguous " + std::to_string(ndim) + "-d tensor, got " +
-                          v.describe());
+  View v = parse_f64_cpu(obj, name);
+  if (v.ndim != ndim)
+    throw py::value_error(std::string(name) + ": expected a " + std::to_string(ndim) + "-d tensor, got " + v.describe());
   return v;
 }
 
@@ -77,16 +75,15 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
   uo.corrector = opt<bool>(options, "corrector", true);
   const bool in_rho = opt<bool>(options, "rho", false);
 
-  using Gen = void (*)(const PlanIO&, int, double, const UniPCOptions&, bool);
-  Gen gen = nullptr;
-  if (method == "ddim") gen = [](const PlanIO& io, int, double, const UniPCOptions&, bool) { plan_ddim(io); };
-  else if (method == "dpm_solver") gen = [](const PlanIO& io, int v, double, const UniPCOptions&, bool) { plan_dpm_solver(io, v); };
-  else if (method == "dpmpp_single") gen = [](const PlanIO& io, int v, double, const UniPCOptions&, bool) { plan_dpmpp_single(io, v); };
-  else if (method == "dpmpp_multi") gen = [](const PlanIO& io, int v, double w, const UniPCOptions&, bool) { plan_dpmpp_multi(io, v, w); };
-  else if (method == "deis") gen = [](const PlanIO& io, int, double, const UniPCOptions&, bool) { plan_deis(io); };
-  else if (method == "ipndm") gen = [](const PlanIO& io, int, double, const UniPCOptions&, bool) { plan_ipndm(io); };
-  else if (method == "unipc") gen = [](const PlanIO& io, int, double, const UniPCOptions& o, bool) { plan_unipc(io, o); };
-  else if (method == "rk") gen = [](const PlanIO& io, int, double, const UniPCOptions&, bool r) { plan_rk(io, r); };
+  std::function<void(const PlanIO&)> gen;
+  if (method == "ddim") gen = [](const PlanIO& io) { plan_ddim(io); };
+  else if (method == "dpm_solver") gen = [=](const PlanIO& io) { plan_dpm_solver(io, variant); };
+  else if (method == "dpmpp_single") gen = [=](const PlanIO& io) { plan_dpmpp_single(io, variant); };
+  else if (method == "dpmpp_multi") gen = [=](const PlanIO& io) { plan_dpmpp_multi(io, variant, w); };
+  else if (method == "deis") gen = [](const PlanIO& io) { plan_deis(io); };
+  else if (method == "ipndm") gen = [](const PlanIO& io) { plan_ipndm(io); };
+  else if (method == "unipc") gen = [=](const PlanIO& io) { plan_unipc(io, uo); };
+  else if (method == "rk") gen = [=](const PlanIO& io) { plan_rk(io, in_rho); };
   else throw py::value_error("method: unknown plan generator '" + method + "'");
   if (method == "deis" && !has_quad) throw py::value_error("quad: DEIS needs quadrature nodes");
 
@@ -112,7 +109,7 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
       io.layout = b == 0 ? layout.data() : nullptr;
       io.nstages = b == 0 ? nstages.data() : nullptr;
       try {
-        gen(io, variant, w, uo, in_rho);
+        gen(io);
       } catch (const std::exception& e) {
 #ifdef DIFFCORE_WITH_OPENMP
 #pragma omp critical

@@ -21,29 +21,6 @@ namespace py = pybind11;
 namespace dc {
 namespace {
 
-void require_f64(const View& v) {
-  if (v.dtype != DType::F64)
-    throw py::type_error(std::string(v.name) + ": expected float64, got " + dtype_name(v.dtype));
-}
-
-void require_cpu(const View& v) {
-  if (v.device_type != dlpack::kCPU)
-    throw py::value_error(std::string(v.name) + ": expected a CPU tensor, got " + device_name(v));
-}
-
-void require_contiguous(const View& v) {
-  if (v.numel() != 0 && !v.compact_from(0))  // empty tensors: any strides
-    throw py::value_error(std::string(v.name) + ": expected a contiguous (row-major) tensor; call .contiguous() first");
-}
-
-View parse_f64_cpu(py::handle obj, const char* name) {
-  View v = parse_view(obj, name);
-  require_f64(v);
-  require_cpu(v);
-  require_contiguous(v);
-  return v;
-}
-
 // Validates the family id, its parameters and (for the discrete family) the knot table.
 SchedParams make_params(int cid, const std::vector<double>& params, py::handle table_c) {
   const int np = schedule_num_params(cid);
@@ -71,10 +48,7 @@ SchedParams make_params(int cid, const std::vector<double>& params, py::handle t
     sp.table = reinterpret_cast<const double*>(tab.data);
     sp.ntable = tab.shape[0];
   } else if (!is_none(table_c)) {
-    View tab = parse_view(table_c, "table");  // still a type check on what was passed
-    require_f64(tab);
-    require_cpu(tab);
-    // unused by the continuous families
+    parse_f64_cpu(table_c, "table");  // unused by the continuous families; still a check on what was passed
   }
   return sp;
 }
