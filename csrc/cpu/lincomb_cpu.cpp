@@ -4,10 +4,7 @@
 #include <cstring>
 
 #include "core/lincomb.h"
-
-#ifdef DIFFCORE_WITH_OPENMP
-#include <omp.h>
-#endif
+#include "cpu/chunked.h"
 
 namespace dc {
 namespace {
@@ -102,23 +99,8 @@ void lincomb_chunk(const LincombArgs& a, int64_t b, int64_t n0, int64_t len) {
 
 template <class T, class CT>
 void lincomb_typed(const LincombArgs& a, int nthreads) {
-  const int64_t chunks_per_row = (a.N + kChunk - 1) / kChunk;
-  const int64_t total_chunks = a.B * chunks_per_row;
-  auto run = [&](int64_t c) {
-    const int64_t b = c / chunks_per_row;
-    const int64_t n0 = (c % chunks_per_row) * kChunk;
-    lincomb_chunk<T, CT>(a, b, n0, std::min(kChunk, a.N - n0));
-  };
-#ifdef DIFFCORE_WITH_OPENMP
-  if (nthreads > 1 && a.B * a.N >= kParallelThreshold && total_chunks > 1) {
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t c = 0; c < total_chunks; ++c) run(c);
-    return;
-  }
-#else
-  (void)nthreads;
-#endif
-  for (int64_t c = 0; c < total_chunks; ++c) run(c);
+  for_each_chunk(a.B, a.N, kChunk, nthreads, kParallelThreshold,
+                 [&](int64_t b, int64_t n0, int64_t len) { lincomb_chunk<T, CT>(a, b, n0, len); });
 }
 
 template <class T>

@@ -1,13 +1,8 @@
 // CPU backend of the fused sampler step: the arithmetic of step_element() with K and the written
 // buffers known at compile time, so each chunk is one vectorizable pass; OpenMP over (sample, chunk)
 // pairs above a size threshold.
-#include <algorithm>
-
 #include "core/solver_step.h"
-
-#ifdef DIFFCORE_WITH_OPENMP
-#include <omp.h>
-#endif
+#include "cpu/chunked.h"
 
 namespace dc {
 namespace {
@@ -57,44 +52,27 @@ void step_chunk(const StepArgs& a, int64_t b, int64_t n0, int64_t len) {
   }
 }
 
+using ChunkFn = void (*)(const StepArgs&, int64_t, int64_t, int64_t);
+
 template <class T, int KK>
-void step_chunk_k(const StepArgs& a, int64_t b, int64_t n0, int64_t len) {
-  const int w = (a.slot >= 0 ? 1 : 0) | (a.write_x ? 2 : 0) | (a.write_y && a.y ? 4 : 0);
-  switch (w) {
-    case 0: return;
-    case 1: return step_chunk<T, KK, 1>(a, b, n0, len);
-    case 2: return step_chunk<T, KK, 2>(a, b, n0, len);
-    case 3: return step_chunk<T, KK, 3>(a, b, n0, len);
-    case 4: return step_chunk<T, KK, 4>(a, b, n0, len);
-    case 5: return step_chunk<T, KK, 5>(a, b, n0, len);
-    case 6: return step_chunk<T, KK, 6>(a, b, n0, len);
-    default: return step_chunk<T, KK, 7>(a, b, n0, len);
-  }
+ChunkFn pick_write(int w) {
+  static constexpr ChunkFn by_write[8] = {nullptr, step_chunk<T, KK, 1>, step_chunk<T, KK, 2>,
+                                          step_chunk<T, KK, 3>, step_chunk<T, KK, 4>, step_chunk<T, KK, 5>,
+                                          step_chunk<T, KK, 6>, step_chunk<T, KK, 7>};
+  return by_write[w];
 }
 
 template <class T>
 void step_typed(const StepArgs& a, int nthreads) {
-  using ChunkFn = void (*)(const StepArgs&, int64_t, int64_t, int64_t);
-  static constexpr ChunkFn table[kMaxRing + 1] = {step_chunk_k<T, 0>, step_chunk_k<T, 1>, step_chunk_k<T, 2>,
-                                                   step_chunk_k<T, 3>, step_chunk_k<T, 4>, step_chunk_k<T, 5>};
-  const ChunkFn fn = table[a.K];
-  const int64_t per_row = (a.N + kChunk - 1) / kChunk;
-  const int64_t total = a.B * per_row;
-  auto run = [&](int64_t c) {
-    const int64_t b = c / per_row;
-    const int64_t n0 = (c % per_row) * kChunk;
-    fn(a, b, n0, std::min(kChunk, a.N - n0));
-  };
-#ifdef DIFFCORE_WITH_OPENMP
-  if (nthreads > 1 && a.B * a.N >= kParallelThreshold && total > 1) {
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t c = 0; c < total; ++c) run(c);
-    return;
-  }
-#else
-  (void)nthreads;
-#endif
-  for (int64_t c = 0; c < total; ++c) run(c);
+  // K and the written buffers are resolved once per call, not per chunk
+  const int w = (a.slot >= 0 ? 1 : 0) | (a.write_x ? 2 : 0) | (a.write_y && a.y ? 4 : 0);
+  if (w == 0) return;
+  using Pick = ChunkFn (*)(int);
+  static constexpr Pick by_k[kMaxRing + 1] = {pick_write<T, 0>, pick_write<T, 1>, pick_write<T, 2>,
+                                              pick_write<T, 3>, pick_write<T, 4>, pick_write<T, 5>};
+  const ChunkFn fn = by_k[a.K](w);
+  for_each_chunk(a.B, a.N, kChunk, nthreads, kParallelThreshold,
+                 [&](int64_t b, int64_t n0, int64_t len) { fn(a, b, n0, len); });
 }
 
 }  // namespace
