@@ -41,7 +41,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine, table  # noqa: E402
-from bench_step import diffusers_scheduler, interleaved  # noqa: E402
+from bench_step import diffusers_scheduler, interleaved, peer_version  # noqa: E402
 
 import diffcore  # noqa: E402
 from diffcore import schedules, solvers  # noqa: E402
@@ -151,11 +151,7 @@ def main() -> None:
         cmd += f" --rounds {args.rounds}"
     if args.threads is not None:
         cmd += f" --threads {args.threads}"
-    try:
-        import diffusers  # noqa: PLC0415
-        peer_v = f"diffusers {diffusers.__version__}"
-    except Exception:  # noqa: BLE001
-        peer_v = "diffusers not installed"
+    peer_v = peer_version()
     print(f"# sampling loop, MLP 3→128→128→2 — {datetime.date.today()} — {args.device}, float32, "
           f"VPDiscrete linear betas, eps model — {peer_v}")
     print(f"# {machine()}")

@@ -22,7 +22,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine, median_us, table  # noqa: E402
 
-import diffcore  # noqa: E402
 from diffcore._ops import lincomb, lincomb_reference  # noqa: E402
 
 SIZES = [16, 2048, 16384, 262144, 4194304]

@@ -104,6 +104,15 @@ def interleaved(fns: Dict[str, Tuple[Callable[[], object], bool]], min_time: flo
     return {k: statistics.median(v) for k, v in res.items()}
 
 
+def peer_version() -> str:
+    """``"diffusers X.Y.Z"`` or ``"diffusers not installed"`` for the table headers."""
+    try:
+        import diffusers  # noqa: PLC0415
+        return f"diffusers {diffusers.__version__}"
+    except Exception:  # noqa: BLE001 — any import failure means "not installed" here
+        return "diffusers not installed"
+
+
 def diffusers_scheduler(name: str):
     """The diffusers peer of ``name`` (a fresh scheduler), or the string ``"skipped"`` / ``"—"``."""
     if name not in PEERS:
@@ -252,11 +261,7 @@ def main() -> None:
         cmd += f" --threads {args.threads}"
     if args.keep_restore:
         cmd += " --keep-restore"
-    try:
-        import diffusers  # noqa: PLC0415
-        peer = f"diffusers {diffusers.__version__}"
-    except Exception:  # noqa: BLE001
-        peer = "diffusers not installed"
+    peer = peer_version()
     print(f"# solver step — {datetime.date.today()} — {args.device}, {args.dtype}, batch {B}, "
           f"stage 0 of the middle step of a {STEPS}-step plan, VPDiscrete linear betas, eps model — {peer}")
     print(f"# {machine()}")

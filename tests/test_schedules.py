@@ -10,7 +10,6 @@ import math
 import pytest
 import torch
 
-import diffcore
 from diffcore import _ops
 from diffcore import schedules as S
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import diffcore
-from diffcore import oracles, schedules, solvers
+from diffcore import schedules, solvers
 from diffcore.convergence import reference_mixture, run_plan
 
 ORACLE = reference_mixture()

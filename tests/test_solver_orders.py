@@ -8,7 +8,6 @@ warm-up and with an exact starting history), DPM-Solver++(3M) with the reference
 2.5, and for dpm_adaptive an error within a constant of the tolerance with NFE rising as it falls.
 """
 import pytest
-import torch
 
 from diffcore import oracles, schedules, solvers
 from diffcore.convergence import order_study, pinned_starts, reference_mixture

@@ -14,7 +14,7 @@ Outputs are allocated here by torch (or passed by the caller as ``out=``), never
 from __future__ import annotations
 
 import threading
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch.utils.dlpack import to_dlpack as _to_dlpack

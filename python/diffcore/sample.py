@@ -141,10 +141,12 @@ _GRAPH_CACHE_SIZE = 8
 
 
 def _graph_sample(key, model, plan, fn, x, times):
-    """Capture the whole loop (model included) once per key, then replay it: no host work per step."""
+    """Capture the whole loop (model included) once per key, then replay it: no host work per step.
+    The key holds the ids of the model and of the (cached, immutable) plan; the entry keeps the plan
+    and a reference to the model so that a reused id cannot hit a stale graph."""
     entry = _GRAPHS.get(key)
-    if entry is not None and entry[0]() is model:
-        _, graph, static_x, state = entry
+    if entry is not None and entry[0]() is model and entry[1] is plan:
+        _, _, graph, static_x, state = entry
         _GRAPHS.move_to_end(key)
     else:
         static_x = x.clone()
@@ -157,7 +159,8 @@ def _graph_sample(key, model, plan, fn, x, times):
         with torch.cuda.graph(graph):
             state = plan.init_state(static_x)
             _loop(plan, fn, state, times, None, None, False)
-        _GRAPHS[key] = (weakref.ref(model) if _weakrefable(model) else (lambda m=model: m), graph, static_x, state)
+        _GRAPHS[key] = (weakref.ref(model) if _weakrefable(model) else (lambda m=model: m), plan, graph, static_x,
+                        state)
         while len(_GRAPHS) > _GRAPH_CACHE_SIZE:
             _GRAPHS.popitem(last=False)
     static_x.copy_(x)
@@ -225,16 +228,13 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
         with torch.no_grad():
             out, _ = plan.solve(eps_fn, x, schedule, ts, te, callback)
         return out
-    solver = plan.solver
-    grid = plan.timesteps
     times = _batch_times(plan, x.shape[0])
     with torch.no_grad():
         if cuda_graph and x.is_cuda:
             if callback is not None or return_trajectory or progress:
                 raise ValueError("cuda_graph: callback, return_trajectory and progress need host work per step")
             kw_key = tuple(sorted((k, id(v)) for k, v in (model_kwargs or {}).items()))
-            key = (id(model), repr(solver), repr(schedule), tuple(grid.flatten().tolist()), prediction,
-                   tuple(x.shape), x.dtype, str(x.device), kw_key, repr(guidance))
+            key = (id(model), id(plan), tuple(x.shape), kw_key, repr(guidance))
             return _graph_sample(key, model, plan, fn, x, times)
         state = plan.init_state(x)
         trajectory = [state.x.clone()] if return_trajectory else None

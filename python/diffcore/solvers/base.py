@@ -15,7 +15,7 @@ applied by an eager-torch reference (:meth:`Plan.step_reference`).
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import numpy as np
 import torch
@@ -95,16 +95,18 @@ class Solver:
     def _core_options(self) -> dict:
         return {}
 
-    def _orders(self, M: int, final_zero: bool) -> List[int]:
-        """Order of each step: warm-up (step i of a multistep method has i + 1 outputs),
-        ``lower_order_final`` (the reference's rule, applied below 15 steps) and order 1 for a final
-        step to σ = 0, where higher-order λ-terms are infinite (solvers.md §6.7, §10 "Endpoints")."""
+    def _orders(self, M: int, final_zero: bool, first: int = 0) -> List[int]:
+        """Order of each step: warm-up (step i of a multistep method has the outputs of steps
+        ``first … i``; nodes before ``first`` sit at α = 0, λ = −∞, and carry no derivative
+        information), ``lower_order_final`` (the reference's rule, applied below 15 steps) and order 1
+        for a final step to σ = 0, where higher-order λ-terms are infinite (solvers.md §6.7, §10
+        "Endpoints")."""
         p = self.max_order
         orders = []
         for i in range(M):
             o = p
             if self.multistep:
-                o = min(o, i + 1)
+                o = min(o, max(1, i - first + 1))
                 if self.lower_order_final and M < 15:
                     o = min(o, M - i)
             orders.append(o)
@@ -116,7 +118,8 @@ class Solver:
         """The steps of a plan: ``(grid times [B, M+1], per-step orders, stage times [B, M, 2] or None)``.
         Stage times sit at fractions :meth:`_stage_lams` of each step in λ."""
         M = grid_t.shape[1] - 1
-        orders = self._orders(M, final_zero)
+        first = int((grid[:, :-1, 1] == 0).sum(1).max())  # leading nodes at α = 0
+        orders = self._orders(M, final_zero, first)
         if self.stages == 1:
             return grid_t, orders, None
         return grid_t, orders, self._stage_times(schedule, grid_t, grid[..., 3], orders)
@@ -227,10 +230,6 @@ class Plan:
                    "its stages sit at fractions of an infinite λ-step")
                 + "; start slightly inside, e.g. t_start=0.999, or use a data-prediction multistep solver")
         grid_t, orders, stage_t = solver._steps(schedule, grid_t, grid, final_zero)
-        if solver.multistep and bool(alpha0.any()):
-            # a history node at λ = −∞ carries no derivative information: count only finite ones
-            first = int(alpha0.sum(1).max())
-            orders = [min(o, max(1, i - first + 1)) for i, o in enumerate(orders)]
         if grid_t is not given:
             grid = _nodes(schedule, grid_t)
         Bc, M = grid_t.shape[0], grid_t.shape[1] - 1

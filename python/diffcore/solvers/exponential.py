@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import List, Sequence
 
-import torch
 
 from .base import SOLVER_TYPES, Solver, _check_order
 

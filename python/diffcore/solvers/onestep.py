@@ -28,7 +28,7 @@ def _prep(x, t, s, schedule):
     vs = schedule.eval(sb.to(torch.float64))
     if bool((vt.sigma <= 0).any()):
         raise ValueError("t: the step must start at σ > 0 (the model output cannot be converted at zero noise)")
-    return tb.to(x.dtype), vt, vs
+    return tb, sb, vt, vs
 
 
 def _out(model, x, tb, model_kwargs):
@@ -43,9 +43,9 @@ def ddim_step(model: Callable, x: torch.Tensor, t, s, schedule: Schedule, predic
               model_kwargs: Optional[dict] = None) -> torch.Tensor:
     """One DDIM (η = 0) step ``x_s = α_s x̂(x_t, t) + σ_s ε̂(x_t, t)`` (solvers.md §6.3; book
     Eq. (9.2.2)). ``t``, ``s``: scalars or ``[B]`` per-sample times; ``s > t`` is DDIM inversion."""
-    tb, vt, vs = _prep(x, t, s, schedule)
+    tb, _, vt, vs = _prep(x, t, s, schedule)
     pred = canonical_prediction(prediction)
-    out = _out(model, x, tb, model_kwargs)
+    out = _out(model, x, tb.to(x.dtype), model_kwargs)
     cx0, cm0 = conversion_coefs(pred, "x0", vt, schedule)
     cxe, cme = conversion_coefs(pred, "eps", vt, schedule)
     c_x = vs.alpha * cx0 + vs.sigma * cxe
@@ -64,18 +64,15 @@ def heun_step(model: Callable, x: torch.Tensor, t, s, schedule: Schedule, predic
     variable = variable or natural_variable(schedule)
     if variable not in ("t", "rho"):
         raise ValueError(f"variable: expected None, 't' or 'rho', got {variable!r}")
-    tb, vt, vs = _prep(x, t, s, schedule)
+    tb, sb, vt, vs = _prep(x, t, s, schedule)
     pred = canonical_prediction(prediction)
     native = "eps" if variable == "rho" else "velocity"
-    sb = _batch_times(s, x.shape[0], "s").to(x.device)
 
     def deriv(xx, tt, vals):
         cx, cm = conversion_coefs(pred, native, vals, schedule)
-        return _affine(xx, _out(model, xx, tt, model_kwargs), cx, cm)
+        return _affine(xx, _out(model, xx, tt.to(x.dtype), model_kwargs), cx, cm)
 
-    def euler(d, a_w, d_w):  # x_s = a_w·x + d_w·d
-        return _affine(x, d, a_w, d_w)
-
+    # both stages are x_s = a_w·x + d_w·(derivative)
     if variable == "rho":
         a_w = vs.alpha / vt.alpha
         d_w = vs.alpha * (vs.sigma / vs.alpha - vt.sigma / vt.alpha)
@@ -83,12 +80,12 @@ def heun_step(model: Callable, x: torch.Tensor, t, s, schedule: Schedule, predic
         a_w = torch.ones_like(vt.alpha)
         d_w = sb.to(torch.float64) - tb.to(torch.float64)
     d0 = deriv(x, tb, vt)
-    x_pred = euler(d0, a_w, d_w)
+    x_pred = _affine(x, d0, a_w, d_w)
     final = vs.sigma <= 0
     if bool(final.all()):
         return x_pred
     vs_safe = schedule.eval(torch.where(final, tb.to(torch.float64), sb.to(torch.float64)))
-    d1 = deriv(x_pred, sb.to(x.dtype), vs_safe)
+    d1 = deriv(x_pred, sb, vs_safe)
     bshape = (x.shape[0],) + (1,) * (x.dim() - 1)
     d1 = torch.where(final.reshape(bshape).to(x.device), d0, d1)
     return _affine(x, 0.5 * (d0 + d1), a_w, d_w)
