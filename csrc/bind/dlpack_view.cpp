@@ -39,6 +39,7 @@ const char* dtype_name(DType d) {
     case DType::BF16: return "bfloat16";
     case DType::F32: return "float32";
     case DType::F64: return "float64";
+    case DType::I64: return "int64";
     default: return "an unsupported dtype";
   }
 }
@@ -75,6 +76,7 @@ static void fill_view(View& v, const dlpack::Tensor& t) {
   else if (t.dtype.code == dlpack::kFloat && t.dtype.bits == 32) v.dtype = DType::F32;
   else if (t.dtype.code == dlpack::kFloat && t.dtype.bits == 64) v.dtype = DType::F64;
   else if (t.dtype.code == dlpack::kBfloat && t.dtype.bits == 16) v.dtype = DType::BF16;
+  else if (t.dtype.code == dlpack::kInt && t.dtype.bits == 64) v.dtype = DType::I64;
   else v.dtype = DType::Other;
   v.itemsize = (t.dtype.bits / 8) * (t.dtype.lanes ? t.dtype.lanes : 1);
   int64_t expect = 1;
@@ -111,8 +113,9 @@ View parse_view(py::handle obj, const char* name) {
 }
 
 void require_float(const View& v) {
-  if (v.dtype == DType::Other)
-    throw py::type_error(std::string(v.name) + ": expected float16, bfloat16, float32 or float64");
+  if (v.dtype != DType::F16 && v.dtype != DType::BF16 && v.dtype != DType::F32 && v.dtype != DType::F64)
+    throw py::type_error(std::string(v.name) + ": expected float16, bfloat16, float32 or float64, got " +
+                         dtype_name(v.dtype));
 }
 
 void require_real(const View& v) {

@@ -1,11 +1,15 @@
 // Python binding of the fused sampler step.
 //
-//   st = _core.Stepper(x, y, ring, coefs, layout)   validates and binds a run's buffers once
-//   st.step(i, s, o, raw, nthreads, stream)         one fused call per model evaluation
+//   st = _core.Stepper(x, y, ring, coefs, layout, noise, seed, ids, T0, T1, depth)
+//                                                   validates and binds a run's buffers once
+//   st.step(i, s, o, raw, nthreads, stream, z)      one fused call per model evaluation
 //
 // x, y (or None), ring (or None) and the model output o are DLPack capsules of the run's state;
-// coefs is the plan's float64 table [B|1, steps, stages, 8 + 2K] on the state's device and layout the
-// flattened [steps, stages, 4] list = (model input 0:x / 1:y, ring slot or -1, write x, write y).
+// coefs is the plan's float64 table [B|1, steps, stages, 12 + 2K] on the state's device and layout the
+// flattened [steps, stages, 5] list = (model input 0:x / 1:y, ring slot or -1, write x, write y,
+// noise draw or -1). noise is the source of the rows with a draw (kNoise* of solver_step.h): Philox
+// under `seed` and the sample ids (int64 [B] capsule or None), a tensor z given per step, or the
+// Brownian tree over [T0, T1] with `depth` levels.
 // The Stepper keeps the capsules (and so the tensors) alive; only o is parsed per step, which keeps
 // the per-step host cost to about a microsecond. Nothing is allocated and nothing synchronizes.
 #include <pybind11/pybind11.h>
@@ -15,6 +19,7 @@
 #include <vector>
 
 #include "bind/dlpack_view.h"
+#include "bind/noise_args.h"
 #include "core/solver_step.h"
 
 namespace py = pybind11;
@@ -24,8 +29,9 @@ namespace {
 
 class Stepper {
  public:
-  Stepper(py::object x_c, py::object y_c, py::object ring_c, py::object coef_c, std::vector<int32_t> layout)
-      : keep_{x_c, y_c, ring_c, coef_c} {
+  Stepper(py::object x_c, py::object y_c, py::object ring_c, py::object coef_c, std::vector<int32_t> layout,
+          int noise, uint64_t seed, py::object ids_c, double T0, double T1, int depth)
+      : keep_{x_c, y_c, ring_c, coef_c, ids_c} {
     x_ = parse_view(x_c, "x");
     require_float(x_);
     if (x_.ndim < 1) throw py::value_error("x: expected at least one (batch) dimension");
@@ -64,10 +70,22 @@ class Stepper {
     coef_ = reinterpret_cast<const double*>(coef.data);
     a_.coef_sb = coef.shape[0] == 1 ? 0 : coef.strides[0];
     layout_ = std::move(layout);
-    if (int64_t(layout_.size()) != int64_t(steps_) * stages_ * 4)
+    if (int64_t(layout_.size()) != int64_t(steps_) * stages_ * kLayout)
       throw py::value_error("layout: expected " + std::to_string(steps_) + " x " + std::to_string(stages_) +
-                            " x 4 entries, got " + std::to_string(layout_.size()));
-    for (size_t q = 0; q < layout_.size(); q += 4) {
+                            " x 5 entries, got " + std::to_string(layout_.size()));
+    if (noise < kNoiseNone || noise > kNoiseBrownian) throw py::value_error("noise: expected a source 0..3");
+    noise_ = noise;
+    a_.seed = seed;
+    ids_ = parse_ids(ids_c, x_, a_.B);
+    a_.ids = ids_.data ? reinterpret_cast<const int64_t*>(ids_.data) : nullptr;
+    if (noise == kNoiseBrownian) {
+      check_brownian_span(T0, T1, depth);
+      a_.T0 = T0; a_.T1 = T1; a_.depth = depth;
+    }
+    check_noise_extent(a_.N);
+    for (size_t q = 0; q < layout_.size(); q += kLayout) {
+      if (layout_[q + 4] >= 0 && noise == kNoiseNone)
+        throw py::value_error("noise: the plan draws noise but no noise source was given");
       if ((layout_[q] == 1 && !a_.y) || (layout_[q + 3] && !a_.y))
         throw py::value_error("y: the plan uses a second state buffer but none was given");
       if (layout_[q + 1] >= a_.K || layout_[q + 1] < -1)
@@ -76,7 +94,7 @@ class Stepper {
     }
   }
 
-  void step(int i, int s, py::handle o_c, bool raw, int nthreads, uintptr_t stream) {
+  void step(int i, int s, py::handle o_c, bool raw, int nthreads, uintptr_t stream, py::handle z_c) {
     if (i < 0 || i >= steps_) throw py::index_error("i: step " + std::to_string(i) + " out of range [0, " + std::to_string(steps_) + ")");
     if (s < 0 || s >= stages_) throw py::index_error("s: stage " + std::to_string(s) + " out of range [0, " + std::to_string(stages_) + ")");
     View o = parse_view(o_c, "out");
@@ -90,8 +108,23 @@ class Stepper {
         (a_.ring && overlaps(o, ring_)))
       throw py::value_error("out: the model output partially overlaps the sampler state; return a new tensor");
     StepArgs a = a_;
-    const int32_t* l = &layout_[(int64_t(i) * stages_ + s) * 4];
+    const int32_t* l = &layout_[(int64_t(i) * stages_ + s) * kLayout];
     a.input = l[0]; a.slot = l[1]; a.write_x = l[2] != 0; a.write_y = l[3] != 0;
+    View z;
+    if (l[4] >= 0) {
+      a.noise = noise_;
+      a.draw = uint32_t(l[4]);
+      if (noise_ == kNoiseTensor) {
+        if (is_none(z_c)) throw py::value_error("z: this step draws noise; pass its pre-drawn tensor");
+        z = parse_view(z_c, "z");
+        require_same_dtype(z, x_); require_same_device(z, x_);
+        require_trailing_shape(z, 0, x_, 0, "equal to x's");
+        require_feature_compact(z, 1);
+        if (overlaps(z, x_) || (a_.y && overlaps(z, y_)) || (a_.ring && overlaps(z, ring_)))
+          throw py::value_error("z: must not overlap the sampler state");
+        a.z = z.data; a.z_sb = z.strides[0];
+      }
+    }
     a.o = o.data; a.o_sb = o.strides[0];
     a.raw = raw;
     a.coef = coef_ + (int64_t(i) * stages_ + s) * step_ncoef(a.K);
@@ -107,8 +140,10 @@ class Stepper {
   }
 
  private:
+  static constexpr int kLayout = 5;
   std::vector<py::object> keep_;
-  View x_, y_, ring_;
+  View x_, y_, ring_, ids_;
+  int noise_ = kNoiseNone;
   StepArgs a_;
   const double* coef_ = nullptr;
   int steps_ = 0, stages_ = 0;
@@ -119,10 +154,13 @@ class Stepper {
 
 void register_step_ops(py::module_& m) {
   py::class_<Stepper>(m, "Stepper")
-      .def(py::init<py::object, py::object, py::object, py::object, std::vector<int32_t>>(), py::arg("x"), py::arg("y"),
-           py::arg("ring"), py::arg("coefs"), py::arg("layout"))
+      .def(py::init<py::object, py::object, py::object, py::object, std::vector<int32_t>, int, uint64_t, py::object,
+                    double, double, int>(),
+           py::arg("x"), py::arg("y"), py::arg("ring"), py::arg("coefs"), py::arg("layout"), py::arg("noise") = 0,
+           py::arg("seed") = 0, py::arg("ids") = py::none(), py::arg("T0") = 0.0, py::arg("T1") = 1.0,
+           py::arg("depth") = 20)
       .def("step", &Stepper::step, py::arg("i"), py::arg("s"), py::arg("out"), py::arg("raw"), py::arg("nthreads"),
-           py::arg("stream"), "one fused step (csrc/core/solver_step.h)");
+           py::arg("stream"), py::arg("z") = py::none(), "one fused step (csrc/core/solver_step.h)");
 }
 
 }  // namespace dc

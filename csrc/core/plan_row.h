@@ -16,19 +16,29 @@ struct Node {
   double t = 0, a = 1, s = 0, lam = 0, rho = 0;
 };
 
-// A linear expression over the step's inputs: x, y, the K old history slots and the new model
-// output m (already converted to the solver's native prediction).
+// A linear expression over the step's inputs: x, y, the K old history slots, the new model
+// output m (already converted to the solver's native prediction) and fresh standard normal noise z.
+// `noisy` marks an expression that draws noise (even where its weight happens to be 0, so that the
+// draw numbering of a plan does not depend on the grid).
 struct Lin {
-  static constexpr int kX = 0, kY = 1, kM = 2 + kMaxRing, kTerms = 3 + kMaxRing;
+  static constexpr int kX = 0, kY = 1, kM = 2 + kMaxRing, kZ = 3 + kMaxRing, kTerms = 4 + kMaxRing;
   double c[kTerms] = {};
-  static Lin term(int k, double w = 1.0) { Lin l; l.c[k] = w; return l; }
+  bool noisy = false;
+  static Lin term(int k, double w = 1.0) { Lin l; l.c[k] = w; l.noisy = k == kZ; return l; }
   static Lin X() { return term(kX); }
   static Lin Y() { return term(kY); }
   static Lin M() { return term(kM); }
+  static Lin Z() { return term(kZ); }
   static Lin R(int slot) { return term(2 + slot); }
-  Lin operator+(const Lin& o) const { Lin r; for (int k = 0; k < kTerms; ++k) r.c[k] = c[k] + o.c[k]; return r; }
-  Lin operator-(const Lin& o) const { Lin r; for (int k = 0; k < kTerms; ++k) r.c[k] = c[k] - o.c[k]; return r; }
-  Lin operator*(double w) const { Lin r; for (int k = 0; k < kTerms; ++k) r.c[k] = c[k] * w; return r; }
+  Lin operator+(const Lin& o) const {
+    Lin r; for (int k = 0; k < kTerms; ++k) r.c[k] = c[k] + o.c[k];
+    r.noisy = noisy || o.noisy; return r;
+  }
+  Lin operator-(const Lin& o) const { return *this + o * -1.0; }
+  Lin operator*(double w) const {
+    Lin r; for (int k = 0; k < kTerms; ++k) r.c[k] = c[k] * w;
+    r.noisy = noisy; return r;
+  }
   Lin operator/(double w) const { return *this * (1.0 / w); }
   friend Lin operator*(double w, const Lin& l) { return l * w; }
 };
@@ -39,11 +49,12 @@ struct PlanIO {
   const double* stage = nullptr;  // [M, 2, 4] intermediate stage nodes, or null
   const double* quad = nullptr;   // [M, Q, 2]: quadrature nodes τ and weights (in ρ), or null
   int Q = 0;
+  const double* extra = nullptr;  // [M+1, 2] per-node values of some methods (f and g², step sizes), or null
   const int* orders = nullptr;    // [M] order of each step
   int M = 0, S = 0, K = 0;
   double* coef = nullptr;         // [M, S, 8 + 2K]
   double* mtime = nullptr;        // [M, S]
-  int* layout = nullptr;          // [M, S, 4] or null
+  int* layout = nullptr;          // [M, S, kLayout] or null
   int* nstages = nullptr;         // [M] or null
 
   static Node node(const double* v) {
@@ -60,13 +71,21 @@ struct PlanIO {
     return node(stage + (2 * i + j) * 4);
   }
   int order(int i) const { return orders[i]; }
+  double ex(int i, int k) const {
+    if (!extra) throw std::invalid_argument("plan: this method needs per-node values (extra)");
+    return extra[2 * i + k];
+  }
   // Slot of the history ring holding the model output of step j (multistep methods).
   int slot_of(int j) const { return K > 0 ? ((j % K) + K) % K : -1; }
 
+  static constexpr int kLayout = 5;  // model input, ring slot, write x, write y, draws noise
+
   // Writes the row of (step i, stage s): the model is evaluated at `at` on buffer `input`
   // (0: x, 1: y), its native output is stored in `slot` (or not, -1), and x / y are replaced by the
-  // given expressions (null: left unchanged).
-  void emit(int i, int s, const Node& at, int input, int slot, const Lin* to_x, const Lin* to_y) const {
+  // given expressions (null: left unchanged). A noisy row's Brownian interval is [ta, tb] (the step's
+  // start and end times; equal: plain Philox noise).
+  void emit(int i, int s, const Node& at, int input, int slot, const Lin* to_x, const Lin* to_y, double ta = 0,
+            double tb = 0) const {
     const int nc = step_ncoef(K);
     double* r = coef + (int64_t(i) * S + s) * nc;
     for (int k = 0; k < nc; ++k) r[k] = 0.0;
@@ -82,17 +101,20 @@ struct PlanIO {
       r[off + 1] = e->c[Lin::kY];
       for (int k = 0; k < K; ++k) r[off + 2 + k] = e->c[2 + k];
       r[off + 2 + K] = e->c[Lin::kM];
+      r[step_zcol(K) + (off == 2 ? 0 : 1)] = e->c[Lin::kZ];
     };
     put(to_x, 2);
     put(to_y, 5 + K);
+    const bool noisy = (to_x && to_x->noisy) || (to_y && to_y->noisy);
+    if (noisy) { r[step_zcol(K) + 2] = ta; r[step_zcol(K) + 3] = tb; }
     for (int k = 2; k < nc; ++k)
       if (!std::isfinite(r[k]))
         throw std::domain_error("plan: non-finite coefficient at step " + std::to_string(i) + ", stage " +
                                 std::to_string(s) + " (a step to or from σ = 0 the method cannot take?)");
     mtime[int64_t(i) * S + s] = at.t;
     if (layout) {
-      int* l = layout + (int64_t(i) * S + s) * 4;
-      l[0] = input; l[1] = slot; l[2] = to_x != nullptr; l[3] = to_y != nullptr;
+      int* l = layout + (int64_t(i) * S + s) * kLayout;
+      l[0] = input; l[1] = slot; l[2] = to_x != nullptr; l[3] = to_y != nullptr; l[4] = noisy ? 1 : -1;
     }
     if (nstages && nstages[i] < s + 1) nstages[i] = s + 1;
   }

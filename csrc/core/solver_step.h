@@ -2,27 +2,37 @@
 //
 //   m          = cu * u + co * o        model output o -> the solver's native prediction
 //                                       (u = model input = x or y; skipped when `raw`: m = o)
-//   x'         = ax*x + ay*y + sum_k ar_k*ring_k + am*m          (when write_x)
-//   y'         = bx*x + by*y + sum_k br_k*ring_k + bm*m          (when write_y)
+//   x'         = ax*x + ay*y + sum_k ar_k*ring_k + am*m + zx*z   (when write_x)
+//   y'         = bx*x + by*y + sum_k br_k*ring_k + bm*m + zy*z   (when write_y)
 //   ring[slot] <- m                                              (when slot >= 0)
+//
+// z is standard normal noise, present when the row has a draw (noise != kNoiseNone): Philox normals
+// of (seed, sample id, draw, element) (csrc/core/philox.h), a pre-drawn tensor, or the Brownian
+// tree's normalized increment over [ta, tb] (csrc/core/brownian.h; rows with ta == tb fall back to
+// Philox). The same z enters x' and y'.
 //
 // ring_k is always the *old* history value: every input of an element is read before any output of
 // that element is written, so x' and y' replace x and y in place and the slot being written can
 // still be read as the oldest history entry (a multistep method needs K = order - 1 slots).
 //
-// Coefficient row layout (float64, NC = 8 + 2K, one row per sample or broadcast):
-//   [cu, co, ax, ay, ar_0..ar_{K-1}, am, bx, by, br_0..br_{K-1}, bm]
+// Coefficient row layout (float64, NC = 12 + 2K, one row per sample or broadcast):
+//   [cu, co, ax, ay, ar_0..ar_{K-1}, am, bx, by, br_0..br_{K-1}, bm, zx, zy, ta, tb]
 // Plans (csrc/core/plan_*.h) produce these rows; the step only applies them.
 #pragma once
 #include <cstdint>
 
+#include "core/brownian.h"
 #include "core/numeric.h"
+#include "core/philox.h"
 
 namespace dc {
 
 constexpr int kMaxRing = 5;
 
-DC_HD int step_ncoef(int K) { return 8 + 2 * K; }
+DC_HD int step_ncoef(int K) { return 12 + 2 * K; }
+DC_HD int step_zcol(int K) { return 8 + 2 * K; }  // zx; zy, ta, tb follow
+
+enum NoiseKind : int { kNoiseNone = 0, kNoisePhilox = 1, kNoiseTensor = 2, kNoiseBrownian = 3 };
 
 struct StepArgs {
   void* x = nullptr;         int64_t x_sb = 0;
@@ -35,7 +45,32 @@ struct StepArgs {
   int slot = -1;
   bool raw = false, write_x = false, write_y = false;
   int64_t B = 0, N = 0;
+  // noise of this call (kNoiseNone: the row has no draw)
+  int noise = kNoiseNone;
+  uint64_t seed = 0;
+  const int64_t* ids = nullptr;   // sample ids [B] on the state's device, or null: id = b
+  uint32_t draw = 0;
+  const void* z = nullptr;   int64_t z_sb = 0;             // kNoiseTensor
+  double T0 = 0, T1 = 1;     int depth = 20;               // kNoiseBrownian
 };
+
+DC_HD NoiseKey step_noise_key(const StepArgs& a, int64_t b) {
+  return NoiseKey::make(a.seed, a.ids ? uint64_t(a.ids[b]) : uint64_t(b), a.draw, kDomainStep);
+}
+
+// The noise of element n of sample b (one element at a time: the CUDA kernel).
+template <class T>
+DC_HD double step_noise_at(const StepArgs& a, const double* c, int64_t b, int64_t n) {
+  if (a.noise == kNoiseTensor) return double(load_as<double>(static_cast<const T*>(a.z) + b * a.z_sb + n));
+  const NoiseKey k = step_noise_key(a, b);
+  const double* zc = c + step_zcol(a.K);
+  if (a.noise == kNoiseBrownian && zc[2] != zc[3]) {
+    double z;
+    brownian_increment<1>(k, uint64_t(n), zc[2], zc[3], a.T0, a.T1, a.depth, &z);
+    return z;
+  }
+  return normal_at(k, uint64_t(n));
+}
 
 // The body shared by the CUDA kernel and the CPU loop (which inlines the same arithmetic with K
 // known at compile time).
@@ -60,6 +95,11 @@ DC_HD void step_element(const StepArgs& a, int64_t b, int64_t n) {
   }
   accx += C(c[4 + K]) * m;
   accy += C(c[7 + 2 * K]) * m;
+  if (a.noise != kNoiseNone) {
+    const C zv = C(step_noise_at<T>(a, c, b, n));
+    accx += C(c[8 + 2 * K]) * zv;
+    accy += C(c[9 + 2 * K]) * zv;
+  }
   if (a.slot >= 0) store_from(rp + a.slot * a.ring_sk, m);
   if (a.write_x) store_from(xp, accx);
   if (a.write_y) store_from(yp, accy);

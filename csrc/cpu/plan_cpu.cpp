@@ -1,13 +1,14 @@
 // _core.plan_build: coefficient plans in float64 (DESIGN.md, "Coefficient plans").
 //
-//   layout, nstages = _core.plan_build(method, options, grid, stage, quad, orders, K, S, coefs, mtime)
+//   layout, nstages = _core.plan_build(method, options, grid, stage, quad, orders, K, S, coefs, mtime, extra)
 //
 // grid  [B, M+1, 4]  (t, α, σ, λ) at the grid times, one row per sample (B = 1: shared grid)
 // stage [B, M, 2, 4] intermediate stage nodes of single-step methods, or None
 // quad  [B, M, Q, 2] (τ, weight) Gauss–Legendre nodes in ρ of each step (DEIS), or None
+// extra [B, M+1, 2] per-node values of some stochastic methods (csrc/core/plans/stochastic.h), or None
 // orders: the order of each step (warm-up and lower_order_final already applied by the caller)
-// coefs [B, M, S, 8 + 2K] and mtime [B, M, S]: outputs (float64, zero-filled by the caller).
-// Returns the stage layout (flattened [M, S, 4]) and the number of stages of each step. All arrays
+// coefs [B, M, S, 12 + 2K] and mtime [B, M, S]: outputs (float64, zero-filled by the caller).
+// Returns the stage layout (flattened [M, S, 5]) and the number of stages of each step. All arrays
 // are contiguous float64 CPU tensors; samples are independent, so they run in parallel.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -21,6 +22,7 @@
 #include "core/plans/adams.h"
 #include "core/plans/exponential.h"
 #include "core/plans/runge_kutta.h"
+#include "core/plans/stochastic.h"
 #include "core/plans/unipc.h"
 
 namespace py = pybind11;
@@ -41,7 +43,8 @@ T opt(const py::dict& d, const char* key, T dflt) {
 }
 
 py::tuple plan_build(const std::string& method, const py::dict& options, py::handle grid_c, py::handle stage_c,
-                     py::handle quad_c, std::vector<int> orders, int K, int S, py::handle coef_c, py::handle mtime_c) {
+                     py::handle quad_c, std::vector<int> orders, int K, int S, py::handle coef_c, py::handle mtime_c,
+                     py::handle extra_c) {
   View grid = f64_cpu(grid_c, "grid", 3);
   const int64_t B = grid.shape[0];
   const int M = int(grid.shape[1]) - 1;
@@ -67,6 +70,14 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
     Q = int(quad.shape[2]);
   }
 
+  View extra;
+  const bool has_extra = !is_none(extra_c);
+  if (has_extra) {
+    extra = f64_cpu(extra_c, "extra", 3);
+    if (extra.shape[0] != B || extra.shape[1] != M + 1 || extra.shape[2] != 2)
+      throw py::value_error("extra: wrong shape " + extra.describe());
+  }
+
   const int variant = opt<int>(options, "variant", 0);
   const double w = opt<double>(options, "w", 1.0);
   UniPCOptions uo;
@@ -74,6 +85,10 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
   uo.bh2 = opt<bool>(options, "bh2", true);
   uo.corrector = opt<bool>(options, "corrector", true);
   const bool in_rho = opt<bool>(options, "rho", false);
+  const double eta = opt<double>(options, "eta", 1.0), s_noise = opt<double>(options, "s_noise", 1.0);
+  const int predictor = opt<int>(options, "predictor", 0), n_corr = opt<int>(options, "n_corrector", 1);
+  const bool denoise = opt<bool>(options, "denoise", true), churn = opt<bool>(options, "churn", false);
+  const bool beta_variance = opt<bool>(options, "beta", false);
 
   std::function<void(const PlanIO&)> gen;
   if (method == "ddim") gen = [](const PlanIO& io) { plan_ddim(io); };
@@ -84,11 +99,21 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
   else if (method == "ipndm") gen = [](const PlanIO& io) { plan_ipndm(io); };
   else if (method == "unipc") gen = [=](const PlanIO& io) { plan_unipc(io, uo); };
   else if (method == "rk") gen = [=](const PlanIO& io) { plan_rk(io, in_rho); };
+  else if (method == "ddim_eta") gen = [=](const PlanIO& io) { plan_ddim_eta(io, eta); };
+  else if (method == "ddpm") gen = [=](const PlanIO& io) { plan_ddpm(io, beta_variance); };
+  else if (method == "euler_ancestral") gen = [=](const PlanIO& io) { plan_euler_ancestral(io, eta, s_noise); };
+  else if (method == "euler_maruyama") gen = [=](const PlanIO& io) { plan_euler_maruyama(io, eta); };
+  else if (method == "pc") gen = [=](const PlanIO& io) { plan_pc(io, predictor, n_corr, denoise); };
+  else if (method == "langevin") gen = [](const PlanIO& io) { plan_langevin(io); };
+  else if (method == "dpmpp_2m_sde") gen = [=](const PlanIO& io) { plan_dpmpp_2m_sde(io, variant, eta, s_noise); };
+  else if (method == "dpmpp_3m_sde") gen = [=](const PlanIO& io) { plan_dpmpp_3m_sde(io, eta, s_noise); };
+  else if (method == "edm_churn") gen = [=](const PlanIO& io) { plan_edm_churn(io, churn, s_noise); };
   else throw py::value_error("method: unknown plan generator '" + method + "'");
   if (method == "deis" && !has_quad) throw py::value_error("quad: DEIS needs quadrature nodes");
 
-  std::vector<int> layout(size_t(M) * S * 4, 0), nstages(M, 0);
-  for (size_t q = 0; q < layout.size(); q += 4) layout[q + 1] = -1;
+  constexpr int L = PlanIO::kLayout;
+  std::vector<int> layout(size_t(M) * S * L, 0), nstages(M, 0);
+  for (size_t q = 0; q < layout.size(); q += L) { layout[q + 1] = -1; layout[q + 4] = -1; }
   const int nc = step_ncoef(K);
   std::string error;
   {
@@ -102,6 +127,7 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
       io.stage = has_stage ? reinterpret_cast<const double*>(stage.data) + b * M * 8 : nullptr;
       io.quad = has_quad ? reinterpret_cast<const double*>(quad.data) + b * M * Q * 2 : nullptr;
       io.Q = Q;
+      io.extra = has_extra ? reinterpret_cast<const double*>(extra.data) + b * (M + 1) * 2 : nullptr;
       io.orders = orders.data();
       io.M = M; io.S = S; io.K = K;
       io.coef = reinterpret_cast<double*>(coef.data) + b * M * S * nc;
@@ -119,6 +145,10 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
     }
   }
   if (!error.empty()) throw py::value_error(error);
+  // noise draws are numbered in execution order: draw d is the d-th noisy (step, stage)
+  int draws = 0;
+  for (size_t q = 0; q < layout.size(); q += L)
+    if (layout[q + 4] >= 0) layout[q + 4] = draws++;
   return py::make_tuple(layout, nstages);
 }
 
@@ -127,6 +157,7 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
 void register_plan_ops(py::module_& m) {
   m.def("plan_build", &plan_build, py::arg("method"), py::arg("options"), py::arg("grid"), py::arg("stage"),
         py::arg("quad"), py::arg("orders"), py::arg("K"), py::arg("S"), py::arg("coefs"), py::arg("mtime"),
+        py::arg("extra") = py::none(),
         "fill a coefficient plan (csrc/core/plans/*.h)");
 }
 

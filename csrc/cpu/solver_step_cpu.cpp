@@ -10,12 +10,41 @@ namespace {
 constexpr int64_t kChunk = 4096;
 constexpr int64_t kParallelThreshold = 1 << 16;
 
-// WRITE bit 0: ring[slot] <- m, bit 1: x <- x', bit 2: y <- y'. Every branch is resolved at compile
-// time so the loop body is straight-line and vectorizes; a missing y reads x with zero weights.
+// The chunk's noise, a whole Philox block (4 elements) at a time; n0 is a multiple of 4.
+template <class T, class C>
+void fill_noise(const StepArgs& a, const double* c, int64_t b, int64_t n0, int64_t len, C* zb) {
+  if (a.noise == kNoiseTensor) {
+    const T* zp = static_cast<const T*>(a.z) + b * a.z_sb + n0;
+    for (int64_t i = 0; i < len; ++i) zb[i] = load_as<C>(zp + i);
+    return;
+  }
+  const NoiseKey k = step_noise_key(a, b);
+  const double* zc = c + step_zcol(a.K);
+  const bool brownian = a.noise == kNoiseBrownian && zc[2] != zc[3];
+  double v[4];
+  for (int64_t i = 0; i < len; i += 4) {
+    const uint64_t q = uint64_t(n0 + i) >> 2;
+    if (brownian) brownian_increment<4>(k, q, zc[2], zc[3], a.T0, a.T1, a.depth, v);
+    else normal4(k, q, v);
+    for (int l = 0; l < 4; ++l) zb[i + l] = C(v[l]);  // zb holds len rounded up to 4
+  }
+}
+
+// WRITE bit 0: ring[slot] <- m, bit 1: x <- x', bit 2: y <- y', bit 3: add noise. Every branch is
+// resolved at compile time so the loop body is straight-line and vectorizes; a missing y reads x with
+// zero weights.
 template <class T, int KK, int WRITE>
 void step_chunk(const StepArgs& a, int64_t b, int64_t n0, int64_t len) {
   using C = typename Compute<T>::type;
   const double* c = a.coef + b * a.coef_sb;
+  constexpr bool NOISE = (WRITE & 8) != 0;
+  alignas(64) C zb[NOISE ? kChunk + 4 : 1];
+  C zx = C(0), zy = C(0);
+  if (NOISE) {
+    fill_noise<T, C>(a, c, b, n0, len, zb);
+    zx = C(c[8 + 2 * KK]);
+    zy = C(c[9 + 2 * KK]);
+  }
   // raw: the output is already native, m = 0·u + 1·o
   const C cu = a.raw ? C(0) : C(c[0]), co = a.raw ? C(1) : C(c[1]);
   const C ax = C(c[2]), ay = C(c[3]), am = C(c[4 + KK]);
@@ -46,6 +75,10 @@ void step_chunk(const StepArgs& a, int64_t b, int64_t n0, int64_t len) {
     }
     accx += am * m;
     accy += bm * m;
+    if (NOISE) {
+      accx += zx * zb[i];
+      accy += zy * zb[i];
+    }
     if (WRITE & 1) store_from(dst + i, m);
     if (WRITE & 2) store_from(xp + i, accx);
     if (WRITE & 4) store_from(yp + i, accy);
@@ -56,17 +89,20 @@ using ChunkFn = void (*)(const StepArgs&, int64_t, int64_t, int64_t);
 
 template <class T, int KK>
 ChunkFn pick_write(int w) {
-  static constexpr ChunkFn by_write[8] = {nullptr, step_chunk<T, KK, 1>, step_chunk<T, KK, 2>,
-                                          step_chunk<T, KK, 3>, step_chunk<T, KK, 4>, step_chunk<T, KK, 5>,
-                                          step_chunk<T, KK, 6>, step_chunk<T, KK, 7>};
+  static constexpr ChunkFn by_write[16] = {
+      nullptr,                step_chunk<T, KK, 1>,  step_chunk<T, KK, 2>,  step_chunk<T, KK, 3>,
+      step_chunk<T, KK, 4>,   step_chunk<T, KK, 5>,  step_chunk<T, KK, 6>,  step_chunk<T, KK, 7>,
+      nullptr,                step_chunk<T, KK, 9>,  step_chunk<T, KK, 10>, step_chunk<T, KK, 11>,
+      step_chunk<T, KK, 12>,  step_chunk<T, KK, 13>, step_chunk<T, KK, 14>, step_chunk<T, KK, 15>};
   return by_write[w];
 }
 
 template <class T>
 void step_typed(const StepArgs& a, int nthreads) {
   // K and the written buffers are resolved once per call, not per chunk
-  const int w = (a.slot >= 0 ? 1 : 0) | (a.write_x ? 2 : 0) | (a.write_y && a.y ? 4 : 0);
+  int w = (a.slot >= 0 ? 1 : 0) | (a.write_x ? 2 : 0) | (a.write_y && a.y ? 4 : 0);
   if (w == 0) return;
+  if (a.noise != kNoiseNone && (w & 6)) w |= 8;
   using Pick = ChunkFn (*)(int);
   static constexpr Pick by_k[kMaxRing + 1] = {pick_write<T, 0>, pick_write<T, 1>, pick_write<T, 2>,
                                               pick_write<T, 3>, pick_write<T, 4>, pick_write<T, 5>};

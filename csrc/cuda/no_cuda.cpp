@@ -2,6 +2,7 @@
 #include <pybind11/pybind11.h>
 
 #include "core/lincomb.h"
+#include "core/noise_fill.h"
 #include "core/solver_step.h"
 
 namespace dc {
@@ -10,6 +11,9 @@ void lincomb_cuda(const LincombArgs&, DType, bool, int, uintptr_t) {
   throw pybind11::value_error("diffcore was built without CUDA support; rebuild with nvcc on PATH or DIFFCORE_CUDA=ON");
 }
 void solver_step_cuda(const StepArgs&, DType, int, uintptr_t) {
+  throw pybind11::value_error("diffcore was built without CUDA support; rebuild with nvcc on PATH or DIFFCORE_CUDA=ON");
+}
+void noise_fill_cuda(const NoiseFillArgs&, DType, int, uintptr_t) {
   throw pybind11::value_error("diffcore was built without CUDA support; rebuild with nvcc on PATH or DIFFCORE_CUDA=ON");
 }
 bool cuda_compiled() { return false; }

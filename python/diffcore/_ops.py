@@ -192,15 +192,31 @@ def schedule_inverse(cid: int, params, table, lam: torch.Tensor) -> torch.Tensor
     return out if lam.dtype == torch.float64 else out.to(lam.dtype)
 
 
-def make_stepper(x, y, ring, coefs, layout):
+def philox4x32(counter, key):
+    """Philox-4x32-10 of one counter block (four uint32 words) under a two-word key."""
+    return tuple(_core.philox4x32([int(c) for c in counter], [int(k) for k in key]))
+
+
+def noise_fill(out: torch.Tensor, seed: int, ids=None, draw: int = 0, domain: int = 0, intervals=None,
+               span=(0.0, 1.0), depth: int = 20) -> torch.Tensor:
+    """Fill ``out`` [B, ...] in place with the compiled noise (csrc/core/noise_fill.h)."""
+    _core.noise_fill(_to_dlpack(out), int(seed), _capsule(ids, "sample_ids"), int(draw), int(domain),
+                     _capsule(intervals, "intervals"), float(span[0]), float(span[1]), int(depth), get_num_threads(),
+                     _stream_of(out))
+    return out
+
+
+def make_stepper(x, y, ring, coefs, layout, noise=0, seed=0, ids=None, span=(0.0, 1.0), depth=20):
     """Bind a run's buffers (x, y or None, ring or None) and a plan's coefficient table to the fused
     step kernel (csrc/bind/step_bind.cpp); validation happens once here, not per step."""
     return _core.Stepper(_capsule(x, "x"), _capsule(y, "y"), _capsule(ring, "ring"), _capsule(coefs, "coefs"),
-                         list(layout))
+                         list(layout), int(noise), int(seed), _capsule(ids, "sample_ids"), float(span[0]),
+                         float(span[1]), int(depth))
 
 
-def plan_build(method, options, grid, stage, quad, orders, K, S, coefs, mtime):
+def plan_build(method, options, grid, stage, quad, orders, K, S, coefs, mtime, extra=None):
     """Fill a coefficient plan in the float64 core (csrc/cpu/plan_cpu.cpp); returns (layout, nstages)."""
     layout, nstages = _core.plan_build(method, dict(options), _capsule(grid), _capsule(stage), _capsule(quad),
-                                       [int(o) for o in orders], int(K), int(S), _capsule(coefs), _capsule(mtime))
+                                       [int(o) for o in orders], int(K), int(S), _capsule(coefs), _capsule(mtime),
+                                       _capsule(extra))
     return list(layout), list(nstages)

@@ -4,7 +4,7 @@ A :class:`Solver` is immutable: its options and its method structure (stages per
 native prediction, per-step orders). :meth:`Solver.plan` turns a schedule and a time grid into a
 :class:`Plan`: every step's coefficients, computed once in float64 by the compiled core
 (``csrc/core/plans/*.h``), stored on the sample's device as a table
-``[B or 1, steps, stages, 8 + 2K]`` (one row per sample when the grid is per-sample). A plan holds no
+``[B or 1, steps, stages, 12 + 2K]`` (one row per sample when the grid is per-sample). A plan holds no
 run state either; :meth:`Plan.init_state` makes the per-run :class:`State` (the sample, a second
 buffer for stage inputs or the last corrected state, and the history ring), and :meth:`Plan.step`
 applies one row in one fused kernel call (``csrc/core/solver_step.h``): it converts the model output
@@ -15,7 +15,7 @@ applied by an eager-torch reference (:meth:`Plan.step_reference`).
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from torch.utils.dlpack import to_dlpack as _to_dlpack
 from .. import _ops
 from ..param import canonical_prediction, conversion_coefs
 from ..schedules import Schedule
+from ..noise import DOMAIN_STEP, Noise, _check_ids, default_seed
 from ..thresholding import dynamic_threshold
 
 __all__ = ["Solver", "Plan", "State", "SOLVER_TYPES"]
@@ -32,6 +33,11 @@ __all__ = ["Solver", "Plan", "State", "SOLVER_TYPES"]
 #: Accepted spellings of the two second-order variants (solvers.md §6.5, §6.7):
 #: A = midpoint / the reference "dpmsolver" form, B = heun / the reference "taylor" form.
 SOLVER_TYPES = {"midpoint": 0, "dpmsolver": 0, "a": 0, "heun": 1, "taylor": 1, "b": 1}
+
+#: Columns of a coefficient row besides the 2K history weights (csrc/core/solver_step.h) and entries of
+#: a (step, stage) layout record: model input, ring slot, write x, write y, noise draw.
+NCOEF_BASE, LAYOUT = 12, 5
+_NOISE_KIND = {"philox": 1, "tensor": 2, "generator": 2, "brownian": 3}
 
 _QUAD_NODES = 16  # Gauss–Legendre nodes per step for DEIS (solvers.md §6.4: ≥ 16 suffices in float64)
 
@@ -138,6 +144,20 @@ class Solver:
     def _stage_lams(self, order: int) -> Sequence[float]:
         """Fractions r of the step in λ at which the intermediate stages of an order-``order`` step sit."""
         return ()
+
+    def _extra(self, schedule: Schedule, grid_t: torch.Tensor, grid: torch.Tensor):
+        """Per-node values ``[B, M + 1, 2]`` some plan generators read (``PlanIO::ex``), or None."""
+        return None
+
+    def _prelude(self, schedule: Schedule, grid_t: torch.Tensor, stage_t):
+        """``(scale, noise weight)`` ``[B, 2]`` of a noise injection before the first model call
+        (EDM's churn of the start), or None."""
+        return None
+
+    def _hooks(self, plan: "Plan"):
+        """``{(i, s): fn(plan, state, i, s, out)}`` for rows the Python layer applies itself
+        (data-dependent coefficients, e.g. the Langevin corrector's step-size rule), or None."""
+        return None
 
     # -- planning ----------------------------------------------------------------------------------
     def plan(self, schedule: Schedule, timesteps, device=None, dtype=None, prediction="eps") -> "Plan":
@@ -251,12 +271,22 @@ class Plan:
             quad = torch.stack([tq, (0.5 * (r1 - r0) * wi).expand_as(tq)], -1).contiguous()
 
         S, K = solver.stages, solver.history
-        coefs = torch.zeros(Bc, M, S, 8 + 2 * K, dtype=torch.float64)
+        coefs = torch.zeros(Bc, M, S, NCOEF_BASE + 2 * K, dtype=torch.float64)
         mtime = torch.zeros(Bc, M, S, dtype=torch.float64)
+        extra = solver._extra(schedule, grid_t, grid)
         layout, nstages = _ops.plan_build(solver.method, solver._core_options(), grid, stage, quad, orders, K, S,
-                                          coefs, mtime)
+                                          coefs, mtime, extra)
+        pre = solver._prelude(schedule, grid_t, stage_t)
+        self.prelude = None if pre is None else pre.to(self.device)
+        if pre is not None:  # the prelude is draw 0
+            for q in range(LAYOUT - 1, len(layout), LAYOUT):
+                if layout[q] >= 0:
+                    layout[q] += 1
         self.layout = layout
         self.nstages = nstages
+        self.draws = [[layout[(i * S + s) * LAYOUT + 4] for s in range(S)] for i in range(M)]
+        self.noise_draws = sum(d >= 0 for row in self.draws for d in row) + (pre is not None)
+        self.noise_span = (float(grid_t.min()), float(grid_t.max()))
         self.nfe = int(sum(nstages))
         # fuse the model-output conversion: native = cu·(model input) + co·(model output)
         active = torch.tensor([[[s < nstages[i] for s in range(S)] for i in range(M)]])
@@ -272,6 +302,8 @@ class Plan:
         self.model_times = mtime.to(self.device, self.dtype)
         self._rows = [[self.coefs[:, i, s] for s in range(S)] for i in range(M)]
         self._times = [[self.model_times[:, i, s] for s in range(S)] for i in range(M)]
+        hooks = solver._hooks(self)
+        self._hooks = None if not hooks else [[hooks.get((i, s)) for s in range(S)] for i in range(M)]
 
     # -- protocol ----------------------------------------------------------------------------------
     @property
@@ -292,9 +324,11 @@ class Plan:
         K = self.solver.history
         return j % K if K else -1
 
-    def init_state(self, x: torch.Tensor) -> "State":
-        """A fresh run state starting from ``x`` (copied; ``x`` is never written)."""
-        return State(self, x)
+    def init_state(self, x: torch.Tensor, noise: Optional[Noise] = None) -> "State":
+        """A fresh run state starting from ``x`` (copied; ``x`` is never written). ``noise``: the
+        :class:`~diffcore.noise.Noise` source of a stochastic plan (default: Philox under a seed drawn
+        from torch's global generator)."""
+        return State(self, x, noise)
 
     def step(self, state: "State", i: int, s: int, out: torch.Tensor) -> None:
         """Apply stage ``s`` of step ``i`` given the model output ``out`` at
@@ -303,10 +337,12 @@ class Plan:
         # hot path: a plain tensor of the state's dtype, nothing to differentiate or trace — the C++
         # side validates shape, device and layout, so Python does no more than hand it over
         if (st is not None and type(out) is torch.Tensor and out.dtype is state.x.dtype and not self._thresholding
-                and not (out.requires_grad and torch.is_grad_enabled()) and _ops.untraced()):
+                and self._hooks is None and not (out.requires_grad and torch.is_grad_enabled())
+                and _ops.untraced()):
             if not out.is_contiguous() and not (out.numel() and out[0].is_contiguous()):
                 out = out.contiguous()
-            st.step(i, s, _to_dlpack(out), False, _ops.get_num_threads(), state._stream())
+            z = state._z_capsule(self.draws[i][s]) if state._host_noise else None
+            st.step(i, s, _to_dlpack(out), False, _ops.get_num_threads(), state._stream(), z)
             return
         self._step_general(state, i, s, out)
 
@@ -320,6 +356,9 @@ class Plan:
             raise TypeError(f"out: expected a floating tensor on {x.device}, got {out.dtype} on {out.device}")
         if out.dtype != x.dtype:  # e.g. a float64 oracle or a bf16 autocast model on a float32 state
             out = out.to(x.dtype)
+        hook = self._hooks[i][s] if self._hooks is not None else None
+        if hook is not None:
+            return hook(self, state, i, s, out)
         raw = False
         if self._thresholding:
             out = self._threshold(state, i, s, out)
@@ -328,7 +367,8 @@ class Plan:
             return self.step_reference(state, i, s, out, raw)
         if out.numel() and not out[0].is_contiguous():
             out = out.contiguous()
-        state._stepper.step(i, s, _to_dlpack(out), raw, _ops.get_num_threads(), state._stream())
+        z = state._z_capsule(self.draws[i][s]) if state._host_noise else None
+        state._stepper.step(i, s, _to_dlpack(out), raw, _ops.get_num_threads(), state._stream(), z)
 
     def _threshold(self, state: "State", i: int, s: int, out: torch.Tensor) -> torch.Tensor:
         row = self._rows[i][s]
@@ -340,8 +380,8 @@ class Plan:
     def step_reference(self, state: "State", i: int, s: int, out: torch.Tensor, raw: bool = False) -> None:
         """Eager-torch version of :meth:`step` (differentiable; the tests' reference for the kernel)."""
         row = self._rows[i][s]
-        l = self.layout[(i * self.solver.stages + s) * 4:(i * self.solver.stages + s + 1) * 4]
-        inp, slot, wx, wy = l
+        q = (i * self.solver.stages + s) * LAYOUT
+        inp, slot, wx, wy, draw = self.layout[q:q + LAYOUT]
         K = self.solver.history
         x, y = state.x, state.y
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -360,6 +400,10 @@ class Plan:
             accy = accy + w(7 + K + k) * ring[k]
         accx = accx + w(4 + K) * m
         accy = accy + w(7 + 2 * K) * m
+        if draw >= 0:
+            z = state.noise_value(draw, row).to(compute)
+            accx = accx + w(8 + 2 * K) * z
+            accy = accy + w(9 + 2 * K) * z
         if slot >= 0:
             state._set_ring(slot, m.to(x.dtype))
         if wx:
@@ -370,9 +414,10 @@ class Plan:
 
 class State:
     """Per-run buffers of a plan: ``x`` (the sample), ``y`` (stage input or last corrected state)
-    and the history ``ring`` ``[K, B, *S]`` of native model outputs. One state per concurrent run."""
+    and the history ``ring`` ``[K, B, *S]`` of native model outputs; and, for a stochastic plan, its
+    noise source. One state per concurrent run."""
 
-    def __init__(self, plan: Plan, x: torch.Tensor):
+    def __init__(self, plan: Plan, x: torch.Tensor, noise: Optional[Noise] = None):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x: expected a torch tensor, got {type(x).__name__}")
         if not x.is_floating_point():
@@ -383,6 +428,8 @@ class State:
             raise ValueError(f"x: the plan lives on {plan.device} but x is on {x.device}; pass device= to plan()")
         if plan.batch not in (1, x.shape[0]):
             raise ValueError(f"x: the plan has per-sample grids for {plan.batch} samples, x has batch {x.shape[0]}")
+        if noise is not None and not isinstance(noise, Noise):
+            raise TypeError(f"noise: expected a diffcore.noise.Noise, got {type(noise).__name__}")
         self.plan = plan
         solver = plan.solver
         grad = x.requires_grad and torch.is_grad_enabled()
@@ -390,10 +437,72 @@ class State:
         self.y = torch.zeros_like(self.x) if solver.second_buffer else None
         K = solver.history
         self.ring = torch.zeros((K,) + tuple(x.shape), dtype=x.dtype, device=x.device) if K else None
-        self._stepper = None
         self._cuda = self.x.is_cuda
+        self._setup_noise(noise)
+        self._stepper = None
         if _ops.fast_path_ok(self.x):
-            self._stepper = _ops.make_stepper(self.x, self.y, self.ring, plan.coefs, plan.layout)
+            self._stepper = _ops.make_stepper(self.x, self.y, self.ring, plan.coefs, plan.layout,
+                                              _NOISE_KIND[self.noise.kind] if plan.noise_draws else 0,
+                                              self._seed, self._ids, plan.noise_span, self.noise.depth)
+        if plan.prelude is not None:
+            self._apply_prelude()
+
+    # -- noise -------------------------------------------------------------------------------------
+    def _setup_noise(self, noise: Optional[Noise]) -> None:
+        plan, B = self.plan, self.x.shape[0]
+        self.noise = noise if noise is not None else Noise()
+        self._seed, self._ids, self._host_noise, self._znoise = 0, None, False, None
+        if not plan.noise_draws:
+            return
+        kind = self.noise.kind
+        if kind in ("philox", "brownian"):
+            self._seed = self.noise.seed if self.noise.seed is not None else default_seed()
+            self._ids = _check_ids(self.noise.sample_ids, B, self.x.device)
+        elif kind == "tensor":
+            z = self.noise.tensor
+            want = (plan.noise_draws,) + tuple(self.x.shape)
+            if tuple(z.shape) != want:
+                raise ValueError(f"noise: expected pre-drawn noise of shape {want} (plan.noise_draws draws of x's "
+                                 f"shape), got {tuple(z.shape)}")
+            if z.device != self.x.device:
+                raise ValueError(f"noise: expected a tensor on {self.x.device}, got {z.device}")
+            self._znoise = z.to(self.x.dtype).contiguous()
+            self._host_noise = True
+        else:  # generator: one torch.randn per draw, when the draw is reached
+            self._host_noise = True
+        self._zbuf = {}
+
+    def noise_value(self, draw: int, row: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The standard normal noise of draw ``draw`` (the same numbers the fused step uses); ``row`` is
+        the coefficient row, whose ``(ta, tb)`` columns give a Brownian draw its interval."""
+        x = self.x
+        if self._znoise is not None:
+            return self._znoise[draw]
+        if self.noise.kind == "generator":
+            z = self._zbuf.get(draw)
+            if z is None:
+                self._zbuf.clear()  # a draw is used by one (step, stage) only
+                g = self.noise.generator
+                z = torch.randn(x.shape, generator=g, device=g.device, dtype=x.dtype).to(x.device)
+                self._zbuf[draw] = z
+            return z
+        z = torch.empty_like(x, memory_format=torch.contiguous_format)
+        if self.noise.kind == "brownian" and row is not None:
+            K = self.plan.solver.history
+            iv = row[:, NCOEF_BASE - 2 + 2 * K:NCOEF_BASE + 2 * K].contiguous()
+            if bool((iv[:, 0] != iv[:, 1]).all()):
+                return _ops.noise_fill(z, self._seed, self._ids, draw, DOMAIN_STEP, iv, self.plan.noise_span,
+                                       self.noise.depth)
+        return _ops.noise_fill(z, self._seed, self._ids, draw, DOMAIN_STEP)
+
+    def _z_capsule(self, draw: int):
+        return None if draw < 0 else _to_dlpack(self.noise_value(draw))
+
+    def _apply_prelude(self) -> None:
+        pre = self.plan.prelude.to(self.x.dtype if self.x.dtype == torch.float64 else torch.float32)
+        bshape = (pre.shape[0],) + (1,) * (self.x.dim() - 1)
+        z = self.noise_value(0)
+        self._set("x", (pre[:, 0].reshape(bshape) * self.x + pre[:, 1].reshape(bshape) * z).to(self.x.dtype))
 
     def model_input(self, s: int) -> torch.Tensor:
         """The tensor the model is evaluated on at stage ``s`` (x at stage 0, y at later stages)."""
@@ -409,7 +518,8 @@ class State:
             setattr(self, name, value)
         else:
             cur.copy_(value)
-        self._stepper = None if value.requires_grad else self._stepper
+        if getattr(self, "_stepper", None) is not None and value.requires_grad:
+            self._stepper = None
 
     def _set_ring(self, slot: int, value: torch.Tensor) -> None:
         if value.requires_grad or self.ring.requires_grad:
