@@ -329,6 +329,23 @@ class GaussianMixture:
         x, v = self._vals(x, t, schedule)
         return torch.logsumexp(self._terms(x, v.alpha, v.sigma)[-1], dim=-1)
 
+    def marginal_cdf(self, x, t=None, schedule=None) -> torch.Tensor:
+        """CDF of a one-dimensional mixture at ``x`` (any shape): of the data (``t`` None) or of the
+        marginal ``p_t = Σ_k π_k N(α_t μ_k, α_t² s_k² + σ_t²)`` (a float ``t``). For the
+        Kolmogorov–Smirnov tests of the samplers (:func:`diffcore.metrics.ks_statistic`)."""
+        if self.dim != 1:
+            raise ValueError(f"marginal_cdf: defined for one-dimensional mixtures, this one has dim {self.dim}")
+        x = torch.as_tensor(x, dtype=_F64)
+        a, s = 1.0, 0.0
+        if t is not None:
+            v = _schedule(schedule).eval(torch.tensor([float(t)], dtype=_F64))
+            a, s = float(v.alpha[0]), float(v.sigma[0])
+        p = self._p(x.device)
+        mu = a * p.mu[:, 0]
+        sd = torch.sqrt(a * a * p.kappa[:, 0] + s * s)
+        z = (x[..., None] - mu) / sd
+        return (p.w * 0.5 * torch.erfc(-z / math.sqrt(2.0))).sum(-1)
+
     def sample_marginal(self, n: int, t, schedule, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``n`` exact samples of ``p_t`` ``(n, D)``: draw ``k ~ π``, then ``x_t ~ N(α_t μ_k, S_k)``.
         ``t`` is a float or an ``(n,)`` tensor."""

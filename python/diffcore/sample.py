@@ -15,6 +15,7 @@ import torch
 from . import schedules as _schedules
 from .grids import timesteps as _timesteps
 from .guidance import CFG
+from .noise import DOMAIN_PRIOR, Noise, philox_normal
 from .param import ModelWrapper, canonical_prediction, convert
 from .solvers import get as _get_solver
 from .solvers.adaptive import DPMAdaptive
@@ -23,11 +24,22 @@ __all__ = ["sample", "prior_sample"]
 
 
 def prior_sample(schedule, shape, generator: Optional[torch.Generator] = None, device=None,
-                 dtype: torch.dtype = torch.float32, t: Optional[float] = None) -> torch.Tensor:
+                 dtype: torch.dtype = torch.float32, t: Optional[float] = None, seed: Optional[int] = None,
+                 sample_ids=None) -> torch.Tensor:
     """Draw the sampler's start ``x ~ N(0, prior_std(t)² I)`` at ``t`` (default ``schedule.t_start``)
-    (solvers.md §6: N(0, I) for VP/sub-VP/FM, N(0, σ_max² I) for VE/EDM)."""
+    (solvers.md §6: N(0, I) for VP/sub-VP/FM, N(0, σ_max² I) for VE/EDM).
+
+    With ``seed`` the draw is the library's counter-based Philox noise (prior domain) keyed by
+    ``sample_ids`` (default ``arange(shape[0])``): a sample's start then does not depend on the batch
+    it is drawn in, on the device or on the dtype (beyond rounding)."""
     schedule = _schedules.get(schedule)
     std = schedule.prior_std(t)
+    if seed is not None:
+        if generator is not None:
+            raise ValueError("seed: give seed= or generator=, not both")
+        return philox_normal(shape, seed, sample_ids, 0, DOMAIN_PRIOR, device=device, dtype=dtype) * std
+    if sample_ids is not None:
+        raise ValueError("sample_ids: only meaningful with seed=")
     return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype) * std
 
 
@@ -140,7 +152,7 @@ _GRAPHS: "collections.OrderedDict" = collections.OrderedDict()
 _GRAPH_CACHE_SIZE = 8
 
 
-def _graph_sample(key, model, plan, fn, x, times):
+def _graph_sample(key, model, plan, fn, x, times, noise):
     """Capture the whole loop (model included) once per key, then replay it: no host work per step.
     The key holds the ids of the model and of the (cached, immutable) plan; the entry keeps the plan
     and a reference to the model so that a reused id cannot hit a stale graph."""
@@ -153,11 +165,11 @@ def _graph_sample(key, model, plan, fn, x, times):
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):  # warm-up run outside capture (lazy init, cuBLAS handles, ...)
-            _loop(plan, fn, plan.init_state(static_x), times, None, None, False)
+            _loop(plan, fn, plan.init_state(static_x, noise), times, None, None, False)
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            state = plan.init_state(static_x)
+            state = plan.init_state(static_x, noise)
             _loop(plan, fn, state, times, None, None, False)
         _GRAPHS[key] = (weakref.ref(model) if _weakrefable(model) else (lambda m=model: m), plan, graph, static_x,
                         state)
@@ -180,8 +192,11 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
            solver="dpmpp_2m", steps: Union[int, torch.Tensor] = 10, prediction="eps", spacing: Optional[str] = None,
            t_start: Optional[float] = None, t_end: Optional[float] = None, model_kwargs: Optional[dict] = None,
            guidance: Optional[CFG] = None, callback: Optional[Callable] = None, return_trajectory: bool = False,
-           progress: bool = False, cuda_graph: bool = False, **solver_options):
-    """Solve the probability-flow ODE of ``model`` from ``x`` at ``t_start`` to ``t_end``.
+           progress: bool = False, cuda_graph: bool = False, seed: Optional[int] = None, sample_ids=None,
+           generator: Optional[torch.Generator] = None, noise: Optional[torch.Tensor] = None,
+           brownian: bool = False, **solver_options):
+    """Solve the probability-flow ODE of ``model`` from ``x`` at ``t_start`` to ``t_end``, or sample
+    its reverse process with a stochastic sampler (``diffcore.solvers.STOCHASTIC``).
 
     Args:
         model: ``model(x, t, **model_kwargs)`` with ``t`` a ``[B]`` tensor of the schedule's continuous
@@ -202,7 +217,17 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
         progress: tqdm progress bar.
         cuda_graph: on CUDA, capture the whole loop (model included) as one CUDA graph, cached per
             (model, solver, schedule, grid, shape), and replay it. The model must be capturable and
-            ``model_kwargs`` tensors are captured by reference. Ignored on the CPU.
+            ``model_kwargs`` tensors are captured by reference. Ignored on the CPU. A stochastic
+            sampler needs ``seed=`` here (the seed is part of the captured graph).
+        seed: noise of a stochastic sampler: the counter-based Philox normal of (seed, sample id, draw,
+            element), computed inside the fused step (:mod:`diffcore.noise`). Default: a seed drawn
+            from torch's global generator (so ``torch.manual_seed`` reproduces runs).
+        sample_ids: ``[B]`` integer ids keying each sample's noise (default ``arange(B)``): a sample
+            with the same id, start and seed is the same in any batch and on any device.
+        generator: draw each step's noise with ``torch.randn(generator=...)`` instead.
+        noise: pre-drawn noise ``[plan.noise_draws, B, ...]`` instead.
+        brownian: replace each step's noise by the normalized increment of a seed-stable Brownian
+            tree over the step's time interval, so that runs with more steps refine the same path.
 
     Returns ``x`` at ``t_end`` (and the trajectory when asked).
     """
@@ -229,14 +254,21 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
             out, _ = plan.solve(eps_fn, x, schedule, ts, te, callback)
         return out
     times = _batch_times(plan, x.shape[0])
+    nz = Noise(seed=seed, sample_ids=sample_ids, generator=generator, noise=noise, brownian=brownian)
     with torch.no_grad():
         if cuda_graph and x.is_cuda:
             if callback is not None or return_trajectory or progress:
                 raise ValueError("cuda_graph: callback, return_trajectory and progress need host work per step")
+            nkey = None
+            if plan.noise_draws:
+                if seed is None or generator is not None or noise is not None:
+                    raise ValueError("cuda_graph: a stochastic sampler needs seed= (it is captured with the graph)")
+                ids = None if sample_ids is None else tuple(torch.as_tensor(sample_ids).tolist())
+                nkey = (seed, ids, brownian)
             kw_key = tuple(sorted((k, id(v)) for k, v in (model_kwargs or {}).items()))
-            key = (id(model), id(plan), tuple(x.shape), kw_key, repr(guidance))
-            return _graph_sample(key, model, plan, fn, x, times)
-        state = plan.init_state(x)
+            key = (id(model), id(plan), tuple(x.shape), kw_key, repr(guidance), nkey)
+            return _graph_sample(key, model, plan, fn, x, times, nz)
+        state = plan.init_state(x, nz)
         trajectory = [state.x.clone()] if return_trajectory else None
         out = _loop(plan, fn, state, times, callback, trajectory, progress)
     return (out, trajectory) if return_trajectory else out

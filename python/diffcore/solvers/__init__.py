@@ -1,4 +1,5 @@
-"""Deterministic PF-ODE solvers (solvers.md §6) behind one plan / execute engine (:mod:`.base`).
+"""Deterministic PF-ODE solvers (solvers.md §6) and stochastic samplers (§5, :mod:`.sde`) behind one
+plan / execute engine (:mod:`.base`).
 
 ``diffcore.solvers.get(name, **options)`` returns an immutable solver; ``available()`` lists the
 names. Each solver's order, native prediction and equation reference are in its docstring.
@@ -13,12 +14,15 @@ from .base import Plan, Solver, State
 from .exponential import DDIM, DPMSolver, DPMSolverFast, DPMSolverPPMulti, DPMSolverPPSingle, fast_orders
 from .onestep import ddim_step, heun_step
 from .runge_kutta import Euler, Heun, natural_variable
+from .sde import (DDPM, PC, AnnealedLangevin, DDIMEta, DPMSolverPP2MSDE, DPMSolverPP3MSDE, EDMChurn, EulerAncestral,
+                  EulerMaruyama, Langevin)
 from .unipc import UniPC
 
 __all__ = [
     "get", "available", "Solver", "Plan", "State", "ddim_step", "heun_step", "fast_orders", "natural_variable",
     "DDIM", "DPMSolver", "DPMSolverFast", "DPMSolverPPSingle", "DPMSolverPPMulti", "DEIS", "IPNDM", "UniPC",
-    "Euler", "Heun", "DPMAdaptive",
+    "Euler", "Heun", "DPMAdaptive", "DDPM", "DDIMEta", "EulerAncestral", "EulerMaruyama", "PC", "Langevin",
+    "AnnealedLangevin", "EDMChurn", "DPMSolverPP2MSDE", "DPMSolverPP3MSDE", "STOCHASTIC",
 ]
 
 _REGISTRY: Dict[str, Callable[..., object]] = {
@@ -41,7 +45,21 @@ _REGISTRY: Dict[str, Callable[..., object]] = {
     "unipc_3": lambda **kw: UniPC(order=3, **kw),
     "ipndm": IPNDM,
     "dpm_adaptive": DPMAdaptive,
+    "ddpm": DDPM,
+    "ddim_eta": DDIMEta,
+    "euler_ancestral": EulerAncestral,
+    "euler_maruyama": EulerMaruyama,
+    "pc": PC,
+    "langevin": Langevin,
+    "annealed_langevin": AnnealedLangevin,
+    "edm_churn": EDMChurn,
+    "dpmpp_2m_sde": DPMSolverPP2MSDE,
+    "dpmpp_3m_sde": DPMSolverPP3MSDE,
 }
+
+#: Names of the stochastic samplers (their plans draw noise).
+STOCHASTIC = ("ddpm", "ddim_eta", "euler_ancestral", "euler_maruyama", "pc", "langevin", "annealed_langevin",
+              "edm_churn", "dpmpp_2m_sde", "dpmpp_3m_sde")
 
 
 def available() -> List[str]:
