@@ -11,10 +11,11 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from .grids import timesteps as make_timesteps
+from .noise import Noise
 from .oracles import GaussianMixture, reference_ode
 from .schedules import Schedule
 
-__all__ = ["reference_mixture", "pinned_starts", "run_plan", "order_study", "lsq_slope"]
+__all__ = ["reference_mixture", "pinned_starts", "run_plan", "order_study", "lsq_slope", "gaussian_moments"]
 
 
 def reference_mixture() -> GaussianMixture:
@@ -98,3 +99,50 @@ def order_study(solver, schedule: Schedule, oracle: Optional[GaussianMixture] = 
         nfes.append(plan.nfe)
     return {"steps": list(steps), "errors": errors, "order": lsq_slope(steps, errors), "nfe": nfes}
 
+
+
+def gaussian_moments(plan, oracle: GaussianMixture, mean: float, var: float, trajectory: bool = False):
+    """Exact mean and variance of a one-dimensional Gaussian start ``N(mean, var)`` pushed through a
+    plan's implemented steps, for one-dimensional Gaussian data (``oracle`` with one component).
+
+    The exact model output of Gaussian data is affine in x, and every step is affine in (x, model
+    outputs, noise), so the state is ``c₀ + Σ_k c_k ξ_k`` with independent standard normals ξ (the start
+    and one per noise draw). The plan runs on the coefficient vector ``c`` as its features, with the
+    affine model applied to it and pre-drawn noise draw d = the unit vector of ξ_d, through the same
+    fused kernel as a sampling run; mean = c₀, variance = Σ c_k². The plan must be float64 on the CPU
+    and must not have data-dependent rows (the PC corrector). Returns ``(mean, var)`` floats, or lists
+    after every step with ``trajectory=True`` (start included).
+    """
+    if plan._hooks is not None:
+        raise ValueError("plan: has data-dependent (non-affine) rows; exact moments do not apply")
+    if plan.dtype != torch.float64 or plan.device.type != "cpu":
+        raise ValueError("plan: build it with dtype=torch.float64 on the CPU")
+    if oracle.dim != 1 or oracle.weights.numel() != 1:
+        raise ValueError("oracle: expected one-dimensional Gaussian data (one component)")
+    F = 2 + plan.noise_draws
+    X = torch.zeros(plan.batch, F, dtype=torch.float64)
+    X[:, 0], X[:, 1] = float(mean), math.sqrt(float(var))
+    noise = torch.zeros(plan.noise_draws, plan.batch, F, dtype=torch.float64)
+    for d in range(plan.noise_draws):
+        noise[d, :, 2 + d] = 1.0
+    sched, pred = plan.schedule, plan.prediction
+
+    def model(x, t):
+        tt = t.to(torch.float64).expand(x.shape[0])
+        zero = torch.zeros(x.shape[0], 1, dtype=torch.float64)
+        q = oracle.predict(zero, tt, sched, pred)
+        p = oracle.predict(zero + 1.0, tt, sched, pred) - q
+        out = p * x
+        out[:, 0] += q[:, 0]
+        return out
+
+    state = plan.init_state(X, Noise(noise=noise))
+    moments = lambda c: (float(c[0, 0]), float((c[0, 1:] ** 2).sum()))  # noqa: E731
+    hist = [moments(state.x)]
+    for i in range(plan.num_steps):
+        for s in plan.stages(i):
+            plan.step(state, i, s, model(state.model_input(s), plan.model_time(i, s)))
+        hist.append(moments(state.x))
+    if trajectory:
+        return [h[0] for h in hist], [h[1] for h in hist]
+    return hist[-1]
