@@ -2,6 +2,8 @@
 import pathlib
 import re
 
+import torch
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -39,3 +41,14 @@ def test_readme_sampling_snippets_run():
     assert namespace["x0"].shape == (512, 2) and namespace["z"].shape == (512, 2)
     exec(compile(m.group(2), "README.md", "exec"), namespace)
     assert namespace["x0"].shape == (512, 2)
+
+
+def test_readme_stochastic_snippet_runs():
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"## Sampling\n\n```python\n(.*?)```.*?### Stochastic sampling\n.*?```python\n(.*?)```", text, re.S)
+    assert m, "README.md lost its stochastic-sampling snippet"
+    namespace: dict = {}
+    exec(compile(m.group(1), "README.md", "exec"), namespace)
+    exec(compile(m.group(2), "README.md", "exec"), namespace)
+    assert torch.allclose(namespace["part"], namespace["xs"][100:104], atol=1e-6)
+    assert namespace["xb"].shape == (512, 2)

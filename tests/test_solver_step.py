@@ -6,6 +6,7 @@ import torch
 
 import diffcore
 from diffcore import schedules, solvers
+from diffcore.noise import Noise
 
 NAMES = [n for n in solvers.available() if n != "dpm_adaptive"]
 TOL = {torch.float64: 1e-13, torch.float32: 2e-6, torch.float16: 4e-3, torch.bfloat16: 3e-2}
@@ -16,7 +17,8 @@ def _run_both(name, dtype, B=3, S=(2, 5), steps=6, sched=None, device="cpu"):
     plan = solvers.get(name).plan(sched, diffcore.timesteps(sched, steps), device=device, dtype=dtype)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, *S, generator=g, dtype=torch.float64).to(dtype).to(device)
-    fused, ref = plan.init_state(x), plan.init_state(x)
+    nz = Noise(seed=5)  # stochastic plans: both states draw the same noise
+    fused, ref = plan.init_state(x, nz), plan.init_state(x, nz)
     for i in range(plan.num_steps):
         for s in plan.stages(i):
             out = (0.5 * fused.model_input(s) + torch.randn(B, *S, generator=g, dtype=torch.float64).to(dtype).to(device))
@@ -72,7 +74,7 @@ def test_identity_model_alias_is_safe():
     sched = schedules.VPLinear()
     plan = solvers.get("unipc_2").plan(sched, diffcore.timesteps(sched, 5), dtype=torch.float64)
     x = torch.randn(4, 6, dtype=torch.float64)
-    a, b = plan.init_state(x), plan.init_state(x)
+    a, b = plan.init_state(x, Noise(seed=5)), plan.init_state(x, Noise(seed=5))
     for i in range(plan.num_steps):
         for s in plan.stages(i):
             plan.step(a, i, s, a.model_input(s))

@@ -1,7 +1,7 @@
 """diffcore: a compiled ODE/SDE core for diffusion and flow models.
 
 Layers (DESIGN.md): ``_ops`` (the compiled core) ← ``schedules`` ← ``grids``/``param``/``oracles``/``solvers``
-← ``sample``.
+← ``sample``/``likelihood``.
 """
 from ._version import __version__
 from ._ops import build_info, set_num_threads, get_num_threads, lincomb
@@ -12,8 +12,12 @@ from . import param, oracles, metrics
 from .param import ModelWrapper, canonical_prediction, convert
 from . import solvers
 from .guidance import CFG
+from . import noise
 from .sample import sample, prior_sample
+from . import likelihood
+from .likelihood import log_likelihood, bits_per_dim, ddpm_bound, ddpm_coefficients
 
 __all__ = ["__version__", "build_info", "set_num_threads", "get_num_threads", "lincomb", "schedules", "Schedule", "timesteps",
            "param", "oracles", "metrics", "ModelWrapper", "canonical_prediction", "convert",
-           "solvers", "CFG", "sample", "prior_sample"]
+           "solvers", "CFG", "noise", "sample", "prior_sample", "likelihood", "log_likelihood", "bits_per_dim",
+           "ddpm_bound", "ddpm_coefficients"]

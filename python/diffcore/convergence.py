@@ -101,9 +101,11 @@ def order_study(solver, schedule: Schedule, oracle: Optional[GaussianMixture] = 
 
 
 
-def gaussian_moments(plan, oracle: GaussianMixture, mean: float, var: float, trajectory: bool = False):
+def gaussian_moments(plan, oracle, mean: float, var: float, trajectory: bool = False):
     """Exact mean and variance of a one-dimensional Gaussian start ``N(mean, var)`` pushed through a
-    plan's implemented steps, for one-dimensional Gaussian data (``oracle`` with one component).
+    plan's implemented steps, for one-dimensional Gaussian data (``oracle`` a one-component
+    :class:`~diffcore.oracles.GaussianMixture`) or any model affine in x (``oracle`` a callable
+    ``(x [B, 1], t [B]) -> plan.prediction``, e.g. the constant x̂ of point-mass data).
 
     The exact model output of Gaussian data is affine in x, and every step is affine in (x, model
     outputs, noise), so the state is ``c₀ + Σ_k c_k ξ_k`` with independent standard normals ξ (the start
@@ -117,21 +119,26 @@ def gaussian_moments(plan, oracle: GaussianMixture, mean: float, var: float, tra
         raise ValueError("plan: has data-dependent (non-affine) rows; exact moments do not apply")
     if plan.dtype != torch.float64 or plan.device.type != "cpu":
         raise ValueError("plan: build it with dtype=torch.float64 on the CPU")
-    if oracle.dim != 1 or oracle.weights.numel() != 1:
-        raise ValueError("oracle: expected one-dimensional Gaussian data (one component)")
+    if isinstance(oracle, GaussianMixture):
+        if oracle.dim != 1 or oracle.weights.numel() != 1:
+            raise ValueError("oracle: expected one-dimensional Gaussian data (one component)")
+        predict = lambda x, t: oracle.predict(x, t, plan.schedule, plan.prediction)  # noqa: E731
+    elif callable(oracle):
+        predict = oracle
+    else:
+        raise TypeError(f"oracle: expected a Gaussian oracle or an affine model callable, got {type(oracle).__name__}")
     F = 2 + plan.noise_draws
     X = torch.zeros(plan.batch, F, dtype=torch.float64)
     X[:, 0], X[:, 1] = float(mean), math.sqrt(float(var))
     noise = torch.zeros(plan.noise_draws, plan.batch, F, dtype=torch.float64)
     for d in range(plan.noise_draws):
         noise[d, :, 2 + d] = 1.0
-    sched, pred = plan.schedule, plan.prediction
 
     def model(x, t):
         tt = t.to(torch.float64).expand(x.shape[0])
         zero = torch.zeros(x.shape[0], 1, dtype=torch.float64)
-        q = oracle.predict(zero, tt, sched, pred)
-        p = oracle.predict(zero + 1.0, tt, sched, pred) - q
+        q = predict(zero, tt)
+        p = predict(zero + 1.0, tt) - q
         out = p * x
         out[:, 0] += q[:, 0]
         return out

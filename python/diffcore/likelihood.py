@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
@@ -225,13 +225,15 @@ def _dopri5(rhs: Callable, y0: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor,
         if int((n_acc + n_rej).max()) >= max_steps:
             raise RuntimeError(f"rtol, atol: the adaptive solver took more than max_steps={max_steps} trial steps "
                                f"(tolerances too tight for this model, or a non-smooth/non-finite model output)")
-        rem = t1a - ta
-        ha = torch.minimum(h if full else h[act], rem)
-        tiny = ha <= 64 * torch.finfo(_F64).eps * torch.maximum(ta.abs(), t1a.abs())
+        rem = t1a - ta  # > 0: t reaches t1 only through an accepted last step
+        ulp = torch.finfo(_F64).eps * torch.maximum(ta.abs(), t1a.abs())
+        hp = h if full else h[act]
+        last = hp >= rem - 16 * ulp  # take the end exactly rather than leave a sliver of a few ulps
+        ha = torch.where(last, rem, hp)
+        tiny = ~last & (ha <= 64 * ulp)
         if bool(tiny.any()):
             raise RuntimeError(f"rtol, atol: step size underflow at t = {float(ta[tiny][0])} (the model output is "
                                f"probably not finite or not smooth there)")
-        last = ha >= rem
         hc = ha[:, None]
         k = [fa]
         for s in range(1, 7):
@@ -408,8 +410,9 @@ def log_likelihood(model: Callable, x: torch.Tensor, schedule=None, prediction: 
         t_end: noise end T (default ``schedule.t_start``). Needs ``t_start < t_end``, and the conversion
             to the velocity must be finite at both (an ``"eps"`` model at α = 0, e.g. rectified flow at
             t = 1, or an ``"x0"`` model at σ = 0 raise ``ValueError``).
-        divergence: ``"exact"`` (trace of ∂m/∂x from D vector–Jacobian products, batched; cost ∝ D),
-            ``"hutchinson"`` (Hutchinson–Skilling, ``uᵀ(∂m/∂x)u``, one VJP per probe) or ``"auto"``:
+        divergence: ``"exact"`` (trace of ∂v/∂x from D vector–Jacobian products through the model,
+            batched; cost ∝ D), ``"hutchinson"`` (Hutchinson–Skilling ``uᵀ(∂v/∂x)u``, one VJP per probe;
+            book §3.3.1, §5.1.2) or ``"auto"``:
             exact when ``D ≤ 32`` (:data:`AUTO_EXACT_MAX_DIM`; there it costs no more than a few dozen
             probes would and has no variance), Hutchinson otherwise.
         probe: ``"rademacher"`` (±1; lower variance, exact for a diagonal Jacobian) or ``"gaussian"``.
@@ -417,8 +420,9 @@ def log_likelihood(model: Callable, x: torch.Tensor, schedule=None, prediction: 
             solve** (a deterministic right-hand side for the adaptive solver), integrated as K separate δ's
             along the same trajectory, and averaged. ``return_stats`` gives the K per-probe values.
         rtol, atol: tolerances of the Dormand–Prince 5(4) solver on the joint state ``[x, δ_1..δ_K]``.
-            The error in log p is typically a few × ``atol·D`` or less; rtol = atol = 1e-5 (the spec's
-            default) is ~1e-4 nats on the oracles, 1e-7 gives ~1e-6.
+            Measured on the Gaussian-mixture oracles (2-D and 16-D; VP, EDM, rectified flow), the error
+            of log p stays below 25·τ nats for rtol = atol = τ: ~4e-5 at the default 1e-5 (the spec's),
+            ~2e-6 at 1e-7.
         generator: ``torch.Generator`` for the probes.
         model_kwargs: passed to the model; tensors whose leading dimension is B are treated as per-sample
             and follow the samples (``step_control="per_sample"`` calls the model on the unfinished
