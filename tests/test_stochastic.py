@@ -242,3 +242,18 @@ def test_brownian_samples_converge_in_the_step_count():
         p = _run(name, sch, 50, x, seed=7)
         q = _run(name, sch, 100, x, seed=7)
         assert dist(p, q) > 0.5 * dist(a, c)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and diffcore.build_info()["cuda"]), reason="no CUDA device")
+@pytest.mark.parametrize("name,opts", [("ddpm", {}), ("dpmpp_2m_sde", {"brownian": True}), ("edm_churn", {"s_churn": 10.0}),
+                                       ("pc", {})])
+def test_cuda_sampling_matches_cpu_and_graph_replay(name, opts):
+    sch = schedules.get("edm" if name == "edm_churn" else "vp_linear")
+    g = oracles.Gaussian([0.2, -0.1], [[0.5, 0.1], [0.1, 0.4]])
+    x = diffcore.prior_sample(sch, (256, 2), seed=1, dtype=F64)
+    cpu = _run(name, sch, 12, x, oracle=g, seed=5, **opts)
+    gpu = _run(name, sch, 12, x.cuda(), oracle=g, seed=5, **opts)
+    assert torch.allclose(gpu.cpu(), cpu, rtol=0, atol=1e-10)
+    graph = _run(name, sch, 12, x.cuda(), oracle=g, seed=5, cuda_graph=True, **opts)
+    again = _run(name, sch, 12, x.cuda(), oracle=g, seed=5, cuda_graph=True, **opts)
+    assert torch.equal(graph, again) and torch.allclose(graph.cpu(), cpu, rtol=0, atol=1e-10)

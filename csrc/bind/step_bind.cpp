@@ -131,7 +131,7 @@ class Stepper {
     if (x_.is_cuda()) {
       py::gil_scoped_release nogil;
       solver_step_cuda(a, x_.dtype, x_.device_id, stream);
-    } else if (a.B * a.N >= (1 << 15)) {
+    } else if (a.B * a.N >= (a.noise != kNoiseNone ? (1 << 11) : (1 << 15))) {
       py::gil_scoped_release nogil;
       solver_step_cpu(a, x_.dtype, nthreads);
     } else {

@@ -92,4 +92,17 @@ template <class C> DC_HD void store_from(double* p, C v) { *p = double(v); }
 template <class C> DC_HD void store_from(half_t* p, C v) { *p = float_to_half(float(v)); }
 template <class C> DC_HD void store_from(bf16_t* p, C v) { *p = float_to_bf16(float(v)); }
 
+// Calls fn(T{}) with T the element type of a floating dtype (host code: the CPU loops and the CUDA
+// launchers); other dtypes are rejected by the bindings before any kernel is reached.
+template <class Fn>
+inline void dispatch_float(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::F16: fn(half_t{}); break;
+    case DType::BF16: fn(bf16_t{}); break;
+    case DType::F32: fn(float{}); break;
+    case DType::F64: fn(double{}); break;
+    default: break;
+  }
+}
+
 }  // namespace dc

@@ -57,7 +57,9 @@ DC_HD double log_unit(double u) {
   const uint64_t b = dbl_bits(u);
   int e = int((b >> 52) & 0x7ff) - 1023;
   double m = bits_dbl((b & 0x000fffffffffffffull) | 0x3ff0000000000000ull);
-  if (m > 1.4142135623730951) { m = m * 0.5; e += 1; }
+  const bool big = m > 1.4142135623730951;  // selects, not branches: the CPU loop vectorizes
+  m = big ? m * 0.5 : m;
+  e += big ? 1 : 0;
   const double f = (m - 1.0) / (m + 1.0);
   const double s = f * f;
   double p = 1.0 / 21.0;
@@ -95,12 +97,11 @@ DC_HD void sincos_2pi(double u, double* c_out, double* s_out) {
   c = c * t2 + 1.0 / 24.0;
   c = c * t2 - 0.5;
   c = c * t2 + 1.0;
-  switch (k & 3) {
-    case 0: *c_out = c; *s_out = s; break;
-    case 1: *c_out = -s; *s_out = c; break;
-    case 2: *c_out = -c; *s_out = -s; break;
-    default: *c_out = s; *s_out = -c; break;
-  }
+  // quadrant k: rotate by kπ/2 (selects, not a switch, so the CPU loop vectorizes)
+  const bool swap = (k & 1) != 0;
+  const double sign = (k & 2) ? -1.0 : 1.0;
+  *c_out = sign * (swap ? -s : c);
+  *s_out = sign * (swap ? c : s);
 }
 
 // Box–Muller on two words: (√(−2 log u₀) cos 2πu₁, √(−2 log u₀) sin 2πu₁).
@@ -129,6 +130,31 @@ DC_HD void normal4(const NoiseKey& k, uint64_t q, double out[4]) {
   philox4x32_10(c, k.k0, k.k1);
   box_muller(c[0], c[1], &out[0], &out[1]);
   box_muller(c[2], c[3], &out[2], &out[3]);
+}
+
+// The normals of elements 4q..4q+3 for q = q0 .. q0 + nb − 1 into out[4·nb]: the Philox words of all
+// blocks first, then the transform, two loops the compiler can vectorize (the CPU kernels).
+inline void normal_blocks(const NoiseKey& k, uint64_t q0, int nb, double* out) {
+  constexpr int kMax = 1024;
+  uint32_t w[4][kMax];
+  for (int j0 = 0; j0 < nb; j0 += kMax) {
+    const int m = nb - j0 < kMax ? nb - j0 : kMax;
+#pragma omp simd
+    for (int j = 0; j < m; ++j) {
+      const uint64_t q = q0 + uint64_t(j0 + j);
+      uint32_t c[4] = {uint32_t(q), k.id, k.draw, k.domain ^ (uint32_t(q >> 32) << 8)};
+      philox4x32_10(c, k.k0, k.k1);
+      w[0][j] = c[0]; w[1][j] = c[1]; w[2][j] = c[2]; w[3][j] = c[3];
+    }
+    double* o = out + 4 * int64_t(j0);
+#pragma omp simd
+    for (int j = 0; j < m; ++j) {
+      double a, b, c, d;
+      box_muller(w[0][j], w[1][j], &a, &b);
+      box_muller(w[2][j], w[3][j], &c, &d);
+      o[4 * j] = a; o[4 * j + 1] = b; o[4 * j + 2] = c; o[4 * j + 3] = d;
+    }
+  }
 }
 
 // The normal of element n alone (the CUDA kernels; the CPU fills whole blocks with normal4).

@@ -113,13 +113,7 @@ void lincomb_coef(const LincombArgs& a, bool coef_f64, int nthreads) {
 
 void lincomb_cpu(const LincombArgs& a, DType dtype, bool coef_f64, int nthreads) {
   if (a.B == 0 || a.N == 0) return;
-  switch (dtype) {
-    case DType::F16: lincomb_coef<half_t>(a, coef_f64, nthreads); break;
-    case DType::BF16: lincomb_coef<bf16_t>(a, coef_f64, nthreads); break;
-    case DType::F32: lincomb_coef<float>(a, coef_f64, nthreads); break;
-    case DType::F64: lincomb_coef<double>(a, coef_f64, nthreads); break;
-    default: break;  // validated by the caller
-  }
+  dispatch_float(dtype, [&](auto tag) { lincomb_coef<decltype(tag)>(a, coef_f64, nthreads); });
 }
 
 }  // namespace dc

@@ -9,6 +9,9 @@ namespace {
 
 constexpr int64_t kChunk = 4096;
 constexpr int64_t kParallelThreshold = 1 << 16;
+// A step that draws noise costs ~10-20 ns per element (Philox + Box-Muller), not ~1: threads pay
+// off on much smaller arrays (bench/bench_sde.py).
+constexpr int64_t kNoisyParallelThreshold = 1 << 12;
 
 // The chunk's noise, a whole Philox block (4 elements) at a time; n0 is a multiple of 4.
 template <class T, class C>
@@ -20,14 +23,18 @@ void fill_noise(const StepArgs& a, const double* c, int64_t b, int64_t n0, int64
   }
   const NoiseKey k = step_noise_key(a, b);
   const double* zc = c + step_zcol(a.K);
-  const bool brownian = a.noise == kNoiseBrownian && zc[2] != zc[3];
-  double v[4];
-  for (int64_t i = 0; i < len; i += 4) {
-    const uint64_t q = uint64_t(n0 + i) >> 2;
-    if (brownian) brownian_increment<4>(k, q, zc[2], zc[3], a.T0, a.T1, a.depth, v);
-    else normal4(k, q, v);
-    for (int l = 0; l < 4; ++l) zb[i + l] = C(v[l]);  // zb holds len rounded up to 4
+  const int nb = int((len + 3) / 4);  // zb holds len rounded up to 4
+  if (a.noise == kNoiseBrownian && zc[2] != zc[3]) {
+    double v[4];
+    for (int j = 0; j < nb; ++j) {
+      brownian_increment<4>(k, uint64_t(n0 >> 2) + j, zc[2], zc[3], a.T0, a.T1, a.depth, v);
+      for (int l = 0; l < 4; ++l) zb[4 * j + l] = C(v[l]);
+    }
+    return;
   }
+  alignas(64) double v[kChunk + 4];
+  normal_blocks(k, uint64_t(n0 >> 2), nb, v);
+  for (int64_t i = 0; i < 4 * nb; ++i) zb[i] = C(v[i]);
 }
 
 // WRITE bit 0: ring[slot] <- m, bit 1: x <- x', bit 2: y <- y', bit 3: add noise. Every branch is
@@ -107,7 +114,7 @@ void step_typed(const StepArgs& a, int nthreads) {
   static constexpr Pick by_k[kMaxRing + 1] = {pick_write<T, 0>, pick_write<T, 1>, pick_write<T, 2>,
                                               pick_write<T, 3>, pick_write<T, 4>, pick_write<T, 5>};
   const ChunkFn fn = by_k[a.K](w);
-  for_each_chunk(a.B, a.N, kChunk, nthreads, kParallelThreshold,
+  for_each_chunk(a.B, a.N, kChunk, nthreads, (w & 8) ? kNoisyParallelThreshold : kParallelThreshold,
                  [&](int64_t b, int64_t n0, int64_t len) { fn(a, b, n0, len); });
 }
 
@@ -115,13 +122,7 @@ void step_typed(const StepArgs& a, int nthreads) {
 
 void solver_step_cpu(const StepArgs& a, DType dtype, int nthreads) {
   if (a.B == 0 || a.N == 0) return;
-  switch (dtype) {
-    case DType::F16: step_typed<half_t>(a, nthreads); break;
-    case DType::BF16: step_typed<bf16_t>(a, nthreads); break;
-    case DType::F32: step_typed<float>(a, nthreads); break;
-    case DType::F64: step_typed<double>(a, nthreads); break;
-    default: break;  // validated by the caller
-  }
+  dispatch_float(dtype, [&](auto tag) { step_typed<decltype(tag)>(a, nthreads); });
 }
 
 }  // namespace dc

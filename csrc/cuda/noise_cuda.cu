@@ -2,11 +2,8 @@
 // stream, no synchronization.
 #include <cuda_runtime.h>
 
-#include <algorithm>
-#include <stdexcept>
-#include <string>
-
 #include "core/noise_fill.h"
+#include "cuda/launch.cuh"
 
 namespace dc {
 namespace {
@@ -21,33 +18,14 @@ __global__ void noise_fill_kernel(NoiseFillArgs a) {
   }
 }
 
-template <class T>
-void launch(const NoiseFillArgs& a, cudaStream_t stream) {
-  const int threads = 256;
-  const int64_t total = a.B * a.N;
-  const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, int64_t(1) << 20);
-  noise_fill_kernel<T><<<unsigned(blocks), threads, 0, stream>>>(a);
-}
-
 }  // namespace
 
 void noise_fill_cuda(const NoiseFillArgs& a, DType dtype, int device, uintptr_t stream_handle) {
   if (a.B == 0 || a.N == 0) return;
-  int prev = -1;
-  if (cudaGetDevice(&prev) != cudaSuccess) prev = -1;
-  if (prev != device) cudaSetDevice(device);
   auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  switch (dtype) {
-    case DType::F16: launch<half_t>(a, stream); break;
-    case DType::BF16: launch<bf16_t>(a, stream); break;
-    case DType::F32: launch<float>(a, stream); break;
-    case DType::F64: launch<double>(a, stream); break;
-    default: break;
-  }
-  cudaError_t err = cudaGetLastError();
-  if (prev >= 0 && prev != device) cudaSetDevice(prev);
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("diffcore noise_fill CUDA launch failed: ") + cudaGetErrorString(err));
+  launch_on(device, dtype, "noise_fill", [&](auto tag) {
+    noise_fill_kernel<decltype(tag)><<<grid_for(a.B * a.N), kThreads, 0, stream>>>(a);
+  });
 }
 
 }  // namespace dc

@@ -166,10 +166,22 @@ class Noise:
             raise ValueError("sample_ids: only meaningful with seed= (Philox or Brownian noise)")
         self.seed = None if seed is None else _check_seed(seed)
         self.sample_ids = sample_ids
+        self._ids = {}
         self.generator = generator
         self.tensor = noise
         self.brownian = brownian
         self.depth = brownian_depth
+
+    def ids(self, B: int, device) -> Optional[torch.Tensor]:
+        """The validated int64 sample ids on ``device`` (None: ``arange(B)``), cached so that a
+        CUDA-graph capture replays without host synchronization."""
+        if self.sample_ids is None:
+            return None
+        key = (B, str(device))
+        ids = self._ids.get(key)
+        if ids is None:
+            ids = self._ids[key] = _check_ids(self.sample_ids, B, device)
+        return ids
 
     @property
     def kind(self) -> str:

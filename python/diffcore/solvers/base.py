@@ -25,7 +25,7 @@ from torch.utils.dlpack import to_dlpack as _to_dlpack
 from .. import _ops
 from ..param import canonical_prediction, conversion_coefs
 from ..schedules import Schedule
-from ..noise import DOMAIN_STEP, Noise, _check_ids, default_seed
+from ..noise import DOMAIN_STEP, Noise, default_seed
 from ..thresholding import dynamic_threshold
 
 __all__ = ["Solver", "Plan", "State", "SOLVER_TYPES"]
@@ -460,7 +460,7 @@ class State:
         kind = self.noise.kind
         if kind in ("philox", "brownian"):
             self._seed = self.noise.seed if self.noise.seed is not None else default_seed()
-            self._ids = _check_ids(self.noise.sample_ids, B, self.x.device)
+            self._ids = self.noise.ids(B, self.x.device)
         elif kind == "tensor":
             z = self.noise.tensor
             want = (plan.noise_draws,) + tuple(self.x.shape)
