@@ -81,7 +81,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine, median_us, table  # noqa: E402
-from bench_step import _BETA_KW, _MUTABLE, peer_version  # noqa: E402
+from bench_step import _BETA_KW, _MUTABLE, new_scheduler, peer_version  # noqa: E402
 
 import diffcore  # noqa: E402
 from diffcore import schedules, solvers  # noqa: E402
@@ -179,14 +179,7 @@ def load_k_diffusion() -> Tuple[object, str]:
 
 def diffusers_scheduler(cls_name: str, **opts):
     """A fresh diffusers scheduler with the bench's beta schedule, or ``"skipped"``."""
-    try:
-        import diffusers  # noqa: PLC0415
-    except Exception:  # noqa: BLE001 — any import failure means "not installed" here
-        return "skipped"
-    cls = getattr(diffusers, cls_name, None)
-    if cls is None:
-        return "skipped"
-    return cls(**_BETA_KW, **opts)
+    return new_scheduler(cls_name, **_BETA_KW, **opts)
 
 
 def restorer(sch) -> Callable[[], None]:

@@ -118,6 +118,15 @@ def diffusers_scheduler(name: str):
     if name not in PEERS:
         return "—"
     cls_name, opts, _ = PEERS[name]
+    kw = dict(opts)
+    if cls_name != "IPNDMScheduler":
+        kw.update(_BETA_KW)
+    return new_scheduler(cls_name, **kw)
+
+
+def new_scheduler(cls_name: str, **kw):
+    """A fresh diffusers scheduler ``cls_name(**kw)``, or ``"skipped"`` when diffusers (or the class)
+    is not installed."""
     try:
         import diffusers  # noqa: PLC0415
     except Exception:  # noqa: BLE001 — any import failure means "not installed" here
@@ -125,9 +134,6 @@ def diffusers_scheduler(name: str):
     cls = getattr(diffusers, cls_name, None)
     if cls is None:
         return "skipped"
-    kw = dict(opts)
-    if cls_name != "IPNDMScheduler":
-        kw.update(_BETA_KW)
     with warnings.catch_warnings():  # algorithm_type="dpmsolver" is deprecated in recent diffusers
         warnings.simplefilter("ignore", FutureWarning)
         return cls(**kw)

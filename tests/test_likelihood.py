@@ -11,7 +11,6 @@ Statistical checks use fixed seeds and bounds that a correct implementation exce
 """
 import math
 import pathlib
-import re
 
 import pytest
 import torch
@@ -499,13 +498,3 @@ def test_ddpm_bound_errors():
         ddpm_bound(model, x, "vp_linear")
     with pytest.raises(ValueError, match="model"):
         ddpm_bound(lambda x, t: x[:, :1], x, sched)
-
-
-# ---- README -------------------------------------------------------------------------------------------
-def test_readme_likelihood_snippet_runs():
-    text = (ROOT / "README.md").read_text()
-    m = re.search(r"## Likelihood\n\n```python\n(.*?)```", text, re.S)
-    assert m, "README.md lost its likelihood snippet"
-    namespace: dict = {}
-    exec(compile(m.group(1), "README.md", "exec"), namespace)
-    assert namespace["logp"].shape == (64,) and namespace["bpd"].shape == (64,)

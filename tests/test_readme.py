@@ -23,32 +23,35 @@ def test_ci_runs_the_readme_test_command():
     assert tests in ci
 
 
-def test_readme_usage_snippet_runs():
-    text = (ROOT / "README.md").read_text()
-    m = re.search(r"## What is there\n\n```python\n(.*?)```", text, re.S)
-    assert m, "README.md lost its usage snippet"
+def _run_readme(pattern: str, what: str) -> dict:
+    """Execute the README code blocks captured by ``pattern``'s groups, in order, in one namespace."""
+    m = re.search(pattern, (ROOT / "README.md").read_text(), re.S)
+    assert m, f"README.md lost its {what} snippet"
     namespace: dict = {}
-    exec(compile(m.group(1), "README.md", "exec"), namespace)
-    assert namespace["out"].shape == (4, 2)
+    for block in m.groups():
+        exec(compile(block, "README.md", "exec"), namespace)
+    return namespace
+
+
+def test_readme_usage_snippet_runs():
+    ns = _run_readme(r"## What is there\n\n```python\n(.*?)```", "usage")
+    assert ns["out"].shape == (4, 2)
 
 
 def test_readme_sampling_snippets_run():
-    text = (ROOT / "README.md").read_text()
-    m = re.search(r"## Sampling\n\n```python\n(.*?)```.*?```python\n(.*?)```", text, re.S)
-    assert m, "README.md lost its sampling snippets"
-    namespace: dict = {}
-    exec(compile(m.group(1), "README.md", "exec"), namespace)
-    assert namespace["x0"].shape == (512, 2) and namespace["z"].shape == (512, 2)
-    exec(compile(m.group(2), "README.md", "exec"), namespace)
-    assert namespace["x0"].shape == (512, 2)
+    ns = _run_readme(r"## Sampling\n\n```python\n(.*?)```", "sampling")
+    assert ns["x0"].shape == (512, 2) and ns["z"].shape == (512, 2)
+    ns = _run_readme(r"## Sampling\n\n```python\n(.*?)```.*?```python\n(.*?)```", "plan / execute")
+    assert ns["x0"].shape == (512, 2)
 
 
 def test_readme_stochastic_snippet_runs():
-    text = (ROOT / "README.md").read_text()
-    m = re.search(r"## Sampling\n\n```python\n(.*?)```.*?### Stochastic sampling\n.*?```python\n(.*?)```", text, re.S)
-    assert m, "README.md lost its stochastic-sampling snippet"
-    namespace: dict = {}
-    exec(compile(m.group(1), "README.md", "exec"), namespace)
-    exec(compile(m.group(2), "README.md", "exec"), namespace)
-    assert torch.allclose(namespace["part"], namespace["xs"][100:104], atol=1e-6)
-    assert namespace["xb"].shape == (512, 2)
+    ns = _run_readme(r"## Sampling\n\n```python\n(.*?)```.*?### Stochastic sampling\n.*?```python\n(.*?)```",
+                     "stochastic-sampling")
+    assert torch.allclose(ns["part"], ns["xs"][100:104], atol=1e-6)
+    assert ns["xb"].shape == (512, 2)
+
+
+def test_readme_likelihood_snippet_runs():
+    ns = _run_readme(r"## Likelihood\n\n```python\n(.*?)```", "likelihood")
+    assert ns["logp"].shape == (64,) and ns["bpd"].shape == (64,)

@@ -56,7 +56,7 @@ def _require_decreasing(solver: Solver, grid_t: torch.Tensor) -> None:
 
 
 class _Stochastic(Solver):
-    """Common structure: one model call per step, no history."""
+    """A sampler of the reverse process: its timesteps must decrease."""
 
     def _steps(self, schedule, grid_t, grid, final_zero):
         _require_decreasing(self, grid_t)
@@ -324,14 +324,12 @@ class AnnealedLangevin(Solver):
     def _steps(self, schedule, grid_t, grid, final_zero):
         _require_decreasing(self, grid_t)
         lv, _ = self._levels(grid_t, grid)
-        L = lv.shape[1]
         run = lv if self.include_smallest else lv[:, :-1]
         cols = run.repeat_interleave(self.n_steps_each, dim=1)
         if self.denoise:
             cols = torch.cat([cols, lv[:, -1:]], 1)
         if cols.shape[1] == 0:
             raise ValueError("timesteps: no annealing step (a single level with include_smallest=False)")
-        del L
         grid_new = torch.cat([cols, lv[:, -1:]], 1).contiguous()
         return grid_new, [1] * cols.shape[1], None
 
@@ -419,7 +417,7 @@ class EDMChurn(Solver):
         return {"s_churn": self.s_churn, "s_tmin": self.s_tmin, "s_tmax": self.s_tmax, "s_noise": self.s_noise}
 
 
-class DPMSolverPP2MSDE(Solver):
+class DPMSolverPP2MSDE(_Stochastic):
     """DPM-Solver++(2M) SDE (Std: Lu et al. 2022b; k-diffusion ``sample_dpmpp_2m_sde``; solvers.md §5.7):
 
         x_t = (σ_t/σ_s) e^{−ηh} x_s + α_t (1 − e^{−(1+η)h}) x̂_s + α_t C (x̂_s − x̂_{s'})/r
@@ -444,10 +442,6 @@ class DPMSolverPP2MSDE(Solver):
         self.variant = _solver_type(solver_type)
         self.eta = _number("eta", eta)
         self.s_noise = _number("s_noise", s_noise)
-
-    def _steps(self, schedule, grid_t, grid, final_zero):
-        _require_decreasing(self, grid_t)
-        return super()._steps(schedule, grid_t, grid, final_zero)
 
     def _core_options(self):
         return {"variant": self.variant, "eta": self.eta, "s_noise": self.s_noise}
