@@ -16,8 +16,9 @@ from . import noise
 from .sample import sample, prior_sample
 from . import likelihood
 from .likelihood import log_likelihood, bits_per_dim, ddpm_bound, ddpm_coefficients
+from . import timesampling, paths, losses, coupling
 
 __all__ = ["__version__", "build_info", "set_num_threads", "get_num_threads", "lincomb", "schedules", "Schedule", "timesteps",
            "param", "oracles", "metrics", "ModelWrapper", "canonical_prediction", "convert",
            "solvers", "CFG", "noise", "sample", "prior_sample", "likelihood", "log_likelihood", "bits_per_dim",
-           "ddpm_bound", "ddpm_coefficients"]
+           "ddpm_bound", "ddpm_coefficients", "timesampling", "paths", "losses", "coupling"]

@@ -37,9 +37,10 @@ from typing import Dict, Optional
 import torch
 
 from . import schedules as _schedules
-from .param import canonical_prediction
+from ._softmax import softmax_mean, softmax_weights
+from .param import _ab, canonical_prediction, edm_precond_coefs
 
-__all__ = ["GaussianMixture", "Gaussian", "reference_ode", "toy_2d_mixture", "toy_1d_mixture"]
+__all__ = ["GaussianMixture", "Gaussian", "EmpiricalData", "reference_ode", "toy_2d_mixture", "toy_1d_mixture"]
 
 _F64 = torch.float64
 _LOG_2PI = math.log(2 * math.pi)
@@ -511,6 +512,25 @@ class Gaussian(GaussianMixture):
         U = p.U[0]
         return a_t * mu + ((y @ U) * ratio) @ U.T
 
+    def min_loss(self, t, schedule, prediction: str, sigma_data: float = 0.5) -> torch.Tensor:
+        """Minimal per-t regression loss (sum convention, no ½, ω = 1) of a head, training.md §5.1:
+        ``E‖A x0* + B ε* − (A x0 + B ε)‖² = (Aσ − Bα)²·m(t)``, ``m(t) = Tr(Σ S_t⁻¹) = Σ_k κ_k/(α²κ_k + σ²)``
+        (Cov[x0|x_t] = σ²ΣS⁻¹, Cov[ε|x_t] = α²ΣS⁻¹, Cov[x0, ε|x_t] = −ασΣS⁻¹). Hence x0: ``σ²m``, eps: ``α²m``,
+        score: ``(α²/σ²)m``, velocity: ``Δ²m`` (Δ = α'σ − ασ'), v: ``(α² + σ²)²m``, and ``"edm"`` (the raw
+        EDM output F of §4.6 with ``sigma_data``): ``σ²m/c_out²``. Float64, shaped like ``t``."""
+        sched = _schedule(schedule)
+        tt = t.to(_F64) if isinstance(t, torch.Tensor) else _tensor(t, "t")
+        v = sched.eval(tt)
+        kappa = self._p(tt.device).kappa[0]
+        a, s = v.alpha, v.sigma
+        m = (kappa / (a[..., None] ** 2 * kappa + s[..., None] ** 2)).sum(-1)
+        if isinstance(prediction, str) and prediction.lower() == "edm":
+            c_out = edm_precond_coefs(v, sigma_data)[1]
+            return (s / c_out) ** 2 * m
+        key = canonical_prediction(prediction)
+        A, Bc = _ab(key, a, s, v.dalpha, v.dsigma)
+        return (A * s - Bc * a) ** 2 * m
+
     def entropy(self, t, schedule) -> torch.Tensor:
         """Differential entropy of ``p_t = N(α_t μ, S_t)``: ``½ Σ_i log(2πe(α²κ_i + σ²))``, shaped like ``t``."""
         sched = _schedule(schedule)
@@ -519,6 +539,138 @@ class Gaussian(GaussianMixture):
         kappa = self._p(tt.device).kappa[0]
         d = v.alpha[..., None] ** 2 * kappa + v.sigma[..., None] ** 2
         return 0.5 * (torch.log(d).sum(-1) + self.dim * (_LOG_2PI + 1.0))
+
+
+class EmpiricalData:
+    """A finite dataset ``p_data = Σ_k π_k δ(x − x^{(k)})`` (Dirac mixture) with its exact diffusion
+    oracles, training.md §5.3 — the GMM with ``Σ_k = 0``:
+
+        r_k(x) ∝ π_k exp(−‖x − α x^{(k)}‖²/(2σ²)),  x0* = Σ_k r_k x^{(k)},  ε* = (x − α x0*)/σ,
+        s* = −(x − α x0*)/σ²,  v* = α' x0* + σ' ε*,
+
+    i.e. the marginal velocity ``u_t(x) = ∫ u_t(x|x0) p_t(x|x0) p_data(x0) dx0 / p_t(x)`` of the
+    flow-matching notes evaluated for a finite dataset (the memorizing optimum of every loss). The sum
+    over points is streamed with an online log-sum-exp (``O(B·chunk·D)`` memory). Needs ``σ_t > 0``.
+
+    Args:
+        points: ``(N, D)`` data points. weights: optional ``(N,)`` positive weights (uniform by default).
+    Oracle methods take ``x`` ``(B, D)``, ``t`` (float or ``(B,)``) and a schedule, as
+    :class:`GaussianMixture`, and return float64 tensors on ``x``'s device (differentiable in ``x``).
+    """
+
+    def __init__(self, points, weights=None):
+        pts = _tensor(points, "points", device="cpu")
+        if pts.dim() != 2 or pts.shape[0] < 1 or pts.shape[1] < 1:
+            raise ValueError(f"points: expected a non-empty (N, D) tensor, got shape {tuple(pts.shape)}")
+        _finite(pts, "points")
+        N = pts.shape[0]
+        if weights is None:
+            w = torch.full((N,), 1.0 / N, dtype=_F64)
+        else:
+            w = _tensor(weights, "weights", device="cpu")
+            if w.dim() != 1 or w.shape[0] != N:
+                raise ValueError(f"weights: expected shape ({N},) matching points, got {tuple(w.shape)}")
+            _finite(w, "weights")
+            if not bool((w > 0).all()):
+                raise ValueError("weights: expected positive weights")
+            w = w / w.sum()
+        self.n_points, self.dim = N, pts.shape[1]
+        self._pts = {"cpu": (pts, torch.log(w))}
+
+    @property
+    def points(self) -> torch.Tensor:
+        return self._pts["cpu"][0].clone()
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return torch.exp(self._pts["cpu"][1])
+
+    def __repr__(self) -> str:
+        return f"EmpiricalData(N={self.n_points}, D={self.dim})"
+
+    def _p(self, device):
+        key = str(torch.device(device))
+        if key not in self._pts:
+            pts, lw = self._pts["cpu"]
+            self._pts[key] = (pts.to(device), lw.to(device))
+        return self._pts[key]
+
+    def _vals(self, x, t, schedule):
+        x = _tensor(x, "x")
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x: expected shape (B, D) with D = {self.dim}, got {tuple(x.shape)}")
+        v = _schedule(schedule).eval(GaussianMixture._t(t, x.shape[0], x.device))
+        if x.shape[0] and not bool((v.sigma > 0).all()):
+            raise ValueError("t: the empirical-data oracle needs σ_t > 0 (the posterior is a point mass at σ = 0)")
+        return x, v
+
+    def _h(self, sigma):
+        inv = -0.5 / (sigma * sigma)
+        return lambda d2: inv[:, None] * d2
+
+    def _x0(self, x, v):
+        pts, lw = self._p(x.device)
+        return softmax_mean(x, pts, lw, self._h(v.sigma), scale=v.alpha)
+
+    def posterior(self, x, t, schedule) -> torch.Tensor:
+        """Dense posterior weights ``r_k(x) = P(x0 = x^{(k)} | x_t = x)`` ``(B, N)`` (small N)."""
+        x, v = self._vals(x, t, schedule)
+        pts, lw = self._p(x.device)
+        return softmax_weights(x, pts, lw, self._h(v.sigma), scale=v.alpha)
+
+    def marginal_log_prob(self, x, t, schedule) -> torch.Tensor:
+        """``log p_t(x) = logsumexp_k [log π_k + log N(x; α x^{(k)}, σ² I)]`` ``(B,)``."""
+        x, v = self._vals(x, t, schedule)
+        lse = self._x0(x, v)[1]
+        return lse - self.dim * (torch.log(v.sigma) + 0.5 * _LOG_2PI)
+
+    def denoiser(self, x, t, schedule) -> torch.Tensor:
+        """``x0* = E[x0 | x_t = x]`` ``(B, D)``."""
+        x, v = self._vals(x, t, schedule)
+        return self._x0(x, v)[0]
+
+    def predict(self, x, t, schedule, prediction: str) -> torch.Tensor:
+        """The optimal head ``"x0"``, ``"eps"``, ``"score"``, ``"velocity"`` (dx/dt, diffusion time) or
+        ``"v"`` (``α ε* − σ x0*``)."""
+        key = canonical_prediction(prediction)
+        x, v = self._vals(x, t, schedule)
+        x0 = self._x0(x, v)[0]
+        a, s = v.alpha[:, None], v.sigma[:, None]
+        if key == "x0":
+            return x0
+        eps = (x - a * x0) / s
+        if key == "eps":
+            return eps
+        if key == "score":
+            return -eps / s
+        if key == "velocity":
+            return v.dalpha[:, None] * x0 + v.dsigma[:, None] * eps
+        return a * eps - s * x0
+
+    def eps(self, x, t, schedule) -> torch.Tensor:
+        return self.predict(x, t, schedule, "eps")
+
+    def score(self, x, t, schedule) -> torch.Tensor:
+        return self.predict(x, t, schedule, "score")
+
+    def velocity(self, x, t, schedule) -> torch.Tensor:
+        return self.predict(x, t, schedule, "velocity")
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``n`` draws of the data ``(n, D)`` (rows of ``points`` drawn with probabilities ``π``)."""
+        n = _as_count(n)
+        device = generator.device if generator is not None else torch.device("cpu")
+        pts, lw = self._p(device)
+        if n == 0:
+            return pts[:0].clone()
+        return pts[torch.multinomial(torch.exp(lw), n, replacement=True, generator=generator)]
+
+    def sample_marginal(self, n: int, t, schedule, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``n`` exact samples of ``p_t`` ``(n, D)``: ``α x^{(k)} + σ ε``."""
+        x0 = self.sample(n, generator)
+        v = _schedule(schedule).eval(GaussianMixture._t(t, n, x0.device))
+        eps = torch.randn(x0.shape, dtype=_F64, device=x0.device, generator=generator)
+        return v.alpha[:, None] * x0 + v.sigma[:, None] * eps
 
 
 def toy_2d_mixture() -> GaussianMixture:

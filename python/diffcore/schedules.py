@@ -25,7 +25,7 @@ from . import _ops
 
 __all__ = [
     "Schedule", "ScheduleValues", "VPLinear", "VPCosine", "VPDiscrete", "SubVP", "VE", "EDM",
-    "RectifiedFlow", "Trig", "get",
+    "RectifiedFlow", "OTSigmaMin", "Trig", "get",
 ]
 
 
@@ -517,6 +517,47 @@ class RectifiedFlow(Schedule):
         return torch.sigmoid(-lam - math.log(self.shift))
 
 
+class OTSigmaMin(Schedule):
+    """Optimal-transport conditional path with a minimal noise level σ_min (Lipman et al. 2022;
+    training.md §1.2 S8, path P5 of §2.2): α = 1 − t, σ = σ_min + (1 − σ_min)·t, t ∈ [0, 1].
+
+    In flow-matching time τ = 1 − t this is ``x_τ = τ·y1 + (1 − (1 − σ_min)τ)·y0`` with velocity target
+    ``y1 − (1 − σ_min)·y0`` (diffusion time: ``(1 − σ_min)·ε − x0``). At t = 0 the data are smoothed by
+    N(0, σ_min²); ``σ_min = 0`` is :class:`RectifiedFlow`. Derived quantities: α' = −1, σ' = 1 − σ_min,
+    λ' = −1/((1 − t)σ), f = −1/(1 − t), g² = 2σ/(1 − t), t(λ) = (1 − σ_min e^λ)/(1 + (1 − σ_min)e^λ).
+    Torch reference only (no compiled-core id).
+    """
+
+    name = "ot_sigma_min"
+    kind = "general"
+    t_end = 0.0
+    spacing = "uniform_t"
+
+    def __init__(self, sigma_min: float = 1e-4):
+        _require(isinstance(sigma_min, (int, float)) and 0 < sigma_min < 1,
+                 f"sigma_min: expected 0 < sigma_min < 1, got {sigma_min!r}")
+        self.sigma_min = float(sigma_min)
+
+    def _repr_params(self):
+        return {"sigma_min": self.sigma_min}
+
+    def _eval_ref(self, t):
+        sm = self.sigma_min
+        zero = torch.zeros_like(t)
+        one_minus_t = 1 - t
+        sigma = sm + (1 - sm) * t
+        return (one_minus_t, sigma, zero - 1, zero + (1 - sm), torch.log1p(-t) - torch.log(sigma),
+                -1 / (one_minus_t * sigma), -1 / one_minus_t, 2 * sigma / one_minus_t)
+
+    def _inv_ref(self, lam):
+        # (1 − σ_min e^λ)/(1 + (1 − σ_min)e^λ), written with e^{−λ} for large λ so that nothing overflows
+        sm = self.sigma_min
+        e = torch.exp(-torch.abs(lam))
+        pos = (e - sm) / (e + (1 - sm))  # λ ≥ 0: divide through by e^λ
+        neg = (1 - sm * e) / (1 + (1 - sm) * e)  # λ < 0: e = e^λ
+        return torch.where(lam >= 0, pos, neg)
+
+
 class Trig(Schedule):
     """Trigonometric path α = cos(πt/2), σ = σ_d·sin(πt/2) (training.md S7 for σ_d = 1), t ∈ [0, 1].
 
@@ -572,13 +613,14 @@ _FAMILIES = {
     "ve": VE,
     "edm": EDM, "karras": EDM,
     "rectified_flow": RectifiedFlow, "rf": RectifiedFlow, "flow": RectifiedFlow,
+    "ot_sigma_min": OTSigmaMin, "ot_path": OTSigmaMin,
     "trig": Trig, "trigflow": Trig,
 }
 
 
 def get(name, **params) -> Schedule:
     """A schedule by name (``"vp_linear"``, ``"vp_cosine"``, ``"vp_discrete"``, ``"subvp"``, ``"ve"``,
-    ``"edm"``, ``"rectified_flow"``, ``"trig"`` and aliases); a Schedule passes through."""
+    ``"edm"``, ``"rectified_flow"``, ``"ot_sigma_min"``, ``"trig"`` and aliases); a Schedule passes through."""
     if isinstance(name, Schedule):
         if params:
             raise ValueError("params: cannot be given with a Schedule instance")
