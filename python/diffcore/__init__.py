@@ -1,7 +1,7 @@
 """diffcore: a compiled ODE/SDE core for diffusion and flow models.
 
 Layers (DESIGN.md): ``_ops`` (the compiled core) ← ``schedules`` ← ``grids``/``param``/``oracles``/``solvers``
-← ``sample``/``likelihood``.
+← ``sample``/``likelihood``/``losses``/``coupling`` ← ``train`` ← ``cli``/``demo``.
 """
 from ._version import __version__
 from ._ops import build_info, set_num_threads, get_num_threads, lincomb
@@ -17,8 +17,9 @@ from .sample import sample, prior_sample
 from . import likelihood
 from .likelihood import log_likelihood, bits_per_dim, ddpm_bound, ddpm_coefficients
 from . import timesampling, paths, losses, coupling
+from . import models, data, train
 
 __all__ = ["__version__", "build_info", "set_num_threads", "get_num_threads", "lincomb", "schedules", "Schedule", "timesteps",
            "param", "oracles", "metrics", "ModelWrapper", "canonical_prediction", "convert",
            "solvers", "CFG", "noise", "sample", "prior_sample", "likelihood", "log_likelihood", "bits_per_dim",
-           "ddpm_bound", "ddpm_coefficients", "timesampling", "paths", "losses", "coupling"]
+           "ddpm_bound", "ddpm_coefficients", "timesampling", "paths", "losses", "coupling", "models", "data", "train"]
