@@ -55,3 +55,9 @@ def test_readme_stochastic_snippet_runs():
 def test_readme_likelihood_snippet_runs():
     ns = _run_readme(r"## Likelihood\n\n```python\n(.*?)```", "likelihood")
     assert ns["logp"].shape == (64,) and ns["bpd"].shape == (64,)
+
+
+def test_readme_training_snippet_runs():
+    ns = _run_readme(r"## Training\n\n```python\n(.*?)```", "training")
+    assert ns["xs"].shape == (1000, 2)
+    assert ns["trainer"].step == 200

@@ -26,8 +26,9 @@ Data parallel (``torchrun``): the model is wrapped in ``DistributedDataParallel`
 called with the wrapper, so it must call the network once per step (as every :mod:`diffcore.losses`
 objective does); each rank draws ``batch_size / world_size`` samples from its own generator (or its
 shard of a finite dataset), the logged loss is the mean over ranks, and rank 0 writes checkpoints,
-metrics and figures. Minibatch couplings see the local batch unless built DDP-aware
-(``diffcore.coupling.get(name, distributed=True)``, which couples the global batch).
+metrics and figures. A minibatch coupling of the loss (OT-CFM) is made DDP-aware
+(:class:`diffcore.coupling.Distributed`: gather, couple the global batch, scatter) unless
+``global_coupling=False``.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from .. import coupling as _coupling
 from .. import data as _data
 from ..metrics import sliced_wasserstein
 from ..sample import prior_sample, sample as _sample
@@ -67,6 +69,13 @@ class NonFiniteLossError(FloatingPointError):
         super().__init__(message)
         self.step = step
         self.last_checkpoint = last_checkpoint
+
+
+def _make_coupling_global(loss) -> None:
+    """Wrap ``loss.coupling`` (a pairing-dependent coupling) in :class:`diffcore.coupling.Distributed`."""
+    c = getattr(loss, "coupling", None)
+    if isinstance(c, _coupling.Coupling) and not isinstance(c, (_coupling.Distributed, _coupling.Independent)):
+        loss.coupling = _coupling.Distributed(c)
 
 
 def _precision(precision: str, device: torch.device):
@@ -103,6 +112,9 @@ class Trainer:
         precision: ``"fp32"``; ``"bf16"`` autocast; ``"fp16"`` autocast + ``GradScaler`` (CUDA);
             ``"amp"`` = bf16 on CPU, fp16 on CUDA.
         label_dropout: probability of replacing a label by the model's ``null_label`` (CFG training).
+        global_coupling: under ``torchrun``, make the loss's minibatch coupling (``loss.coupling``, e.g.
+            OT-CFM's) DDP-aware (:class:`diffcore.coupling.Distributed`: couple the global batch, as one
+            process would) instead of coupling each rank's batch alone.
         seed: seeds the trainer's generator (data draws / order and the loss's randomness).
         device: default ``cuda:LOCAL_RANK`` when CUDA is available, else CPU.
         out_dir: where ``checkpoint.pt``, ``metrics.csv``, ``metrics.json``, ``evals.csv`` and
@@ -121,7 +133,7 @@ class Trainer:
     def __init__(self, model: nn.Module, loss, data, *, batch_size: int = 256, lr: float = 1e-3,
                  betas=(0.9, 0.999), weight_decay: float = 0.0, eps: float = 1e-8, warmup_steps: int = 0,
                  grad_clip: Optional[float] = 1.0, ema_decay: float = 0.999, ema_warmup: bool = True,
-                 precision: str = "fp32", label_dropout: float = 0.0, seed: int = 0,
+                 precision: str = "fp32", label_dropout: float = 0.0, global_coupling: bool = True, seed: int = 0,
                  device: Union[str, torch.device, None] = None, out_dir: Union[str, os.PathLike, None] = None,
                  ckpt_every: Optional[int] = None, log_every: Optional[int] = 100, sample_every: Optional[int] = None,
                  sample_n: Optional[int] = None, sample_solver: str = "heun", sample_steps: int = 20,
@@ -155,6 +167,8 @@ class Trainer:
             raise ValueError(f"batch_size: {batch_size} is not divisible by the world size {self.dist.world_size}")
         self.batch_size = batch_size
         self.local_batch = batch_size // self.dist.world_size
+        if self.dist.enabled and global_coupling:
+            _make_coupling_global(loss)
         self.seed = seed
 
         self.model = model.to(self.device)
