@@ -61,3 +61,9 @@ def test_readme_training_snippet_runs():
     ns = _run_readme(r"## Training\n\n```python\n(.*?)```", "training")
     assert ns["xs"].shape == (1000, 2)
     assert ns["trainer"].step == 200
+
+
+def test_readme_ot_snippet_runs():
+    ns = _run_readme(r"### Optimal transport\n\n```python\n(.*?)```", "optimal transport")
+    assert bool(ns["res"].converged) and float(ns["res"].marginal_error) <= 1e-9
+    assert ns["perm"].shape == (256,) and ns["y1p"].shape == (256, 2)

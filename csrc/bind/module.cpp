@@ -18,6 +18,7 @@ void register_schedule_ops(py::module_& m);  // cpu/schedule_cpu.cpp
 void register_step_ops(py::module_& m);      // bind/step_bind.cpp
 void register_plan_ops(py::module_& m);      // cpu/plan_cpu.cpp
 void register_noise_ops(py::module_& m);     // bind/noise_bind.cpp
+void register_ot_ops(py::module_& m);        // bind/ot_bind.cpp
 
 namespace {
 
@@ -183,4 +184,5 @@ PYBIND11_MODULE(_core, m) {
   dc::register_step_ops(m);
   dc::register_plan_ops(m);
   dc::register_noise_ops(m);
+  dc::register_ot_ops(m);
 }

@@ -4,6 +4,7 @@
 #include "core/lincomb.h"
 #include "core/noise_fill.h"
 #include "core/solver_step.h"
+#include "ot/sinkhorn.h"
 
 namespace dc {
 
@@ -14,6 +15,9 @@ void solver_step_cuda(const StepArgs&, DType, int, uintptr_t) {
   throw pybind11::value_error("diffcore was built without CUDA support; rebuild with nvcc on PATH or DIFFCORE_CUDA=ON");
 }
 void noise_fill_cuda(const NoiseFillArgs&, DType, int, uintptr_t) {
+  throw pybind11::value_error("diffcore was built without CUDA support; rebuild with nvcc on PATH or DIFFCORE_CUDA=ON");
+}
+void sinkhorn_cuda(const SinkhornArgs&, DType, int, uintptr_t) {
   throw pybind11::value_error("diffcore was built without CUDA support; rebuild with nvcc on PATH or DIFFCORE_CUDA=ON");
 }
 bool cuda_compiled() { return false; }

@@ -14,12 +14,15 @@ from . import solvers
 from .guidance import CFG
 from . import noise
 from .sample import sample, prior_sample
+from . import parallel
+from .parallel import ParallelConfig
 from . import likelihood
 from .likelihood import log_likelihood, bits_per_dim, ddpm_bound, ddpm_coefficients
 from . import timesampling, paths, losses, coupling
 from . import models, data, train
+from . import ot
 
 __all__ = ["__version__", "build_info", "set_num_threads", "get_num_threads", "lincomb", "schedules", "Schedule", "timesteps",
            "param", "oracles", "metrics", "ModelWrapper", "canonical_prediction", "convert",
-           "solvers", "CFG", "noise", "sample", "prior_sample", "likelihood", "log_likelihood", "bits_per_dim",
-           "ddpm_bound", "ddpm_coefficients", "timesampling", "paths", "losses", "coupling", "models", "data", "train"]
+           "solvers", "CFG", "noise", "sample", "prior_sample", "parallel", "ParallelConfig", "likelihood", "log_likelihood", "bits_per_dim",
+           "ddpm_bound", "ddpm_coefficients", "timesampling", "paths", "losses", "coupling", "models", "data", "train", "ot"]

@@ -21,7 +21,8 @@ from torch.utils.dlpack import to_dlpack as _to_dlpack
 
 from . import _core
 
-__all__ = ["build_info", "set_num_threads", "get_num_threads", "lincomb", "lincomb_reference", "fast_path_ok"]
+__all__ = ["build_info", "set_num_threads", "get_num_threads", "lincomb", "lincomb_reference", "fast_path_ok",
+           "sinkhorn", "linear_assignment"]
 
 _peek_interpreter = torch._C._functorch.peek_interpreter_stack
 _is_compiling = torch.compiler.is_compiling
@@ -220,3 +221,35 @@ def plan_build(method, options, grid, stage, quad, orders, K, S, coefs, mtime, e
                                        [int(o) for o in orders], int(K), int(S), _capsule(coefs), _capsule(mtime),
                                        _capsule(extra))
     return list(layout), list(nstages)
+
+
+def sinkhorn(cost, a, b, eps: float, tol: float, max_iters: int, check_every: int, eps_scaling: int, eps0: float,
+             eps_q: float, stage_tol: float, relax: bool, weight_tol: float):
+    """Batched Sinkhorn in the compiled core (csrc/ot/sinkhorn.h) on ``cost [B, n, m]`` (last dim
+    contiguous), weights ``a [B, n]``, ``b [B, m]`` or None. Returns ``(plan, f, g, stats, iters)`` with
+    ``stats [B, 4]`` float64 = (value, transport cost, marginal error, status code) on cost's device.
+    ``eps_scaling``: 0 off, 1 on, 2 automatic; ``eps0`` 0: each problem's cost range."""
+    B, n, m = cost.shape
+    plan = torch.empty((B, n, m), dtype=cost.dtype, device=cost.device)
+    f = torch.empty((B, n), dtype=cost.dtype, device=cost.device)
+    g = torch.empty((B, m), dtype=cost.dtype, device=cost.device)
+    stats = torch.empty((B, 4), dtype=torch.float64, device=cost.device)
+    iters = torch.empty((B,), dtype=torch.int64, device=cost.device)
+    work = None
+    if cost.device.type == "cuda":
+        work = torch.empty((B, _core.sinkhorn_work_size(n, m)), dtype=torch.float64, device=cost.device)
+    _core.sinkhorn(_to_dlpack(cost), _capsule(a, "a"), _capsule(b, "b"), _to_dlpack(plan), _to_dlpack(f),
+                   _to_dlpack(g), _to_dlpack(stats), _to_dlpack(iters), _capsule(work, "work"), float(eps),
+                   float(tol), int(max_iters), int(check_every), int(eps_scaling), float(eps0), float(eps_q),
+                   float(stage_tol), bool(relax), float(weight_tol), get_num_threads(), _stream_of(cost))
+    return plan, f, g, stats, iters
+
+
+def linear_assignment(cost):
+    """Batched exact assignment (csrc/ot/lapjv.h) of a float64 CPU ``cost [B, n, n]`` (last dim
+    contiguous). Returns ``(perm [B, n] int64, total [B] float64)``."""
+    B, n, _ = cost.shape
+    perm = torch.empty((B, n), dtype=torch.int64)
+    total = torch.empty((B,), dtype=torch.float64)
+    _core.linear_assignment(_to_dlpack(cost), _to_dlpack(perm), _to_dlpack(total), get_num_threads())
+    return perm, total

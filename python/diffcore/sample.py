@@ -16,6 +16,7 @@ from . import schedules as _schedules
 from .grids import timesteps as _timesteps
 from .guidance import CFG
 from .noise import DOMAIN_PRIOR, Noise, philox_normal
+from .parallel import ParallelConfig, picard_sample, tile_guidance, tile_model_kwargs
 from .param import ModelWrapper, canonical_prediction, convert
 from .solvers import get as _get_solver
 from .solvers.adaptive import DPMAdaptive
@@ -194,7 +195,7 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
            guidance: Optional[CFG] = None, callback: Optional[Callable] = None, return_trajectory: bool = False,
            progress: bool = False, cuda_graph: bool = False, seed: Optional[int] = None, sample_ids=None,
            generator: Optional[torch.Generator] = None, noise: Optional[torch.Tensor] = None,
-           brownian: bool = False, **solver_options):
+           brownian: bool = False, parallel: Optional[ParallelConfig] = None, **solver_options):
     """Solve the probability-flow ODE of ``model`` from ``x`` at ``t_start`` to ``t_end``, or sample
     its reverse process with a stochastic sampler (``diffcore.solvers.STOCHASTIC``).
 
@@ -228,6 +229,12 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
         noise: pre-drawn noise ``[plan.noise_draws, B, ...]`` instead.
         brownian: replace each step's noise by the normalized increment of a seed-stable Brownian
             tree over the step's time interval, so that runs with more steps refine the same path.
+        parallel: a :class:`~diffcore.ParallelConfig` to run the same plan by Picard iteration over a
+            sliding window of ``window`` model evaluations per batched call (ParaDiGMS, solvers.md §8,
+            :mod:`diffcore.parallel`); stochastic samplers use the same noise, fixed up front, so the
+            converged result is the sequential sample. ``callback`` is then called once per round
+            with ``{"round", "start", "stride", "residual"}``; not with ``cuda_graph``, ``progress``
+            or ``dpm_adaptive``.
 
     Returns ``x`` at ``t_end`` (and the trajectory when asked).
     """
@@ -236,11 +243,16 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
     schedule = _schedules.get(schedule)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
         raise TypeError("x: expected a floating-point torch tensor with a batch dimension")
+    if parallel is not None and not isinstance(parallel, ParallelConfig):
+        raise TypeError(f"parallel: expected a diffcore.ParallelConfig or None, got {type(parallel).__name__}")
+    given_prediction = prediction
     fn, prediction = _model_fn(model, prediction, model_kwargs, guidance)
     fn = _checked(fn, x)
     plan = _cached_plan(solver, solver_options, schedule, steps, spacing, t_start, t_end, prediction, x.device,
                         x.dtype)
     if isinstance(plan, DPMAdaptive):
+        if parallel is not None:
+            raise ValueError("parallel: dpm_adaptive chooses its steps as it goes; Picard needs a fixed grid")
         if cuda_graph or return_trajectory:
             raise ValueError("solver: dpm_adaptive syncs with the host every step; cuda_graph and "
                              "return_trajectory are not available for it")
@@ -253,6 +265,21 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
         with torch.no_grad():
             out, _ = plan.solve(eps_fn, x, schedule, ts, te, callback)
         return out
+    if parallel is not None:
+        if cuda_graph or progress:
+            raise ValueError("parallel: cuda_graph and progress are not available with the Picard sampler")
+        B = x.shape[0]
+
+        def make_fn(reps):
+            if reps == 1:
+                return fn
+            return _model_fn(model, given_prediction, tile_model_kwargs(model_kwargs, B, reps),
+                             tile_guidance(guidance, B, reps))[0]
+
+        nz = Noise(seed=seed, sample_ids=sample_ids, generator=generator, noise=noise, brownian=brownian)
+        with torch.no_grad():
+            res = picard_sample(plan, make_fn, x, parallel, nz, return_trajectory, callback)
+        return (res.x, res.trajectory) if return_trajectory else res.x
     times = _batch_times(plan, x.shape[0])
     nz = Noise(seed=seed, sample_ids=sample_ids, generator=generator, noise=noise, brownian=brownian)
     with torch.no_grad():
