@@ -43,11 +43,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import os
-import statistics
 import sys
-import time
 import warnings
 from typing import Callable, Dict, List, Tuple
 
@@ -55,45 +52,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine, median_us, table  # noqa: E402
+from common import machine, measure, table, version  # noqa: E402
 
 from diffcore import ot  # noqa: E402
 
 EPS = 0.01
-SLOW_S = 0.1
-NO_WARMUP_S = 2.0
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
-
-
-def _once(fn: Callable[[], object], sync: bool) -> float:
-    t0 = time.perf_counter()
-    fn()
-    if sync:
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
-def measure(fns: Dict[str, Callable[[], object]], sync: bool, min_time: float, rounds: int,
-            slow_budget: float) -> Dict[str, Tuple[float, int]]:
-    """``{key: (median µs, samples)}``, entries taken in turn within each round (module docstring)."""
-    probe: Dict[str, float] = {k: _once(fn, sync) for k, fn in fns.items()}
-    res: Dict[str, List[float]] = {k: ([probe[k] * 1e6] if probe[k] >= NO_WARMUP_S else []) for k in fns}
-    spent: Dict[str, float] = {k: (probe[k] if probe[k] >= NO_WARMUP_S else 0.0) for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            if probe[k] < SLOW_S:
-                res[k].append(median_us(fn, min_time / rounds, min_reps=5, sync=sync))
-            elif len(res[k]) < rounds and spent[k] < slow_budget:
-                t = _once(fn, sync)
-                res[k].append(t * 1e6)
-                spent[k] += t
-    return {k: (statistics.median(v), len(v)) for k, v in res.items() if v}
 
 
 class Cells:
@@ -248,7 +211,7 @@ def main() -> None:
     sizes = [64, 256] if args.quick else [64, 256, 1024]
     try:
         import ot as pot  # noqa: PLC0415
-        pot_note = f"POT {_version('POT')}"
+        pot_note = f"POT {version('POT')}"
     except ImportError:
         pot, pot_note = None, "POT not installed (skipped)"
     dev = torch.device(args.device)
@@ -269,7 +232,7 @@ def main() -> None:
         print("# † n: median of n single calls (slow entry)")
     print()
     rows, marked = assignment_rows(args, sizes, pot)
-    print(f"# exact assignment — {today} — cpu, float64 — scipy {_version('scipy')}, {pot_note}")
+    print(f"# exact assignment — {today} — cpu, float64 — scipy {version('scipy')}, {pot_note}")
     print(f"# {machine()}")
     print(f"# command: {cmd}")
     print(table(["cost", "n", "B", "diffcore ms", "scipy lsa ms", "POT emd ms", "scipy / dc", "POT emd / dc",

@@ -71,7 +71,6 @@ import importlib.metadata
 import importlib.util
 import math
 import os
-import statistics
 import sys
 import time
 import types
@@ -80,7 +79,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine, median_us, table  # noqa: E402
+from common import machine, measure, table, version  # noqa: E402
 from bench_step import _BETA_KW, _MUTABLE, new_scheduler, peer_version  # noqa: E402
 
 import diffcore  # noqa: E402
@@ -93,8 +92,6 @@ QUICK_SIZES = [16 * 1024]
 STEPS = 20
 PASS_STEPS = [20, 100]
 SEED = 0
-SLOW_S = 0.1      # probe time from which an entry is timed by single calls
-NO_WARMUP_S = 2.0  # probe time from which the probe itself is a sample
 
 # modules k-diffusion's sampling.py / utils.py import but use only in functions this script never calls
 _KD_PLACEHOLDERS = ("torchdiffeq", "torchvision", "torchvision.transforms", "torchvision.transforms.functional",
@@ -102,13 +99,6 @@ _KD_PLACEHOLDERS = ("torchdiffeq", "torchvision", "torchvision.transforms", "tor
 
 
 # -- peers ------------------------------------------------------------------------------------------
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
-
 
 def load_torchsde():
     """The torchsde module, or None."""
@@ -197,46 +187,6 @@ def restorer(sch) -> Callable[[], None]:
 
 
 # -- timing -----------------------------------------------------------------------------------------
-
-def _once(fn: Callable[[], object], sync: bool) -> float:
-    t0 = time.perf_counter()
-    fn()
-    if sync:
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
-def measure(fns: Dict[str, Callable[[], object]], sync: bool, min_time: float, rounds: int,
-            slow_budget: float) -> Dict[str, Tuple[float, int]]:
-    """``{key: (median µs, samples)}`` of the entries, taken in turn within each round (see the module
-    docstring); an entry whose probe raises is reported as ``(error text, 0)``."""
-    probe: Dict[str, float] = {}
-    res: Dict[str, List[float]] = {k: [] for k in fns}
-    spent: Dict[str, float] = {k: 0.0 for k in fns}
-    errors: Dict[str, str] = {}
-    for k, fn in fns.items():
-        try:
-            probe[k] = _once(fn, sync)
-        except Exception as e:  # noqa: BLE001 — a peer failing at run time is reported, not fatal
-            errors[k] = f"error ({type(e).__name__})"
-            continue
-        if probe[k] >= NO_WARMUP_S:
-            res[k].append(probe[k] * 1e6)
-            spent[k] = probe[k]
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            if k in errors:
-                continue
-            if probe[k] < SLOW_S:
-                res[k].append(median_us(fn, min_time / rounds, min_reps=5, sync=sync))
-            elif len(res[k]) < rounds and spent[k] < slow_budget:
-                t = _once(fn, sync)
-                res[k].append(t * 1e6)
-                spent[k] += t
-    out: Dict[str, Tuple[float, int]] = {k: (statistics.median(v), len(v)) for k, v in res.items() if v}
-    out.update({k: (e, 0) for k, e in errors.items()})
-    return out
-
 
 class Cells:
     """Formats medians (scaled by ``div``) and ratios; marks entries with fewer than ``rounds`` samples."""
@@ -457,8 +407,8 @@ def main() -> None:
             cmd += f" {flag} {val}"
     if args.quick:
         cmd += " --quick"
-    tsde_v = f"torchsde {_version('torchsde')}" if tsde is not None else "torchsde not installed (skipped)"
-    kd_v = f"k-diffusion {_version('k-diffusion')} ({kd_how})" if kds is not None else f"k-diffusion skipped ({kd_how})"
+    tsde_v = f"torchsde {version('torchsde')}" if tsde is not None else "torchsde not installed (skipped)"
+    kd_v = f"k-diffusion {version('k-diffusion')} ({kd_how})" if kds is not None else f"k-diffusion skipped ({kd_how})"
     today = datetime.date.today()
     print(f"# stochastic sampler step — {today} — {args.device}, float32, batch {BATCH}, whole {args.steps}-step "
           f"loop / steps, model excluded (fixed output), VPDiscrete linear betas, eps model — {peer_version()}, {kd_v}")

@@ -1,10 +1,11 @@
 """Shared timing helpers for bench/ scripts: medians of repeated runs, markdown tables."""
 from __future__ import annotations
 
+import importlib.metadata
 import platform
 import statistics
 import time
-from typing import Callable, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -54,3 +55,58 @@ def table(headers: List[str], rows: List[List[str]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def version(dist: str) -> str:
+    """The installed version of distribution ``dist``, or ``"?"``."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+SLOW_S = 0.1      # probe time from which an entry is timed by single calls
+NO_WARMUP_S = 2.0  # probe time from which the probe itself is a sample
+
+
+def once(fn: Callable[[], object], sync: bool) -> float:
+    t0 = time.perf_counter()
+    fn()
+    if sync:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def measure(fns: Dict[str, Callable[[], object]], sync: bool, min_time: float, rounds: int,
+            slow_budget: float) -> Dict[str, Tuple[float, int]]:
+    """``{key: (median µs, samples)}`` of the entries, taken in turn within each round so that load
+    drifts hit all of them alike. An entry whose first (probe) call takes ≥ ``SLOW_S`` is timed by
+    single calls within ``slow_budget`` seconds (fewer than ``rounds`` samples then); a probe of
+    ≥ ``NO_WARMUP_S`` counts as a sample. An entry whose probe raises is reported as
+    ``(error text, 0)``."""
+    probe: Dict[str, float] = {}
+    res: Dict[str, List[float]] = {k: [] for k in fns}
+    spent: Dict[str, float] = {k: 0.0 for k in fns}
+    errors: Dict[str, str] = {}
+    for k, fn in fns.items():
+        try:
+            probe[k] = once(fn, sync)
+        except Exception as e:  # noqa: BLE001 — a peer failing at run time is reported, not fatal
+            errors[k] = f"error ({type(e).__name__})"
+            continue
+        if probe[k] >= NO_WARMUP_S:
+            res[k].append(probe[k] * 1e6)
+            spent[k] = probe[k]
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            if k in errors:
+                continue
+            if probe[k] < SLOW_S:
+                res[k].append(median_us(fn, min_time / rounds, min_reps=5, sync=sync))
+            elif len(res[k]) < rounds and spent[k] < slow_budget:
+                t = once(fn, sync)
+                res[k].append(t * 1e6)
+                spent[k] += t
+    out: Dict[str, Tuple[float, int]] = {k: (statistics.median(v), len(v)) for k, v in res.items() if v}
+    out.update({k: (e, 0) for k, e in errors.items()})
+    return out

@@ -32,6 +32,20 @@ DC_HD uint32_t float_to_bits(float f) {
   uint32_t u; std::memcpy(&u, &f, 4); return u;
 #endif
 }
+DC_HD uint64_t dbl_bits(double d) {
+#if defined(__CUDA_ARCH__)
+  return uint64_t(__double_as_longlong(d));
+#else
+  uint64_t u; std::memcpy(&u, &d, 8); return u;
+#endif
+}
+DC_HD double bits_dbl(uint64_t u) {
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double((long long)u);
+#else
+  double d; std::memcpy(&d, &u, 8); return d;
+#endif
+}
 
 DC_HD float bf16_to_float(bf16_t h) { return bits_to_float(uint32_t(h.bits) << 16); }
 DC_HD bf16_t float_to_bf16(float f) {

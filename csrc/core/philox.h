@@ -33,21 +33,6 @@ DC_HD void philox4x32_10(uint32_t c[4], uint32_t k0, uint32_t k1) {
   }
 }
 
-DC_HD uint64_t dbl_bits(double d) {
-#if defined(__CUDA_ARCH__)
-  return uint64_t(__double_as_longlong(d));
-#else
-  uint64_t u; std::memcpy(&u, &d, 8); return u;
-#endif
-}
-DC_HD double bits_dbl(uint64_t u) {
-#if defined(__CUDA_ARCH__)
-  return __longlong_as_double((long long)u);
-#else
-  double d; std::memcpy(&d, &u, 8); return d;
-#endif
-}
-
 // A 32-bit word as a uniform in the open interval (0, 1): (w + ½)·2⁻³², exact in double.
 DC_HD double open_uniform(uint32_t w) { return (double(w) + 0.5) * 2.3283064365386963e-10; }
 

@@ -63,21 +63,6 @@ enum Status : int {
   kBreakdown = 7,     // a non-finite scaling survived the log-domain repair (should not happen)
 };
 
-DC_OT_INLINE uint64_t ot_bits(double d) {
-#if defined(__CUDA_ARCH__)
-  return (uint64_t)__double_as_longlong(d);
-#else
-  uint64_t u; std::memcpy(&u, &d, 8); return u;
-#endif
-}
-DC_OT_INLINE double ot_dbl(uint64_t u) {
-#if defined(__CUDA_ARCH__)
-  return __longlong_as_double((long long)u);
-#else
-  double d; std::memcpy(&d, &u, 8); return d;
-#endif
-}
-
 // exp(x) without libm so the CPU loops vectorize: x = k ln2 + r, |r| ≤ ln2/2 (Cody–Waite), e^r by its
 // Taylor series to r¹³ (truncation < 2e-18), 2^k assembled in the exponent field. x < −708 gives 0
 // (entries that small never matter here); x is clamped at 709.
@@ -89,7 +74,7 @@ DC_OT_INLINE double exp_fast(double x) {
   xc = xc < -708.0 ? -708.0 : xc;
   const double shift = 6755399441055744.0;  // 1.5·2⁵²: adding it rounds to an integer kept in the low bits
   double kd = xc * 1.4426950408889634 + shift;
-  const uint64_t ki = ot_bits(kd);
+  const uint64_t ki = dbl_bits(kd);
   kd -= shift;
   const double r = (xc - kd * 6.93147180369123816490e-01) - kd * 1.90821492927058770002e-10;
   double p = 1.0 / 6227020800.0;  // 1/13!
@@ -98,7 +83,7 @@ DC_OT_INLINE double exp_fast(double x) {
   p = p * r + 1.0 / 720.0;       p = p * r + 1.0 / 120.0;      p = p * r + 1.0 / 24.0;
   p = p * r + 1.0 / 6.0;         p = p * r + 0.5;              p = p * r + 1.0;
   p = p * r + 1.0;
-  const double scale = ot_dbl((ki + 1023u) << 52);
+  const double scale = bits_dbl((ki + 1023u) << 52);
   const double y = p * scale;
   return x < -708.0 ? 0.0 : y;
 #endif
@@ -111,10 +96,10 @@ DC_OT_INLINE double log_fast(double x) {
 #if defined(__CUDA_ARCH__)
   return log(x);
 #else
-  const uint64_t bx = ot_bits(x);
+  const uint64_t bx = dbl_bits(x);
   const double two52 = 4503599627370496.0;
-  const double ef = ot_dbl((bx >> 52) | 0x4330000000000000ull) - two52;  // biased exponent as a double
-  double m = ot_dbl((bx & 0x000fffffffffffffull) | 0x3ff0000000000000ull);
+  const double ef = bits_dbl((bx >> 52) | 0x4330000000000000ull) - two52;  // biased exponent as a double
+  double m = bits_dbl((bx & 0x000fffffffffffffull) | 0x3ff0000000000000ull);
   const double half = m > 1.4142135623730951 ? 0.5 : 1.0;
   m *= half;
   const double e = ef - (half == 0.5 ? 1022.0 : 1023.0);
