@@ -279,14 +279,15 @@ def test_metrics_files_and_sample_figures(tmp_path):
 _DDP_WORKER = textwrap.dedent('''
     import json, pathlib, sys
     import torch, torch.distributed as dist
-    from diffcore import losses, models, train
+    from diffcore import coupling, losses, models, train
 
     torch.set_num_threads(1)
     out = pathlib.Path(sys.argv[1])
 
     def run(steps, resume=None, data="eight_gaussians"):
         torch.manual_seed(0)
-        tr = train.Trainer(models.MLP(2, width=32, depth=2), losses.get("cfm"), data, batch_size=64, lr=1e-2,
+        # OT-CFM: under torchrun the trainer couples the global batch (coupling.Distributed)
+        tr = train.Trainer(models.MLP(2, width=32, depth=2), losses.get("cfm", coupling="exact"), data, batch_size=64, lr=1e-2,
                            ema_decay=0.9, seed=3, log_every=None, device="cpu")  # gloo on the CPU
         if resume is not None:
             tr.load(resume)
@@ -312,6 +313,7 @@ _DDP_WORKER = textwrap.dedent('''
     if dist.get_rank() == 0:
         (out / "result.json").write_text(json.dumps({
             "world": dist.get_world_size(), "loss": a.history["loss"],
+            "global_coupling": isinstance(a.loss.coupling, coupling.Distributed),
             "ranks_equal": all(torch.equal(copies[0], c_) for c_ in copies[1:]),
             "rank_seeds": seeds, "repeat_equal": same(a, b), "resume_equal": same(a, c),
             "tensor_repeat_equal": same(d1, d2), "params": flat.tolist()}))
@@ -341,6 +343,7 @@ def _torchrun(tmp_path, name="run"):
 def test_torchrun_two_processes_train_deterministically(tmp_path):
     r = _torchrun(tmp_path)
     assert r["world"] == 2
+    assert r["global_coupling"]                   # OT-CFM pairs the global batch (test_coupling: = one process)
     assert r["ranks_equal"]                       # DDP keeps the replicas identical
     assert r["rank_seeds"][0] != r["rank_seeds"][1]  # each rank draws its own data and noise
     assert r["repeat_equal"] and r["tensor_repeat_equal"]  # same seed, same result (sampler and sharded tensor)
