@@ -15,6 +15,11 @@ Two tables:
    when one model call on ``p·B`` samples costs little more than on ``B`` (small batches: a GPU, or on
    the CPU a small network whose per-call overhead dominates).
 
+3. **Window update**: one round's :func:`diffcore.parallel.window_update` (the fused kernel,
+   csrc/core/picard.h) against :func:`~diffcore.parallel.window_update_reference` (eager torch) on
+   random float32 data, window ``J``, batch ``B``, ``D`` features per sample (one buffer, or the
+   engine's two with a carry table): median µs and ratio = torch / fused.
+
 Usage: ``python bench/bench_parallel.py [--device cpu|cuda] [--quick]``.
 """
 from __future__ import annotations
@@ -125,6 +130,28 @@ def wallclock_table(device: str, steps: int, dim: int, width: int, batch: int, q
     return common.table(["solver", "window", "τ", "rounds", "sequential ms", "Picard ms", "speedup", "RMS err"], rows)
 
 
+def window_update_table(device: str, quick: bool) -> str:
+    from diffcore.parallel import window_update, window_update_reference  # noqa: PLC0415
+
+    sync = device.startswith("cuda")
+    reps = 5 if quick else 21
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    shapes = [(16, 4, 64), (16, 4, 3 * 32 * 32)] + ([] if quick else [(32, 8, 3 * 64 * 64)])
+    for J, B, D in shapes:
+        for two in (False, True):
+            S = (D // 2, 2) if two else (D,)
+            x = torch.randn((J + 1, B) + S, generator=g).to(device)
+            phi = (x[:-1] + 0.01 * torch.randn((J, B) + S, generator=g).to(device)).contiguous()
+            sig2 = torch.full((J, B), 0.5, device=device)
+            carry = torch.tensor([[0, 1]] * J, device=device) if two else None
+            t_ref = _median_s(lambda: window_update_reference(x, phi, sig2, 0.1, carry), reps, sync)
+            t_fused = _median_s(lambda: window_update(x, phi, sig2, 0.1, carry), reps, sync)
+            rows.append([str(J), str(B), str(D), "x, y + carry" if two else "x", f"{t_ref * 1e6:.0f}",
+                         f"{t_fused * 1e6:.0f}", f"{t_ref / t_fused:.1f}x"])
+    return common.table(["J", "B", "D", "state", "torch µs", "fused µs", "ratio"], rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -139,6 +166,8 @@ def main() -> None:
     print(rounds_table(a.steps, a.quick))
     print(f"\nWall clock, MLP dim {a.dim} width {a.width}, batch {a.batch}, {a.steps} steps, float32, {a.device}:\n")
     print(wallclock_table(a.device, a.steps, a.dim, a.width, a.batch, a.quick))
+    print(f"\nWindow update (one round), float32, {a.device}, threads {torch.get_num_threads()}:\n")
+    print(window_update_table(a.device, a.quick))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ void register_step_ops(py::module_& m);      // bind/step_bind.cpp
 void register_plan_ops(py::module_& m);      // cpu/plan_cpu.cpp
 void register_noise_ops(py::module_& m);     // bind/noise_bind.cpp
 void register_ot_ops(py::module_& m);        // bind/ot_bind.cpp
+void register_picard_ops(py::module_& m);    // bind/picard_bind.cpp
 
 namespace {
 
@@ -185,4 +186,5 @@ PYBIND11_MODULE(_core, m) {
   dc::register_plan_ops(m);
   dc::register_noise_ops(m);
   dc::register_ot_ops(m);
+  dc::register_picard_ops(m);
 }

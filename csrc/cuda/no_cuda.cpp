@@ -3,6 +3,7 @@
 
 #include "core/lincomb.h"
 #include "core/noise_fill.h"
+#include "core/picard.h"
 #include "core/solver_step.h"
 #include "ot/sinkhorn.h"
 
@@ -18,6 +19,9 @@ void noise_fill_cuda(const NoiseFillArgs&, DType, int, uintptr_t) {
   throw pybind11::value_error("diffcore was built without CUDA support; rebuild with nvcc on PATH or DIFFCORE_CUDA=ON");
 }
 void sinkhorn_cuda(const SinkhornArgs&, DType, int, uintptr_t) {
+  throw pybind11::value_error("diffcore was built without CUDA support; rebuild with nvcc on PATH or DIFFCORE_CUDA=ON");
+}
+void picard_window_cuda(const PicardArgs&, DType, int, uintptr_t) {
   throw pybind11::value_error("diffcore was built without CUDA support; rebuild with nvcc on PATH or DIFFCORE_CUDA=ON");
 }
 bool cuda_compiled() { return false; }

@@ -22,7 +22,7 @@ from torch.utils.dlpack import to_dlpack as _to_dlpack
 from . import _core
 
 __all__ = ["build_info", "set_num_threads", "get_num_threads", "lincomb", "lincomb_reference", "fast_path_ok",
-           "sinkhorn", "linear_assignment"]
+           "sinkhorn", "linear_assignment", "picard_window"]
 
 _peek_interpreter = torch._C._functorch.peek_interpreter_stack
 _is_compiling = torch.compiler.is_compiling
@@ -243,6 +243,44 @@ def sinkhorn(cost, a, b, eps: float, tol: float, max_iters: int, check_every: in
                    float(tol), int(max_iters), int(check_every), int(eps_scaling), float(eps0), float(eps_q),
                    float(stage_tol), bool(relax), float(weight_tol), get_num_threads(), _stream_of(cost))
     return plan, f, g, stats, iters
+
+
+def _rows_compact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its dimensions from 2 on are row-major contiguous (any strides on the window
+    and batch axes, e.g. a slice of the trajectory buffer), else a contiguous copy."""
+    expect = 1
+    for size, st in zip(reversed(t.shape[2:]), reversed(t.stride()[2:])):
+        if size != 1 and st != expect:
+            return t.contiguous()
+        expect *= size
+    return t
+
+
+def picard_window(x: torch.Tensor, phi: torch.Tensor, sigma2: torch.Tensor, tolerance: float, carry=None):
+    """The fused Picard window update (csrc/core/picard.h; solvers.md §8 steps b, c, e, Eq. (9.8.4)) on
+    float32/float64 torch tensors on the CPU or one CUDA device: returns ``(y, residual, stride)`` as
+    :func:`diffcore.parallel.window_update_reference` does. ``sigma2`` is broadcast to ``[J, B]`` in
+    ``x``'s dtype on its device; a ``carry`` table on another device is moved there (the Picard sampler
+    keeps its table on the device, so nothing is copied per round). Outputs and the CUDA scratch are
+    allocated here by torch; the call does not synchronize (``stride`` is a 0-d device tensor)."""
+    J, B = phi.shape[0], phi.shape[1]
+    dev = x.device
+    x, phi = _rows_compact(x), _rows_compact(phi)
+    s2 = torch.as_tensor(sigma2, dtype=x.dtype, device=dev).expand(J, B)
+    if carry is not None and carry.device != dev:
+        carry = carry.to(dev, non_blocking=True)
+    y = torch.empty(phi.shape, dtype=x.dtype, device=dev)
+    residual = torch.empty((J, B), dtype=x.dtype, device=dev)
+    stride = torch.empty((), dtype=torch.int64, device=dev)
+    work = None
+    if dev.type == "cuda":
+        nb = phi.shape[-1] if carry is not None else 1
+        P = phi[0, 0].numel() // nb if nb else 0
+        work = torch.empty((_core.picard_work_size(J, B, P),), dtype=torch.float64, device=dev)
+    _core.picard_window(_to_dlpack(x), _to_dlpack(phi), _to_dlpack(s2), _capsule(carry, "carry"), _to_dlpack(y),
+                        _to_dlpack(residual), _to_dlpack(stride), _capsule(work, "work"), float(tolerance) ** 2,
+                        get_num_threads(), _stream_of(x))
+    return y, residual, stride
 
 
 def linear_assignment(cost):

@@ -42,10 +42,12 @@ Several devices: ``ParallelConfig(distributed=True)`` splits each round's window
 of the default ``torch.distributed`` group (one model call per rank on its share, an all-gather,
 the same window update everywhere; tested with gloo on the CPU).
 
-Not here yet (issue 6): the compiled window-update kernel (:func:`window_update` is its pure-torch
-reference; the per-node ``Φ`` rows are the engine's ``step_reference`` arithmetic batched over the
-window, bit-identical to the fused step). Layering: ``sample`` imports this module (for ``sample(parallel=...)``), so it
-sits below ``sample`` and imports only ``solvers``, ``noise``, ``guidance`` and ``thresholding``.
+The window update is one fused kernel call (csrc/core/picard.h, :func:`window_update`; the pure-torch
+:func:`window_update_reference` is its reference and the fallback under autograd or for half types);
+the per-node ``Φ`` rows are the engine's ``step_reference`` arithmetic batched over the window,
+bit-identical to the fused step. Layering: ``sample`` imports this module (for ``sample(parallel=...)``),
+so it sits below ``sample`` and imports only ``_ops``, ``solvers``, ``noise``, ``guidance`` and
+``thresholding``.
 """
 from __future__ import annotations
 
@@ -55,13 +57,14 @@ from typing import Callable, List, NamedTuple, Optional
 
 import torch
 
+from . import _ops
 from .guidance import CFG
 from .noise import Noise
 from .solvers.base import LAYOUT, Plan
 from .thresholding import dynamic_threshold
 
-__all__ = ["ParallelConfig", "PicardResult", "window_update", "picard_sample", "step_noise_variance",
-           "tile_model_kwargs"]
+__all__ = ["ParallelConfig", "PicardResult", "window_update", "window_update_reference", "picard_sample",
+           "step_noise_variance", "tile_model_kwargs"]
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,44 @@ class PicardResult(NamedTuple):
 def window_update(x: torch.Tensor, phi: torch.Tensor, sigma2: torch.Tensor, tolerance: float,
                   carry: Optional[torch.Tensor] = None):
     """The window update of one Picard round (spec §8 steps b, c, e; book Eq. (9.8.4), Alg. 8
-    lines 7–12) — the pure-torch reference of the fused kernel.
+    lines 7–12): the fused kernel (csrc/core/picard.h) for float32/float64 tensors on the CPU or CUDA
+    when nothing needs a gradient or is traced (:func:`diffcore._ops.fast_path_ok`), else
+    :func:`window_update_reference`. Same arguments and results; the kernel's ``y`` is bit-identical to
+    the reference's in float64 (same operations in the same order), its residuals agree to rounding
+    (the squared norms are summed in float64 in tiles, the reference's in the storage dtype), and in
+    float32 ``y`` agrees to rounding too (torch's CPU ``cumsum`` accumulates float32 in float64). The
+    kernel does not synchronize: ``stride`` stays a device tensor until the caller reads it.
+    """
+    _check_window(x, phi, tolerance, carry)
+    if (x.dtype in (torch.float32, torch.float64) and phi.dtype == x.dtype and phi.device == x.device
+            and x.device.type in ("cpu", "cuda") and x.dim() >= 2 and x.shape[1] > 0
+            and (carry is None or (isinstance(carry, torch.Tensor) and carry.dtype == torch.int64
+                                   and x.dim() >= 3 and 1 <= phi.shape[-1] <= 4))
+            and _ops.fast_path_ok(x, phi, sigma2, carry)):
+        return _ops.picard_window(x, phi, sigma2, tolerance, carry)
+    return window_update_reference(x, phi, sigma2, tolerance, carry)
+
+
+def _check_window(x, phi, tolerance, carry) -> None:
+    """The argument checks shared by :func:`window_update` and its reference."""
+    if not isinstance(x, torch.Tensor) or not isinstance(phi, torch.Tensor):
+        raise TypeError("x, phi: expected torch tensors")
+    J = phi.shape[0]
+    if x.shape[0] != J + 1 or x.shape[1:] != phi.shape[1:]:
+        raise ValueError(f"x: expected shape {(J + 1,) + tuple(phi.shape[1:])} for phi of shape {tuple(phi.shape)}, "
+                         f"got {tuple(x.shape)}")
+    if J < 1:
+        raise ValueError("phi: expected a window of at least one node")
+    if not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise ValueError(f"tolerance: expected a number >= 0, got {tolerance!r}")
+    if carry is not None and tuple(carry.shape) != (J, phi.shape[-1]):
+        raise ValueError(f"carry: expected shape {(J, phi.shape[-1])}, got {tuple(carry.shape)}")
+
+
+def window_update_reference(x: torch.Tensor, phi: torch.Tensor, sigma2: torch.Tensor, tolerance: float,
+                            carry: Optional[torch.Tensor] = None):
+    """The window update of one Picard round (spec §8 steps b, c, e; book Eq. (9.8.4), Alg. 8
+    lines 7–12) — the pure-torch reference of the fused kernel (differentiable; any dtype).
 
     Args:
         x: ``[J + 1, B, *S]`` the current iterate at the window's nodes ``ℓ … ℓ+J`` (node ``ℓ`` is the
@@ -150,16 +190,8 @@ def window_update(x: torch.Tensor, phi: torch.Tensor, sigma2: torch.Tensor, tole
           (row 0 is the anchor, always 0; ``0/0 = 0``, ``r/0 = ∞``);
         * ``stride`` 0-d int64 tensor on the device: ``min({j ≥ 1 : max_b e_j > τ²} ∪ {J})``.
     """
-    if not isinstance(x, torch.Tensor) or not isinstance(phi, torch.Tensor):
-        raise TypeError("x, phi: expected torch tensors")
+    _check_window(x, phi, tolerance, carry)
     J = phi.shape[0]
-    if x.shape[0] != J + 1 or x.shape[1:] != phi.shape[1:]:
-        raise ValueError(f"x: expected shape {(J + 1,) + tuple(phi.shape[1:])} for phi of shape {tuple(phi.shape)}, "
-                         f"got {tuple(x.shape)}")
-    if J < 1:
-        raise ValueError("phi: expected a window of at least one node")
-    if not isinstance(tolerance, (int, float)) or not tolerance >= 0:
-        raise ValueError(f"tolerance: expected a number >= 0, got {tolerance!r}")
     defect = phi - x[1:]                                   # Φ(X_{ℓ+j}) − X_{ℓ+j+1}
     corr = torch.zeros_like(phi)
     if carry is None:
@@ -167,12 +199,11 @@ def window_update(x: torch.Tensor, phi: torch.Tensor, sigma2: torch.Tensor, tole
             corr[1:] = torch.cumsum(defect[:-1], 0)        # C_j, j = 1 … J−1
         y = phi + corr
     else:
-        if tuple(carry.shape) != (J, phi.shape[-1]):
-            raise ValueError(f"carry: expected shape {(J, phi.shape[-1])}, got {tuple(carry.shape)}")
+        table = carry.tolist()                             # one read, even for a device table
         carried = torch.zeros_like(phi)                    # G_j[b] = C_j[carry[j, b]]
         for j in range(J):
             for b in range(phi.shape[-1]):
-                src = int(carry[j, b])
+                src = int(table[j][b])
                 if src >= 0:
                     carried[j, ..., b] = corr[j, ..., src]
             if j + 1 < J:
@@ -310,7 +341,8 @@ class _Nodes:
                 wxv, wyv = abs(float(row[cx])), abs(float(row[cy]))
                 pair.append(-1 if max(wxv, wyv) < 0.5 else (0 if wxv >= wyv else 1))
             carry.append(pair)
-        self.carry = torch.tensor(carry, dtype=torch.long).reshape(N, 2)
+        # on the device: the fused window update reads it there, so a round copies nothing to the device
+        self.carry = torch.tensor(carry, dtype=torch.long, device=dev).reshape(N, 2)
         self.last_node = [0] * (plan.num_steps + 1)  # node index at which each step starts
         for n, i in enumerate(steps):
             if stages[n] == 0:
