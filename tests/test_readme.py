@@ -67,3 +67,9 @@ def test_readme_ot_snippet_runs():
     ns = _run_readme(r"### Optimal transport\n\n```python\n(.*?)```", "optimal transport")
     assert bool(ns["res"].converged) and float(ns["res"].marginal_error) <= 1e-9
     assert ns["perm"].shape == (256,) and ns["y1p"].shape == (256, 2)
+
+
+def test_readme_parallel_snippet_runs():
+    ns = _run_readme(r"### Parallel-in-time sampling \(Picard\)\n\n```python\n(.*?)```", "parallel sampling")
+    assert 0 < len(ns["rounds"]) < 100
+    assert float((ns["par"] - ns["seq"]).pow(2).mean().sqrt()) < 1e-2
