@@ -340,22 +340,10 @@ class Solver {
       else std::this_thread::yield();
     }
   }
-  // Sum of k values over the team, the same bits on every thread (fixed order); double-buffered so
-  // one barrier suffices.
-  void allsum(int tid, int& parity, double* v, int k) {
-    if (nth_ == 1) return;
-    parity ^= 1;
-    std::vector<Slot>& sl = part_[parity];
-    for (int q = 0; q < k; ++q) sl[size_t(tid)].v[q] = v[q];
-    sync();
-    for (int q = 0; q < k; ++q) {
-      double acc = 0.0;
-      for (int p = 0; p < nth_; ++p) acc += sl[size_t(p)].v[q];
-      v[q] = acc;
-    }
-  }
-  // Maximum of k values over the team (same double buffer as allsum).
-  void allmax(int tid, int& parity, double* v, int k) {
+  // Reduce k values over the team with op, the same bits on every thread (fixed order); double-
+  // buffered so one barrier suffices.
+  template <class Op>
+  void allreduce(int tid, int& parity, double* v, int k, Op op) {
     if (nth_ == 1) return;
     parity ^= 1;
     std::vector<Slot>& sl = part_[parity];
@@ -363,9 +351,15 @@ class Solver {
     sync();
     for (int q = 0; q < k; ++q) {
       double acc = sl[0].v[q];
-      for (int p = 1; p < nth_; ++p) acc = std::max(acc, sl[size_t(p)].v[q]);
+      for (int p = 1; p < nth_; ++p) acc = op(acc, sl[size_t(p)].v[q]);
       v[q] = acc;
     }
+  }
+  void allsum(int tid, int& parity, double* v, int k) {
+    allreduce(tid, parity, v, k, [](double x, double y) { return x + y; });
+  }
+  void allmax(int tid, int& parity, double* v, int k) {
+    allreduce(tid, parity, v, k, [](double x, double y) { return std::max(x, y); });
   }
   const T* crow(int64_t i) const { return p_.C + i * p_.ldc; }
   T* krow(int64_t i) const { return p_.K + i * m_; }

@@ -25,6 +25,7 @@ import torch
 
 from . import schedules as _schedules
 from .param import ModelWrapper, canonical_prediction, conversion_coefs, convert
+from .paths import _check_data
 
 __all__ = ["log_likelihood", "bits_per_dim", "ddpm_bound", "ddpm_coefficients", "DDPMCoefficients"]
 
@@ -64,12 +65,7 @@ def _choice(v, name: str, options) -> str:
 
 
 def _check_x(x, name: str = "x") -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point torch tensor, got "
-                        f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
-    if x.dim() < 2:
-        raise ValueError(f"{name}: expected shape (B, *S) with a batch dimension and at least one data "
-                         f"dimension, got {tuple(x.shape)} (reshape a batch of scalars to (B, 1))")
+    x = _check_data(x, name)
     if x[0].numel() == 0:
         raise ValueError(f"{name}: expected at least one data dimension, got shape {tuple(x.shape)}")
     if x.numel() and not bool(torch.isfinite(x.detach()).all()):

@@ -45,7 +45,7 @@ def _check_data(x, name: str) -> torch.Tensor:
                         f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
     if x.dim() < 2:
         raise ValueError(f"{name}: expected shape (B, *S) with at least one feature dimension, got "
-                         f"{tuple(x.shape)}")
+                         f"{tuple(x.shape)} (reshape a batch of scalars to (B, 1))")
     return x
 
 
