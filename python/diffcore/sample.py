@@ -20,6 +20,7 @@ from .parallel import ParallelConfig, picard_sample, tile_guidance, tile_model_k
 from .param import ModelWrapper, canonical_prediction, convert
 from .solvers import get as _get_solver
 from .solvers.adaptive import DPMAdaptive
+from .solvers.v3 import V3Plan
 
 __all__ = ["sample", "prior_sample"]
 
@@ -113,11 +114,18 @@ _PLANS: "collections.OrderedDict" = collections.OrderedDict()
 _PLAN_CACHE_SIZE = 32
 
 
+def _primitive(v) -> bool:
+    return isinstance(v, (int, float, str, bool, type(None)))
+
+
 def _cached_plan(solver_arg, solver_options, schedule, steps, spacing, t_start, t_end, prediction, device, dtype):
     """Plans are immutable, so repeated ``sample`` calls with the same solver, schedule, grid and model
     type share one (building a plan costs a few hundred µs; a step costs a few)."""
     if isinstance(solver_arg, str):
-        skey = ("name", solver_arg.lower(), tuple(sorted((k, repr(v)) for k, v in solver_options.items())))
+        # option values that are objects (DPM-Solver-v3's statistics) are keyed by identity
+        skey = ("name", solver_arg.lower(), tuple(sorted(
+            (k, repr(v) if _primitive(v) else ("id", id(v)))
+            for k, v in solver_options.items())))
     else:
         skey = ("obj", id(solver_arg))
     if isinstance(steps, torch.Tensor):
@@ -126,14 +134,15 @@ def _cached_plan(solver_arg, solver_options, schedule, steps, spacing, t_start, 
         gkey = ("n", steps, spacing, t_start, t_end)
     key = (skey, id(schedule), gkey, prediction, str(device), dtype)
     hit = _PLANS.get(key)
-    if hit is not None and hit[0] is schedule and (skey[0] == "name" or hit[1] is solver_arg):
+    if (hit is not None and hit[0] is schedule and (skey[0] == "name" or hit[1] is solver_arg)
+            and all(hit[3].get(k) is v for k, v in solver_options.items() if not _primitive(v))):
         return hit[2]
     solver = _get_solver(solver_arg, **solver_options)
     if isinstance(solver, DPMAdaptive):
         return solver
     plan = solver.plan(schedule, _grid(schedule, steps, spacing, t_start, t_end), device=device, dtype=dtype,
                        prediction=prediction)
-    _PLANS[key] = (schedule, solver_arg, plan)  # the references keep the ids in the key valid
+    _PLANS[key] = (schedule, solver_arg, plan, dict(solver_options))  # the references keep the ids in the key valid
     while len(_PLANS) > _PLAN_CACHE_SIZE:
         _PLANS.popitem(last=False)
     return plan
@@ -266,6 +275,9 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
             out, _ = plan.solve(eps_fn, x, schedule, ts, te, callback)
         return out
     if parallel is not None:
+        if isinstance(plan, V3Plan):
+            raise ValueError("parallel: dpm_solver_v3's per-dimension steps are not available to the Picard "
+                             "sampler; use a multistep solver of diffcore.solvers (e.g. dpmpp_3m, unipc_3)")
         if cuda_graph or progress:
             raise ValueError("parallel: cuda_graph and progress are not available with the Picard sampler")
         B = x.shape[0]

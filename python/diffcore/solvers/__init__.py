@@ -17,12 +17,13 @@ from .runge_kutta import Euler, Heun, natural_variable
 from .sde import (DDPM, PC, AnnealedLangevin, DDIMEta, DPMSolverPP2MSDE, DPMSolverPP3MSDE, EDMChurn, EulerAncestral,
                   EulerMaruyama, Langevin)
 from .unipc import UniPC
+from .v3 import DPMSolverV3
 
 __all__ = [
     "get", "available", "Solver", "Plan", "State", "ddim_step", "heun_step", "fast_orders", "natural_variable",
     "DDIM", "DPMSolver", "DPMSolverFast", "DPMSolverPPSingle", "DPMSolverPPMulti", "DEIS", "IPNDM", "UniPC",
     "Euler", "Heun", "DPMAdaptive", "DDPM", "DDIMEta", "EulerAncestral", "EulerMaruyama", "PC", "Langevin",
-    "AnnealedLangevin", "EDMChurn", "DPMSolverPP2MSDE", "DPMSolverPP3MSDE", "STOCHASTIC",
+    "AnnealedLangevin", "EDMChurn", "DPMSolverV3", "DPMSolverPP2MSDE", "DPMSolverPP3MSDE", "STOCHASTIC",
 ]
 
 _REGISTRY: Dict[str, Callable[..., object]] = {
@@ -45,6 +46,7 @@ _REGISTRY: Dict[str, Callable[..., object]] = {
     "unipc_3": lambda **kw: UniPC(order=3, **kw),
     "ipndm": IPNDM,
     "dpm_adaptive": DPMAdaptive,
+    "dpm_solver_v3": DPMSolverV3,
     "ddpm": DDPM,
     "ddim_eta": DDIMEta,
     "euler_ancestral": EulerAncestral,
@@ -70,7 +72,7 @@ def available() -> List[str]:
 def get(name, **options):
     """The solver called ``name`` with ``options`` (a :class:`Solver` instance passes through when no
     options are given). Raises ``ValueError`` for unknown names, ``TypeError`` for unknown options."""
-    if isinstance(name, (Solver, DPMAdaptive)):
+    if isinstance(name, (Solver, DPMAdaptive, DPMSolverV3)):
         if options:
             raise ValueError("options: cannot be given with a solver instance")
         return name
