@@ -73,3 +73,11 @@ def test_readme_parallel_snippet_runs():
     ns = _run_readme(r"### Parallel-in-time sampling \(Picard\)\n\n```python\n(.*?)```", "parallel sampling")
     assert 0 < len(ns["rounds"]) < 100
     assert float((ns["par"] - ns["seq"]).pow(2).mean().sqrt()) < 1e-2
+
+
+def test_readme_v3_and_adaptive_snippets_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ns = _run_readme(r"### DPM-Solver-v3 \(empirical model statistics\)\n\n```python\n(.*?)```.*?"
+                     r"### Adaptive steps per sample\n\n```python\n(.*?)```", "v3 / adaptive")
+    assert ns["x0"].shape == (256, 2) and ns["info"]["nfe"].shape == (256,)
+    assert int(ns["info"]["nfe"].min()) < int(ns["info"]["nfe"].max())

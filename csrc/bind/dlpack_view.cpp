@@ -40,6 +40,7 @@ const char* dtype_name(DType d) {
     case DType::F32: return "float32";
     case DType::F64: return "float64";
     case DType::I64: return "int64";
+    case DType::Bool: return "bool";
     default: return "an unsupported dtype";
   }
 }
@@ -77,6 +78,7 @@ static void fill_view(View& v, const dlpack::Tensor& t) {
   else if (t.dtype.code == dlpack::kFloat && t.dtype.bits == 64) v.dtype = DType::F64;
   else if (t.dtype.code == dlpack::kBfloat && t.dtype.bits == 16) v.dtype = DType::BF16;
   else if (t.dtype.code == dlpack::kInt && t.dtype.bits == 64) v.dtype = DType::I64;
+  else if (t.dtype.code == dlpack::kBool && t.dtype.bits == 8) v.dtype = DType::Bool;
   else v.dtype = DType::Other;
   v.itemsize = (t.dtype.bits / 8) * (t.dtype.lanes ? t.dtype.lanes : 1);
   int64_t expect = 1;

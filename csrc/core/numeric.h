@@ -13,7 +13,7 @@
 
 namespace dc {
 
-enum class DType : int { F16 = 0, BF16 = 1, F32 = 2, F64 = 3, I64 = 4, Other = 99 };
+enum class DType : int { F16 = 0, BF16 = 1, F32 = 2, F64 = 3, I64 = 4, Bool = 5, Other = 99 };  // Bool: 1 byte, 0/1
 
 struct half_t { uint16_t bits; };
 struct bf16_t { uint16_t bits; };

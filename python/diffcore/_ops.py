@@ -22,7 +22,7 @@ from torch.utils.dlpack import to_dlpack as _to_dlpack
 from . import _core
 
 __all__ = ["build_info", "set_num_threads", "get_num_threads", "lincomb", "lincomb_reference", "fast_path_ok",
-           "sinkhorn", "linear_assignment", "picard_window"]
+           "sinkhorn", "linear_assignment", "picard_window", "adaptive_control"]
 
 _peek_interpreter = torch._C._functorch.peek_interpreter_stack
 _is_compiling = torch.compiler.is_compiling
@@ -291,3 +291,46 @@ def linear_assignment(cost):
     total = torch.empty((B,), dtype=torch.float64)
     _core.linear_assignment(_to_dlpack(cost), _to_dlpack(perm), _to_dlpack(total), get_num_threads())
     return perm, total
+
+
+def adaptive_control(x, x_low, x_high, h, err_prev, lam_s, lam_t, lam_end, active, *, atol: float, rtol: float,
+                     order: int, theta: float = 0.9, fac_min: float = 0.2, fac_max: float = 5.0, k_i: float = 0.3,
+                     k_p: float = 0.4):
+    """The adaptive solver's fused per-sample error control (csrc/core/adaptive.h): the same call and
+    result as :func:`diffcore.solvers.adaptive_control.adaptive_control_reference` — returns
+    ``(accepted [B] bool, E [B] float64)`` and updates ``x`` (where accepted), ``h``, ``err_prev``,
+    ``lam_s`` and ``active`` in place. ``x, x_low, x_high`` are float32/float64 ``[B, *S]`` of one dtype
+    with ``x``'s features row-major contiguous (``x_low``/``x_high`` are made so if they are not);
+    ``h, err_prev, lam_s`` float64 ``[B]`` and ``active`` bool ``[B]`` on ``x``'s device; ``lam_t`` and
+    ``lam_end`` are broadcast to float64 ``[B]`` there (a number or an expanded tensor is not copied).
+    Outputs are allocated here by torch; the call does not synchronize. Under autograd or a
+    ``torch.func`` transform, or while ``torch.compile`` traces, the reference runs instead."""
+    if not fast_path_ok(x, x_low, x_high, h, err_prev, lam_s, lam_t, lam_end, active):
+        from .solvers.adaptive_control import adaptive_control_reference  # noqa: PLC0415 (import cycle)
+
+        return adaptive_control_reference(x, x_low, x_high, h, err_prev, lam_s, lam_t, lam_end, active, atol=atol,
+                                          rtol=rtol, order=order, theta=theta, fac_min=fac_min, fac_max=fac_max,
+                                          k_i=k_i, k_p=k_p)
+    B = x.shape[0]
+    dev = x.device
+    x_low = x_low.contiguous() if not _features_compact(x_low) else x_low
+    x_high = x_high.contiguous() if not _features_compact(x_high) else x_high
+    lam_t = torch.as_tensor(lam_t, dtype=torch.float64, device=dev).expand(B)
+    lam_end = torch.as_tensor(lam_end, dtype=torch.float64, device=dev).expand(B)
+    accepted = torch.empty((B,), dtype=torch.bool, device=dev)
+    err = torch.empty((B,), dtype=torch.float64, device=dev)
+    _core.adaptive_control(_to_dlpack(x), _to_dlpack(x_low), _to_dlpack(x_high), _to_dlpack(h), _to_dlpack(err_prev),
+                           _to_dlpack(lam_s), _to_dlpack(lam_t), _to_dlpack(lam_end), _to_dlpack(active),
+                           _to_dlpack(accepted), _to_dlpack(err), float(atol), float(rtol), int(order), float(theta),
+                           float(fac_min), float(fac_max), float(k_i), float(k_p), get_num_threads(), _stream_of(x))
+    return accepted, err
+
+
+def _features_compact(t: torch.Tensor) -> bool:
+    """Dimensions from 1 on row-major contiguous (any stride on the batch axis)."""
+    expect = 1
+    for size, st in zip(reversed(t.shape[1:]), reversed(t.stride()[1:])):
+        if size != 1 and st != expect:
+            return False
+        expect *= size
+    return True

@@ -186,7 +186,6 @@ class EMS:
             g = torch.Generator().manual_seed(seed)
             z = torch.randn(samples, D, generator=g, dtype=torch.float64)
             wz = torch.full((samples,), 1.0 / samples, dtype=torch.float64)
-        C = p.mu.shape[0]
         weights = (p.w[:, None] * wz[None]).reshape(-1)            # [C·n]
         eps_fn = lambda x, tt: oracle.eps(x, tt, schedule)  # noqa: E731
 
@@ -303,7 +302,7 @@ class EMS:
             dev = x.device
             rep = lambda q: q[ks].repeat_interleave(n).to(dev)  # noqa: E731  per-sample values
             tt = rep(t)
-            a, sg, dloga, dlam = rep(v.alpha), rep(v.sigma), rep(dloga_all), rep(v.dlam)
+            sg, dloga, dlam = rep(v.sigma), rep(dloga_all), rep(v.dlam)
             bx = lambda q: q.reshape((-1,) + (1,) * (x.dim() - 1)).to(x.dtype)  # noqa: E731
             with torch.no_grad():
                 eps = eps_fn(x, tt)

@@ -19,7 +19,6 @@ from .noise import DOMAIN_PRIOR, Noise, philox_normal
 from .parallel import ParallelConfig, picard_sample, tile_guidance, tile_model_kwargs
 from .param import ModelWrapper, canonical_prediction, convert
 from .solvers import get as _get_solver
-from .solvers.adaptive import DPMAdaptive
 from .solvers.v3 import V3Plan
 
 __all__ = ["sample", "prior_sample"]
@@ -79,12 +78,10 @@ def _model_fn(model, prediction, model_kwargs, guidance):
 
 
 def _checked(fn, x):
-    shape = x.shape
-
     def call(inp, t):
         out = fn(inp, t)
-        if out.__class__ is not torch.Tensor and not isinstance(out, torch.Tensor) or out.shape != shape:
-            raise ValueError(f"model: expected an output of shape {tuple(shape)}, got "
+        if out.__class__ is not torch.Tensor and not isinstance(out, torch.Tensor) or out.shape != inp.shape:
+            raise ValueError(f"model: expected an output of shape {tuple(inp.shape)}, got "
                              f"{getattr(out, 'shape', type(out).__name__)}")
         return out
     return call
@@ -138,7 +135,7 @@ def _cached_plan(solver_arg, solver_options, schedule, steps, spacing, t_start, 
             and all(hit[3].get(k) is v for k, v in solver_options.items() if not _primitive(v))):
         return hit[2]
     solver = _get_solver(solver_arg, **solver_options)
-    if isinstance(solver, DPMAdaptive):
+    if getattr(solver, "adaptive", False):
         return solver
     plan = solver.plan(schedule, _grid(schedule, steps, spacing, t_start, t_end), device=device, dtype=dtype,
                        prediction=prediction)
@@ -243,7 +240,7 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
             :mod:`diffcore.parallel`); stochastic samplers use the same noise, fixed up front, so the
             converged result is the sequential sample. ``callback`` is then called once per round
             with ``{"round", "start", "stride", "residual"}``; not with ``cuda_graph``, ``progress``
-            or ``dpm_adaptive``.
+            or the adaptive solvers (``dpm_adaptive``, ``dpm_adaptive_ps``).
 
     Returns ``x`` at ``t_end`` (and the trajectory when asked).
     """
@@ -259,11 +256,11 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
     fn = _checked(fn, x)
     plan = _cached_plan(solver, solver_options, schedule, steps, spacing, t_start, t_end, prediction, x.device,
                         x.dtype)
-    if isinstance(plan, DPMAdaptive):
+    if getattr(plan, "adaptive", False):
         if parallel is not None:
-            raise ValueError("parallel: dpm_adaptive chooses its steps as it goes; Picard needs a fixed grid")
+            raise ValueError(f"parallel: {plan.name} chooses its steps as it goes; Picard needs a fixed grid")
         if cuda_graph or return_trajectory:
-            raise ValueError("solver: dpm_adaptive syncs with the host every step; cuda_graph and "
+            raise ValueError(f"solver: {plan.name} syncs with the host every step; cuda_graph and "
                              "return_trajectory are not available for it")
         ts = float(schedule.t_start if t_start is None else t_start)
         te = float(schedule.t_end if t_end is None else t_end)

@@ -10,6 +10,7 @@ from typing import Callable, Dict, List
 
 from .adams import DEIS, IPNDM
 from .adaptive import DPMAdaptive
+from .adaptive_ps import DPMAdaptivePS
 from .base import Plan, Solver, State
 from .exponential import DDIM, DPMSolver, DPMSolverFast, DPMSolverPPMulti, DPMSolverPPSingle, fast_orders
 from .onestep import ddim_step, heun_step
@@ -22,7 +23,7 @@ from .v3 import DPMSolverV3
 __all__ = [
     "get", "available", "Solver", "Plan", "State", "ddim_step", "heun_step", "fast_orders", "natural_variable",
     "DDIM", "DPMSolver", "DPMSolverFast", "DPMSolverPPSingle", "DPMSolverPPMulti", "DEIS", "IPNDM", "UniPC",
-    "Euler", "Heun", "DPMAdaptive", "DDPM", "DDIMEta", "EulerAncestral", "EulerMaruyama", "PC", "Langevin",
+    "Euler", "Heun", "DPMAdaptive", "DPMAdaptivePS", "DDPM", "DDIMEta", "EulerAncestral", "EulerMaruyama", "PC", "Langevin",
     "AnnealedLangevin", "EDMChurn", "DPMSolverV3", "DPMSolverPP2MSDE", "DPMSolverPP3MSDE", "STOCHASTIC",
 ]
 
@@ -46,6 +47,7 @@ _REGISTRY: Dict[str, Callable[..., object]] = {
     "unipc_3": lambda **kw: UniPC(order=3, **kw),
     "ipndm": IPNDM,
     "dpm_adaptive": DPMAdaptive,
+    "dpm_adaptive_ps": DPMAdaptivePS,
     "dpm_solver_v3": DPMSolverV3,
     "ddpm": DDPM,
     "ddim_eta": DDIMEta,
@@ -72,7 +74,7 @@ def available() -> List[str]:
 def get(name, **options):
     """The solver called ``name`` with ``options`` (a :class:`Solver` instance passes through when no
     options are given). Raises ``ValueError`` for unknown names, ``TypeError`` for unknown options."""
-    if isinstance(name, (Solver, DPMAdaptive, DPMSolverV3)):
+    if isinstance(name, (Solver, DPMAdaptive, DPMAdaptivePS, DPMSolverV3)):
         if options:
             raise ValueError("options: cannot be given with a solver instance")
         return name

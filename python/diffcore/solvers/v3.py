@@ -34,7 +34,7 @@ corrector), plus an add of the constant term when ``b ≠ 0``. No host synchroni
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 import torch
