@@ -21,18 +21,6 @@ namespace py = pybind11;
 namespace dc {
 namespace {
 
-void require_no_overlap(const View& w, const View& in) {
-  if (overlaps(w, in))
-    throw py::value_error(std::string(w.name) + ": output overlaps '" + in.name + "'; use a separate buffer");
-}
-
-// A written region may coincide exactly with an input (in-place) but never partially overlap it.
-void require_no_partial_overlap(const View& w, const View& in) {
-  if (overlaps(w, in) && !same_view(w, in))
-    throw py::value_error(std::string(w.name) + ": partially overlaps '" + in.name +
-                          "'; use a separate buffer or exactly the same tensor");
-}
-
 // A [B] per-sample vector of the given dtype on x's device; written ones may not repeat elements.
 void require_per_sample(const View& v, DType dtype, const View& x, int64_t B, bool written) {
   if (v.dtype != dtype)
@@ -127,13 +115,9 @@ void adaptive_control(py::handle x_c, py::handle lo_c, py::handle hi_c, py::hand
 
   if (x.is_cuda()) {
     if (B > INT_MAX) throw py::value_error("x: at most 2^31 - 1 samples on CUDA, got " + std::to_string(B));
-    py::gil_scoped_release nogil;
-    adaptive_control_cuda(a, x.dtype, x.device_id, stream);
-  } else if (B * a.N >= (1 << 15)) {
-    py::gil_scoped_release nogil;
-    adaptive_control_cpu(a, x.dtype, nthreads);
+    call_backend(true, [&] { adaptive_control_cuda(a, x.dtype, x.device_id, stream); });
   } else {
-    adaptive_control_cpu(a, x.dtype, nthreads);
+    call_backend(B * a.N >= (1 << 15), [&] { adaptive_control_cpu(a, x.dtype, nthreads); });
   }
 }
 

@@ -173,6 +173,17 @@ bool overlaps(const View& a, const View& b) {
   return ea.first < eb.second && eb.first < ea.second;
 }
 
+void require_no_overlap(const View& w, const View& in) {
+  if (overlaps(w, in))
+    throw py::value_error(std::string(w.name) + ": output overlaps input '" + in.name + "'; use a separate buffer");
+}
+
+void require_no_partial_overlap(const View& w, const View& in) {
+  if (overlaps(w, in) && !same_view(w, in))
+    throw py::value_error(std::string(w.name) + ": output partially overlaps input '" + in.name +
+                          "'; use a separate buffer or exactly the same tensor");
+}
+
 bool same_view(const View& a, const View& b) {
   if (a.data != b.data || a.ndim != b.ndim || a.itemsize != b.itemsize) return false;
   for (int d = 0; d < a.ndim; ++d)

@@ -58,5 +58,21 @@ void require_feature_compact(const View& v, int first);  // dims [first, ndim) r
 View parse_f64_cpu(py::handle obj, const char* name);
 bool overlaps(const View& a, const View& b);
 bool same_view(const View& a, const View& b);
+// An output must not overlap an input ("<w>: output overlaps input '<in>'").
+void require_no_overlap(const View& w, const View& in);
+// An output may coincide exactly with an input (in-place) but never partially overlap it.
+void require_no_partial_overlap(const View& w, const View& in);
+
+// Run a backend call, without the GIL when `release` (device launches and large CPU work; for small
+// CPU calls releasing and re-taking the GIL costs more than the call).
+template <class F>
+void call_backend(bool release, F&& f) {
+  if (release) {
+    py::gil_scoped_release nogil;
+    f();
+  } else {
+    f();
+  }
+}
 
 }  // namespace dc

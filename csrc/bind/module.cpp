@@ -24,13 +24,6 @@ void register_adaptive_ops(py::module_& m);  // bind/adaptive_bind.cpp
 
 namespace {
 
-// A written region may coincide exactly with an input term (in-place update) but never partially overlap.
-void require_no_partial_overlap(const View& w, const View& in) {
-  if (overlaps(w, in) && !same_view(w, in))
-    throw py::value_error(std::string(w.name) + ": output partially overlaps input '" + in.name +
-                          "'; use a separate buffer or exactly the same tensor");
-}
-
 View slot_view(const View& ring, int k, const char* name) {
   View s;
   s.name = name;
@@ -138,15 +131,9 @@ void lincomb(py::handle out_c, py::handle x_c, py::handle coef_c, py::handle rin
 
   const bool coef_f64 = coef.dtype == DType::F64;
   if (x.is_cuda()) {
-    py::gil_scoped_release nogil;
-    lincomb_cuda(a, x.dtype, coef_f64, x.device_id, stream);
+    call_backend(true, [&] { lincomb_cuda(a, x.dtype, coef_f64, x.device_id, stream); });
   } else {
-    if (a.B * a.N >= (1 << 16)) {
-      py::gil_scoped_release nogil;
-      lincomb_cpu(a, x.dtype, coef_f64, nthreads);
-    } else {
-      lincomb_cpu(a, x.dtype, coef_f64, nthreads);
-    }
+    call_backend(a.B * a.N >= (1 << 16), [&] { lincomb_cpu(a, x.dtype, coef_f64, nthreads); });
   }
 }
 

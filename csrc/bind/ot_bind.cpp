@@ -39,11 +39,6 @@ void require_contiguous(const View& v) {
     throw py::value_error(std::string(v.name) + ": expected a contiguous (row-major) tensor");
 }
 
-void require_no_overlap(const View& w, const View& in) {
-  if (overlaps(w, in))
-    throw py::value_error(std::string(w.name) + ": must not overlap input '" + in.name + "'");
-}
-
 void sinkhorn(py::handle cost_c, py::handle a_c, py::handle b_c, py::handle plan_c, py::handle f_c, py::handle g_c,
               py::handle stats_c, py::handle iters_c, py::handle work_c, double eps, double tol, int64_t max_iters,
               int64_t check_every, int eps_scaling, double eps0, double eps_q, double stage_tol, bool relax,

@@ -22,11 +22,6 @@ namespace py = pybind11;
 namespace dc {
 namespace {
 
-void require_no_overlap(const View& w, const View& in) {
-  if (overlaps(w, in))
-    throw py::value_error(std::string(w.name) + ": output overlaps input '" + in.name + "'; use a separate buffer");
-}
-
 int64_t picard_work_size(int64_t J, int64_t B, int64_t P) {
   if (J < 0 || B < 0 || P < 0) throw py::value_error("picard_work_size: expected non-negative sizes");
   return J * B * picard_cuda_tiles(P);
@@ -133,13 +128,9 @@ void picard_window(py::handle x_c, py::handle phi_c, py::handle s_c, py::handle 
                             " elements, got shape " + w.describe());
     for (const View* o : {&x, &phi, &s2, &y, &r, &st}) require_no_overlap(w, *o);
     a.work = reinterpret_cast<double*>(w.data);
-    py::gil_scoped_release nogil;
-    picard_window_cuda(a, x.dtype, x.device_id, stream);
-  } else if (J * B * D >= (1 << 15)) {
-    py::gil_scoped_release nogil;
-    picard_window_cpu(a, x.dtype, nthreads);
+    call_backend(true, [&] { picard_window_cuda(a, x.dtype, x.device_id, stream); });
   } else {
-    picard_window_cpu(a, x.dtype, nthreads);
+    call_backend(J * B * D >= (1 << 15), [&] { picard_window_cpu(a, x.dtype, nthreads); });
   }
 }
 

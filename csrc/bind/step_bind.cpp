@@ -129,13 +129,10 @@ class Stepper {
     a.raw = raw;
     a.coef = coef_ + (int64_t(i) * stages_ + s) * step_ncoef(a.K);
     if (x_.is_cuda()) {
-      py::gil_scoped_release nogil;
-      solver_step_cuda(a, x_.dtype, x_.device_id, stream);
-    } else if (a.B * a.N >= (a.noise != kNoiseNone ? (1 << 11) : (1 << 15))) {
-      py::gil_scoped_release nogil;
-      solver_step_cpu(a, x_.dtype, nthreads);
+      call_backend(true, [&] { solver_step_cuda(a, x_.dtype, x_.device_id, stream); });
     } else {
-      solver_step_cpu(a, x_.dtype, nthreads);
+      call_backend(a.B * a.N >= (a.noise != kNoiseNone ? (1 << 11) : (1 << 15)),
+                   [&] { solver_step_cpu(a, x_.dtype, nthreads); });
     }
   }
 
