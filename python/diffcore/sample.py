@@ -243,7 +243,13 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
             or the adaptive solvers (``dpm_adaptive``, ``dpm_adaptive_ps``).
 
     Returns ``x`` at ``t_end`` (and the trajectory when asked).
+
+    A distilled student (an object with ``few_step_sample``, :mod:`diffcore.distill.students`) runs
+    its own few-step sampler instead: ``model.few_step_sample(x, schedule, steps, model_kwargs=...,
+    generator=...)`` (distillation.md §10.3); the solver options do not apply to it.
     """
+    if hasattr(model, "few_step_sample"):
+        return model.few_step_sample(x, schedule, steps, model_kwargs=model_kwargs, generator=generator)
     if schedule is None:
         raise TypeError("schedule: required (a diffcore Schedule or its name, e.g. 'vp_linear', 'edm', 'rf')")
     schedule = _schedules.get(schedule)
