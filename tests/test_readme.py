@@ -4,6 +4,8 @@ import re
 
 import torch
 
+import diffcore
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -81,3 +83,12 @@ def test_readme_v3_and_adaptive_snippets_run(tmp_path, monkeypatch):
                      r"### Adaptive steps per sample\n\n```python\n(.*?)```", "v3 / adaptive")
     assert ns["x0"].shape == (256, 2) and ns["info"]["nfe"].shape == (256,)
     assert int(ns["info"]["nfe"].min()) < int(ns["info"]["nfe"].max())
+
+
+def test_readme_guidance_distillation_snippet_runs():
+    ns = _run_readme(r"## Guidance and distillation\n\n```python\n(.*?)```", "guidance / distillation")
+    assert ns["post"].shape == (256, 2) and ns["x0"].shape == (256, 2)
+    # the measured coordinate moves to the observation (measured: mean |error| 0.22 vs 1.66 unguided)
+    unc = diffcore.sample(ns["teacher"], ns["xT"], ns["sched"], solver="ddim", steps=50)
+    err = lambda x: (x[:, 0] - ns["x_true"][0, 0]).abs().mean()  # noqa: E731
+    assert err(ns["post"]) < 0.3 * err(unc)
