@@ -281,3 +281,13 @@ def test_cuda_loop_has_no_host_sync():
                 plan.step(st, i, s, net(st.model_input(s)))
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+def test_ddim_step_rejects_eps_model_at_alpha_zero():
+    from diffcore.solvers import ddim_step
+    rf = diffcore.schedules.get("rf")
+    x = torch.randn(3, 2)
+    with pytest.raises(ValueError, match="α = 0"):
+        ddim_step(lambda xx, t: torch.zeros_like(xx), x, 1.0, 0.5, rf, prediction="eps")
+    out = ddim_step(lambda xx, t: torch.zeros_like(xx), x, 1.0, 0.5, rf, prediction="x0")
+    assert torch.allclose(out, 0.5 * x)  # x_s = α_s·0 + σ_s·ε̂ with ε̂ = x/σ_t = x at t = 1

@@ -45,6 +45,9 @@ def ddim_step(model: Callable, x: torch.Tensor, t, s, schedule: Schedule, predic
     Eq. (9.2.2)). ``t``, ``s``: scalars or ``[B]`` per-sample times; ``s > t`` is DDIM inversion."""
     tb, _, vt, vs = _prep(x, t, s, schedule)
     pred = canonical_prediction(prediction)
+    if pred in ("eps", "score") and bool((vt.alpha <= 0).any()):
+        raise ValueError(f"t: a {pred} model's x̂ = (x − σε̂)/α is undefined where α = 0 (e.g. t = 1 of "
+                         "rectified flow); start the step slightly inside, or use an x0/velocity model")
     out = _out(model, x, tb.to(x.dtype), model_kwargs)
     cx0, cm0 = conversion_coefs(pred, "x0", vt, schedule)
     cxe, cme = conversion_coefs(pred, "eps", vt, schedule)
