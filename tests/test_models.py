@@ -172,3 +172,17 @@ def test_unet_32x32_rgb_and_shape_errors():
         net(torch.randn(1, 1, 32, 32), torch.rand(1))
     with pytest.raises(ValueError, match="attention_levels"):
         UNet(1, channel_mult=(1, 2), attention_levels=(2,))
+
+
+def test_time_embedding_follows_model_dtype():
+    """A model converted with .double() computes its time code in float64 (JVPs in t need it)."""
+    net = _perturb(MLP(2, width=16, depth=1)).double()
+    t = torch.tensor([0.3, 0.7], dtype=torch.float64)
+    emb = net.time_embedding
+    arg = t[:, None] * emb.freqs[None, :]
+    want = torch.cat([torch.sin(arg), torch.cos(arg)], 1)
+    got = emb(t)
+    assert got.dtype == torch.float64 and (got - want).abs().max().item() < 1e-14
+    jv = torch.func.jvp(emb, (t,), (torch.ones_like(t),))[1]
+    dwant = torch.cat([emb.freqs * torch.cos(arg), -emb.freqs * torch.sin(arg)], 1)
+    assert (jv - dwant).abs().max().item() < 1e-12 * float(emb.freqs.max())

@@ -110,11 +110,12 @@ class TimeEmbedding(nn.Module):
             freqs = 2 * math.pi * fourier_scale * torch.randn(half, generator=g, dtype=torch.float64)
         else:
             raise ValueError(f"kind: expected 'sinusoidal' or 'fourier', got {kind!r}")
-        # a buffer (saved with the model, moved by .to()) in float32: the code is bounded, precision is ample
+        # a buffer (saved with the model, moved by .to()) in float32: the code is bounded, precision is
+        # ample; a model converted with .double() computes it in float64 (JVPs in t need that)
         self.register_buffer("freqs", freqs.float(), persistent=True)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        c = self.transform(t.float())
+        c = self.transform(t.to(self.freqs.dtype))
         arg = c[:, None] * self.freqs[None, :]
         return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
 
