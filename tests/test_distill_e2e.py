@@ -5,10 +5,10 @@ distillation.md §0.6 oracles): VSD/DMD (§3.1), FGM (§3.2), sCD (§6, TrigFlow
 with DDIM at the student's NFE (asserted too).
 
 PD, CD and MeanFlow (teacher velocity) are covered in test_distill_trajectory.py, SiD (λ = 1) in
-test_distill_score.py; the recipes here follow theirs (copied, not imported). All tests are slow
+test_distill_score.py; the recipes here follow theirs (copied, not imported). sCD and CTM run through
+SCMTrainer / CTMTrainer (the same recipes as the former hand-written loops: identical numbers). All tests are slow
 (tens of seconds each on one CPU thread).
 """
-import copy
 import math
 
 import pytest
@@ -16,12 +16,11 @@ import torch
 
 import diffcore
 from diffcore import metrics, models, oracles, schedules
-from diffcore.distill.consistency import ema_update, karras_grid
-from diffcore.distill.ctm import CTMModel, ctm_consistency_loss, ctm_dsm_loss, teacher_solver
+from diffcore.distill.consistency import karras_grid
+from diffcore.distill.ctm import CTMModel, CTMTrainer, teacher_solver
 from diffcore.distill.meanflow import TwoTimeMLP
-from diffcore.distill.scm import TrigConsistency, scm_loss, scm_sample
+from diffcore.distill.scm import SCMTrainer, TrigConsistency
 from diffcore.distill.score_distill import OneStepGenerator, ScoreDistillTrainer
-from diffcore.distill.students import CTMStudent
 
 F64 = torch.float64
 N_EVAL = 4000
@@ -119,18 +118,12 @@ def test_scd_trigflow_one_step_end_to_end():
     ref, bound, floor = _bound(trig, "velocity")
     torch.manual_seed(0)
     f = TrigConsistency(models.MLP(2, 128, 3, max_freq=1.0), SD_TRIG)  # low max_freq: bounded dF/ds
-    ema = copy.deepcopy(f).requires_grad_(False)
-    opt = torch.optim.Adam(f.parameters(), lr=1e-3)
-    g = _gen(1)
-    for _ in range(1200):
-        loss = scm_loss(f, GM.sample(256, g).float(), teacher=_trigflow_teacher, generator=g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        ema_update(ema, f, 0.99)
+    tr = SCMTrainer(f, lambda n, g: GM.sample(n, g).float(), _trigflow_teacher, lr=1e-3, ema_decay=0.99, seed=1)
+    tr.train(1200, 256)
+    st = tr.student()  # the evaluation EMA; 2 steps: π/2 then s = 1.1
     z = SD_TRIG * torch.randn(N_EVAL, 2, generator=_gen(3))
-    sw1 = _sw(scm_sample(ema, z, [math.pi / 2]), ref)
-    sw2 = _sw(scm_sample(ema, z, [math.pi / 2, 1.1], generator=_gen(4)), ref)
+    sw1 = _sw(diffcore.sample(st, z, trig, steps=1), ref)
+    sw2 = _sw(diffcore.sample(st, z, trig, steps=2, generator=_gen(4)), ref)
     naive = _naive_sw(trig, "velocity", 2, ref)
     print(f"sCD: sw1={sw1:.4f} sw2={sw2:.4f} bound={bound:.4f} floor={floor:.4f} ddim2={naive:.4f}")
     assert naive > bound
@@ -150,21 +143,9 @@ def test_ctm_one_and_two_step_end_to_end():
     grid = torch.cat([torch.zeros(1, dtype=F64), karras_grid(N, 0.002, 80.0)]).float()  # 0 < t_min < … < T
     torch.manual_seed(0)
     G = CTMModel(TwoTimeMLP(2, 128, 3, time_scale=1 / 80))
-    target = copy.deepcopy(G).requires_grad_(False)
-    opt = torch.optim.Adam(G.parameters(), lr=2e-3)
-    g = _gen(1)
-    for _ in range(800):
-        x0 = GM.sample(B, g).float()
-        i = torch.randint(2, N + 1, (B,), generator=g)  # s = grid[i]; local: u = grid[i − 1] > 0
-        j = (torch.rand(B, generator=g) * i).long()  # t = grid[j] ≤ u (t = 0 included)
-        s, u, t = grid[i], grid[i - 1], grid[j]
-        sig = torch.exp(-1.2 + 1.2 * torch.randn(B, generator=g))  # EDM log-normal σ for the DSM term
-        loss = ctm_consistency_loss(G, target, x0, s, t, u, solver, generator=g) + ctm_dsm_loss(G, x0, sig, generator=g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        ema_update(target, G, 0.95)
-    st = CTMStudent(target)
+    tr = CTMTrainer(G, lambda n, g: GM.sample(n, g).float(), solver, grid, lr=2e-3, ema_decay=0.95, seed=1)
+    tr.train(800, B)
+    st = tr.student()  # the EMA target, γ = 0, Karras grid from T = 80
     xT = 80 * torch.randn(N_EVAL, 2, generator=_gen(3))
     sw1 = _sw(diffcore.sample(st, xT, edm, steps=1), ref)
     sw2 = _sw(diffcore.sample(st, xT, edm, steps=2), ref)

@@ -467,6 +467,54 @@ def test_meanflow_jvp_loss_gradients_are_synchronized_under_ddp(tmp_path):
                 assert torch.allclose(a, p.grad, rtol=1e-10, atol=1e-14), (method, r)
 
 
+def _scm_ddp_worker(rank, world, init_file, x0, z, s, out_dir):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from diffcore.distill.scm import TrigConsistency, scm_loss
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        B = x0.shape[0] // world
+        sl = slice(rank * B, (rank + 1) * B)
+        try:  # TwoTimeMLP has buffers: DDP's in-place broadcast cannot run inside torch.func.jvp
+            scm_loss(TrigConsistency(DDP(_TimeNet())), x0[sl], s=s[sl], z=z[sl])
+            refused = False
+        except ValueError as e:
+            refused = "broadcast_buffers=False" in str(e)
+        for method in ("autograd", "fd"):
+            net = _TimeNet()
+            f = TrigConsistency(DDP(net, broadcast_buffers=False), 0.5)
+            scm_loss(f, x0[sl], s=s[sl], z=z[sl], method=method).backward()
+            torch.save({"refused": refused, "grads": [p.grad.clone() for p in net.parameters()]},
+                       f"{out_dir}/scm_{method}_{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_scm_jvp_loss_gradients_are_synchronized_under_ddp(tmp_path):
+    """sCT loss (§6.2) with the JVP tangent under two gloo processes, half of the batch each: both end
+    with the gradient of the full-batch loss (autograd and finite-difference JVP)."""
+    from diffcore.distill.scm import TrigConsistency, scm_loss
+    mp = pytest.importorskip("torch.multiprocessing")
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    g = _gen(0)
+    x0 = torch.randn(16, 2, generator=g, dtype=F64)
+    z = 0.5 * torch.randn(16, 2, generator=g, dtype=F64)
+    s = torch.rand(16, generator=g, dtype=F64) * 1.4 + 0.05
+    mp.spawn(_scm_ddp_worker, args=(2, str(tmp_path / "init"), x0, z, s, str(tmp_path)), nprocs=2, join=True)
+    for method in ("autograd", "fd"):
+        net = _TimeNet()
+        scm_loss(TrigConsistency(net, 0.5), x0, s=s, z=z, method=method).backward()
+        assert max(p.grad.abs().max().item() for p in net.parameters()) > 1e-3  # a non-trivial gradient
+        for r in range(2):
+            got = torch.load(tmp_path / f"scm_{method}_{r}.pt")
+            assert got["refused"]
+            for a, p in zip(got["grads"], net.parameters()):
+                assert torch.allclose(a, p.grad, rtol=1e-10, atol=1e-14), (method, r)
+
+
 # ---- students through diffcore.sample ----------------------------------------------------------------
 def test_students_sample_through_diffcore_sample():
     torch.manual_seed(0)
@@ -500,6 +548,27 @@ def test_students_sample_through_diffcore_sample():
     mf = MeanFlowStudent(h)
     z = torch.randn(16, 2, dtype=F64, generator=_gen(2))
     assert torch.equal(diffcore.sample(mf, z, "rf", steps=2), meanflow_sample(h, z, [1.0, 0.5, 0.0]))
+
+
+def test_scm_student_samples_through_diffcore_sample():
+    from diffcore.distill.scm import TrigConsistency, scm_sample
+    from diffcore.distill.students import SCMStudent
+    f = TrigConsistency(_TimeNet(), 0.5)
+    st = SCMStudent(f, mid_times=(1.1, 0.4))
+    trig = schedules.get("trig", sigma_data=0.5)
+    x = 0.5 * torch.randn(16, 2, dtype=F64, generator=_gen(0))
+    assert torch.equal(diffcore.sample(st, x, trig, steps=1), f(x, math.pi / 2))
+    for k in (2, 3):
+        a = diffcore.sample(st, x, trig, steps=k, generator=_gen(7))
+        assert torch.equal(a, st.few_step_sample(x, trig, k, generator=_gen(7)))
+        noise = torch.randn((k - 1,) + tuple(x.shape), generator=_gen(7), dtype=F64)
+        assert torch.equal(a, scm_sample(f, x, [math.pi / 2, 1.1, 0.4][:k], noise=noise))
+    with pytest.raises(ValueError, match="steps"):
+        st.few_step_sample(x, trig, 4)
+    with pytest.raises(ValueError, match="schedule"):
+        diffcore.sample(st, x, schedules.get("trig", sigma_data=1.0), steps=1)
+    with pytest.raises(ValueError, match="mid_times"):
+        SCMStudent(f, mid_times=(0.4, 1.1))
 
 
 # ---- end to end (exact Gaussian-mixture teacher, 2-D) -------------------------------------------------
@@ -638,6 +707,39 @@ def test_scm_time_law_and_sampler():
     assert not torch.allclose(out, x)  # re-noised: a new draw of the same law
 
 
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_scm_trainer_is_the_documented_loop(warmup):
+    """SCMTrainer = Adam on scm_loss (draws: data, times, noise from the trainer's generator), tangent
+    warm-up r = min(1, (k + 1)/warmup), then an evaluation-EMA update; bitwise against the hand-written loop."""
+    from diffcore.distill.consistency import ema_update
+    from diffcore.distill.scm import SCMTrainer, TrigConsistency, scm_loss
+    from diffcore.distill.students import SCMStudent
+    data = lambda n, g: 0.5 * torch.randn(n, 2, generator=g, dtype=F64)
+    teacher = lambda u, ss: -torch.tan(ss / 2)[:, None] * u
+    f = TrigConsistency(_TimeNet(), 0.5)
+    ref, ema = copy.deepcopy(f), copy.deepcopy(f).requires_grad_(False)
+    tr = SCMTrainer(f, data, teacher, lr=1e-2, ema_decay=0.9, warmup=warmup, seed=3)
+    hist = tr.train(3, 8)
+    opt, g = torch.optim.Adam(ref.parameters(), lr=1e-2), _gen(3)
+    for k in range(3):
+        r = 1.0 if warmup == 0 else min(1.0, (k + 1) / warmup)
+        loss = scm_loss(ref, data(8, g), teacher=teacher, r=r, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema_update(ema, ref, 0.9)
+        assert hist[k] == loss.item()
+    for a, b in zip(tr.model.parameters(), ref.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(tr.ema.parameters(), ema.parameters()):
+        assert torch.equal(a, b)
+    assert not torch.equal(next(tr.ema.parameters()), next(tr.model.parameters()))
+    st = tr.student()
+    assert isinstance(st, SCMStudent) and st.model is tr.ema
+    with pytest.raises(ValueError, match="warmup"):
+        SCMTrainer(f, data, warmup=-1)
+
+
 # ---- CTM (§7) ----------------------------------------------------------------------------------------------
 def _gauss_edm():
     return oracles.Gaussian(torch.tensor([1.0, -0.5], dtype=F64), torch.tensor(0.25, dtype=F64)), schedules.get("edm")
@@ -737,3 +839,45 @@ def test_ctm_gradient_flows_through_the_inner_jump_only_and_teacher_solver():
     s2, u2 = torch.full((16,), 2.0, dtype=F64), torch.full((16,), 0.5, dtype=F64)
     errs = [(teacher_solver(teacher, "eps", k)(x_s, s2, u2) - flow(x_s, s2, u2)).abs().max().item() for k in (8, 16)]
     assert 3.0 < errs[0] / errs[1] < 5.0, errs
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_ctm_trainer_is_the_documented_loop(local):
+    """CTMTrainer = Adam on consistency + DSM loss with grid indices s = τ_i, u = τ_{i−1} (local) or s
+    (global), t = τ_j (j < i), EDM log-normal DSM σ, then the target EMA; bitwise against the loop."""
+    from diffcore.distill.consistency import ema_update
+    from diffcore.distill.ctm import CTMModel, CTMTrainer, ctm_consistency_loss, ctm_dsm_loss
+    from diffcore.distill.students import CTMStudent
+    gauss, edm = _gauss_edm()
+    torch.manual_seed(0)
+    G = CTMModel(TwoTimeMLP(2, width=16, depth=2, time_scale=1 / 10).double())
+    ref, target = copy.deepcopy(G), copy.deepcopy(G).requires_grad_(False)
+    flow = lambda xx, a, b: gauss.flow_map(xx, a, b, edm)
+    data = lambda n, g: gauss.sample(n, g)
+    grid = torch.tensor([0.0, 0.1, 0.7, 3.0, 10.0], dtype=F64)
+    tr = CTMTrainer(G, data, flow, grid, lr=1e-2, ema_decay=0.8, local=local, seed=5)
+    hist = tr.train(3, 8)
+    opt, g = torch.optim.Adam(ref.parameters(), lr=1e-2), _gen(5)
+    for k in range(3):
+        x0 = data(8, g)
+        i = torch.randint(2 if local else 1, 5, (8,), generator=g)
+        j = (torch.rand(8, generator=g) * i).long()
+        s, t = grid[i], grid[j]
+        u = grid[i - 1] if local else s
+        assert bool((t <= u).all() and (u <= s).all() and (u > 0).all())
+        sig = torch.exp(-1.2 + 1.2 * torch.randn(8, generator=g)).double()
+        loss = ctm_consistency_loss(ref, target, x0, s, t, u, flow, generator=g) + ctm_dsm_loss(ref, x0, sig,
+                                                                                                 generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema_update(target, ref, 0.8)
+        assert hist[k] == loss.item()
+    for a, b in zip(tr.model.parameters(), ref.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(tr.target.parameters(), target.parameters()):
+        assert torch.equal(a, b)
+    st = tr.student()
+    assert isinstance(st, CTMStudent) and st.model is tr.target and st.T == 10.0
+    with pytest.raises(ValueError, match="grid"):
+        CTMTrainer(G, data, flow, [0.1, 0.7, 3.0])

@@ -10,20 +10,21 @@ MonoFlow).
 """
 from . import jvp, progressive, consistency, scm, ctm, meanflow, score_distill, monoflow, students
 from .consistency import ConsistencyFunction, ConsistencyTrainer, cd_loss, ct_loss, consistency_sample
-from .ctm import CTMModel, ctm_consistency_loss, ctm_dsm_loss
+from .ctm import CTMModel, CTMTrainer, ctm_consistency_loss, ctm_dsm_loss
 from .meanflow import TwoTimeMLP, meanflow_loss, meanflow_sample, meanflow_target
 from .monoflow import MonoFlowTrainer
 from .progressive import ProgressiveDistillation, pd_loss, pd_target
-from .scm import TrigConsistency, scm_loss, scm_sample
+from .scm import SCMTrainer, TrigConsistency, scm_loss, scm_sample
 from .score_distill import (OneStepGenerator, ScoreDistillTrainer, fake_score_loss, fgm_generator_loss,
                             sid_generator_loss, vsd_generator_loss)
-from .students import ConsistencyStudent, CTMStudent, MeanFlowStudent, PDStudent
+from .students import ConsistencyStudent, CTMStudent, MeanFlowStudent, PDStudent, SCMStudent
 
 __all__ = [
     "jvp", "progressive", "consistency", "scm", "ctm", "meanflow", "score_distill", "monoflow", "students",
     "ConsistencyFunction", "ConsistencyTrainer", "cd_loss", "ct_loss", "consistency_sample", "CTMModel",
-    "ctm_consistency_loss", "ctm_dsm_loss", "TwoTimeMLP", "meanflow_loss", "meanflow_sample", "meanflow_target",
-    "MonoFlowTrainer", "ProgressiveDistillation", "pd_loss", "pd_target", "TrigConsistency", "scm_loss",
+    "CTMTrainer", "ctm_consistency_loss", "ctm_dsm_loss", "TwoTimeMLP", "meanflow_loss", "meanflow_sample", "meanflow_target",
+    "MonoFlowTrainer", "ProgressiveDistillation", "pd_loss", "pd_target", "SCMTrainer", "TrigConsistency", "scm_loss",
     "scm_sample", "OneStepGenerator", "ScoreDistillTrainer", "fake_score_loss", "fgm_generator_loss",
     "sid_generator_loss", "vsd_generator_loss", "ConsistencyStudent", "CTMStudent", "MeanFlowStudent", "PDStudent",
+    "SCMStudent",
 ]

@@ -11,17 +11,18 @@ implemented here; the DSM term is :func:`ctm_dsm_loss`.
 """
 from __future__ import annotations
 
+import copy
 import math
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import torch
 from torch import nn
 
 from .. import schedules as _schedules
 from ..solvers.onestep import heun_step
-from .consistency import distance
+from .consistency import distance, ema_update
 
-__all__ = ["CTMModel", "ctm_consistency_loss", "ctm_dsm_loss", "teacher_solver", "gamma_sample"]
+__all__ = ["CTMModel", "ctm_consistency_loss", "ctm_dsm_loss", "teacher_solver", "gamma_sample", "CTMTrainer"]
 
 _EDM = _schedules.get("edm")
 
@@ -146,3 +147,81 @@ def gamma_sample(model: Callable, x: torch.Tensor, times, gamma: float = 0.0,
                                                                device=x.device)
             x = x + gamma * nxt * e
     return x
+
+
+class CTMTrainer:
+    """CTM training loop (§7, book eq. 11.4.4–11.4.8; GAN term omitted): Adam on ``θ``, an EMA target
+    ``G_{θ⁻}`` (decay ``ema_decay``; also the sampling network, :meth:`student`), and per sample
+    indices on the increasing ``grid`` ``0 = τ_0 < τ_1 < … < τ_{n−1} = T``:
+    ``s = τ_i``, ``u = τ_{i−1}`` (``local``, ``i ≥ 2`` so ``u > 0``) or ``u = s`` (global, ``i ≥ 1``),
+    ``t = τ_j`` with ``j`` uniform in ``{0, …, i − 1}`` (``t ≤ u``, ``t = 0`` included). The loss is
+    :func:`ctm_consistency_loss` ``+ dsm_weight ·`` :func:`ctm_dsm_loss` at EDM log-normal
+    ``σ = exp(P_mean + P_std n)``.
+
+    Args:
+        model: the online :class:`CTMModel`. data: ``data(batch_size, generator) -> x0``.
+        solver: the teacher map ``solver(x, s, u)`` (:func:`teacher_solver`).
+        grid: increasing times starting at 0 (e.g. ``[0] + karras_grid(N, t_min, T)``).
+        lr: Adam learning rate. ema_decay: target EMA decay μ. metric: of the consistency distance.
+        dsm_weight, dsm_p_mean, dsm_p_std: DSM term (``dsm_weight = 0`` drops it and its draws).
+        seed: seed of the trainer's generator (draw order: data, i, j, σ, consistency noise, DSM noise).
+    """
+
+    def __init__(self, model: CTMModel, data: Callable, solver: Callable, grid, *, lr: float = 2e-3,
+                 ema_decay: float = 0.95, local: bool = True, metric: str = "l2", dsm_weight: float = 1.0,
+                 dsm_p_mean: float = -1.2, dsm_p_std: float = 1.2, seed: int = 0):
+        if not isinstance(model, CTMModel):
+            raise TypeError("model: expected a CTMModel")
+        if not callable(data) or not callable(solver):
+            raise TypeError("data, solver: expected callables data(batch_size, generator), solver(x, s, u)")
+        p = next(model.parameters())
+        g = torch.as_tensor(grid).to(dtype=p.dtype, device=p.device).reshape(-1)
+        if g.numel() < 3 or float(g[0]) != 0.0 or not bool((g[1:] > g[:-1]).all()):
+            raise ValueError("grid: expected at least three strictly increasing times starting at 0")
+        if not (isinstance(ema_decay, float) and 0.0 <= ema_decay <= 1.0):
+            raise ValueError(f"ema_decay: expected a float in [0, 1], got {ema_decay!r}")
+        if not dsm_weight >= 0 or not dsm_p_std > 0:
+            raise ValueError(f"dsm_weight, dsm_p_std: expected >= 0 and > 0, got {dsm_weight!r}, {dsm_p_std!r}")
+        self.model, self.data, self.solver, self.grid = model, data, solver, g
+        self.target = copy.deepcopy(model).requires_grad_(False)
+        self.opt = torch.optim.Adam(model.parameters(), lr=lr)
+        self.ema_decay, self.local, self.metric = ema_decay, bool(local), metric
+        self.dsm_weight, self.dsm_p_mean, self.dsm_p_std = dsm_weight, dsm_p_mean, dsm_p_std
+        self.rng = torch.Generator().manual_seed(int(seed))
+        self.history: List[float] = []
+
+    def step(self, batch_size: int) -> float:
+        """One update on a fresh batch; returns the loss value."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        B, n, grid = batch_size, self.grid.numel(), self.grid
+        x0 = self.data(B, self.rng)
+        i = torch.randint(2 if self.local else 1, n, (B,), generator=self.rng).to(grid.device)
+        j = (torch.rand(B, generator=self.rng).to(grid.device) * i).long()
+        s, t = grid[i], grid[j]
+        u = grid[i - 1] if self.local else s
+        if self.dsm_weight > 0:
+            sig = torch.exp(self.dsm_p_mean + self.dsm_p_std * torch.randn(B, generator=self.rng)).to(x0)
+        loss = ctm_consistency_loss(self.model, self.target, x0, s, t, u, self.solver, metric=self.metric,
+                                    generator=self.rng)
+        if self.dsm_weight > 0:
+            loss = loss + self.dsm_weight * ctm_dsm_loss(self.model, x0, sig, generator=self.rng)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        ema_update(self.target, self.model, self.ema_decay)
+        self.history.append(float(loss.detach()))
+        return self.history[-1]
+
+    def train(self, iters: int, batch_size: int = 256) -> List[float]:
+        """``iters`` calls of :meth:`step`; returns the loss history."""
+        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+            raise ValueError(f"iters: expected a non-negative int, got {iters!r}")
+        for _ in range(iters):
+            self.step(batch_size)
+        return self.history
+
+    def student(self, gamma: float = 0.0, rho: float = 7.0):
+        """The target ``G_{θ⁻}`` as a :class:`~diffcore.distill.students.CTMStudent` from ``T = grid[-1]``."""
+        from .students import CTMStudent  # students imports this module
+        return CTMStudent(self.target, T=float(self.grid[-1]), gamma=gamma, rho=rho)

@@ -13,15 +13,17 @@ The loss is a pseudo-objective: its value is not meaningful, its gradient is ``�
 """
 from __future__ import annotations
 
+import copy
 import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
 
+from .consistency import ema_update
 from .jvp import jvp
 
-__all__ = ["TrigConsistency", "scm_times", "scm_tangent", "scm_loss", "scm_sample"]
+__all__ = ["TrigConsistency", "scm_times", "scm_tangent", "scm_loss", "scm_sample", "SCMTrainer"]
 
 
 def _col(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -84,6 +86,12 @@ def scm_tangent(model: TrigConsistency, x_s: torch.Tensor, s, dxds: torch.Tensor
         raise ValueError(f"r: expected a warm-up factor in [0, 1], got {r!r}")
     sd = model.sigma_data
     kw = model_kwargs or {}
+    net = model.net
+    if method == "autograd" and isinstance(net, nn.parallel.DistributedDataParallel) and net.broadcast_buffers \
+            and any(True for _ in net.buffers()):
+        # DDP copies buffers in place at the start of forward; torch.func.jvp forbids mutating captured tensors
+        raise ValueError("model: wrap its net as DistributedDataParallel(..., broadcast_buffers=False) for the "
+                         "sCM JVP (its buffers are constants); gradients are still all-reduced in backward")
     with torch.no_grad():
         Fm, dF = jvp(lambda u, ss: model.raw(u, ss, **kw), (x_s / sd, s), (dxds / sd, torch.ones_like(s)),
                      method=method, h=h)
@@ -147,3 +155,72 @@ def scm_sample(model: TrigConsistency, x: torch.Tensor, times, generator: Option
         sm = float(ts[m])
         x = model(math.cos(sm) * x + math.sin(sm) * model.sigma_data * z, sm, **kw)
     return x
+
+
+class SCMTrainer:
+    """sCT / sCD training loop (§6.2, book Alg. 10): Adam on ``θ`` (and ``φ`` of ``weight_net``),
+    :func:`scm_loss` with times from :func:`scm_times`, and an evaluation EMA of ``f_θ`` (§0.4; the
+    sCM target is ``θ⁻ = sg[θ]``, no target EMA) used by :meth:`student`.
+
+    Args:
+        model: the online :class:`TrigConsistency`.
+        data: ``data(batch_size, generator) -> x0`` (a data batch in the model's dtype).
+        teacher: ``F_pre(u, s)`` for sCD (see :func:`scm_loss`), ``None`` for sCT.
+        lr: Adam learning rate. ema_decay: decay of the evaluation EMA (:func:`~diffcore.distill.consistency.ema_update`).
+        weight_net, c, p_mean, p_std, method: as :func:`scm_loss`.
+        warmup: tangent warm-up iterations: ``r = min(1, (k + 1)/warmup)`` at iteration ``k`` (0: ``r = 1``).
+        seed: seed of the trainer's own generator (data, times and noise draws, in that order).
+    """
+
+    def __init__(self, model: TrigConsistency, data: Callable, teacher: Optional[Callable] = None, *,
+                 lr: float = 1e-3, ema_decay: float = 0.99, weight_net: Optional[nn.Module] = None,
+                 c: Optional[float] = 0.1, p_mean: float = -1.0, p_std: float = 1.4, method: str = "autograd",
+                 warmup: int = 0, seed: int = 0):
+        if not isinstance(model, TrigConsistency):
+            raise TypeError("model: expected a TrigConsistency")
+        if not callable(data):
+            raise TypeError("data: expected a callable data(batch_size, generator) -> tensor")
+        if teacher is not None and not callable(teacher):
+            raise TypeError("teacher: expected None (sCT) or a callable F_pre(u, s) (sCD)")
+        if not (isinstance(ema_decay, float) and 0.0 <= ema_decay <= 1.0):
+            raise ValueError(f"ema_decay: expected a float in [0, 1], got {ema_decay!r}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"warmup: expected a non-negative int, got {warmup!r}")
+        self.model, self.data, self.teacher, self.weight_net = model, data, teacher, weight_net
+        self.ema = copy.deepcopy(model).requires_grad_(False)
+        params = list(model.parameters()) + (list(weight_net.parameters()) if weight_net is not None else [])
+        self.opt = torch.optim.Adam(params, lr=lr)
+        self.ema_decay, self.c, self.p_mean, self.p_std = ema_decay, c, p_mean, p_std
+        self.method, self.warmup = method, warmup
+        self.rng = torch.Generator().manual_seed(int(seed))
+        self.iteration = 0
+        self.history: List[float] = []
+
+    def step(self, batch_size: int) -> float:
+        """One update on a fresh batch; returns the (pseudo-)loss value."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        r = 1.0 if self.warmup == 0 else min(1.0, (self.iteration + 1) / self.warmup)
+        x0 = self.data(batch_size, self.rng)
+        loss = scm_loss(self.model, x0, teacher=self.teacher, weight_net=self.weight_net, r=r, c=self.c,
+                        p_mean=self.p_mean, p_std=self.p_std, generator=self.rng, method=self.method)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        ema_update(self.ema, self.model, self.ema_decay)
+        self.iteration += 1
+        self.history.append(float(loss.detach()))
+        return self.history[-1]
+
+    def train(self, iters: int, batch_size: int = 256) -> List[float]:
+        """``iters`` calls of :meth:`step`; returns the loss history."""
+        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+            raise ValueError(f"iters: expected a non-negative int, got {iters!r}")
+        for _ in range(iters):
+            self.step(batch_size)
+        return self.history
+
+    def student(self, mid_times=(1.1,)):
+        """The evaluation EMA as a :class:`~diffcore.distill.students.SCMStudent` (``diffcore.sample``-able)."""
+        from .students import SCMStudent  # students imports this module
+        return SCMStudent(self.ema, mid_times)

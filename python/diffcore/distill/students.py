@@ -7,11 +7,13 @@ is accepted by :func:`diffcore.sample` (which dispatches to it), so
 * :class:`PDStudent` — DDIM with the student on its own grid (§4.2, book §10.3.2);
 * :class:`ConsistencyStudent` — one-step / multistep consistency sampling (§5.3, Alg. 9);
 * :class:`MeanFlowStudent` — ``x ← x − (τ_k − τ_{k+1}) h(x, τ_k, τ_{k+1})`` (§8.3);
-* :class:`CTMStudent` — γ-sampling of a consistency trajectory model (§7, book Alg. 11).
+* :class:`CTMStudent` — γ-sampling of a consistency trajectory model (§7, book Alg. 11);
+* :class:`SCMStudent` — one-/multistep sampling of a TrigFlow consistency model (sCM, §6.3).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+import math
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -21,8 +23,9 @@ from ..solvers.onestep import ddim_step
 from .consistency import ConsistencyFunction, consistency_sample, karras_grid
 from .ctm import gamma_sample
 from .meanflow import meanflow_sample
+from .scm import TrigConsistency, scm_sample
 
-__all__ = ["PDStudent", "ConsistencyStudent", "MeanFlowStudent", "CTMStudent"]
+__all__ = ["PDStudent", "ConsistencyStudent", "MeanFlowStudent", "CTMStudent", "SCMStudent"]
 
 
 def _same_schedule(own, given):
@@ -135,3 +138,36 @@ class CTMStudent:
         if model_kwargs:
             raise ValueError("model_kwargs: not supported by the CTM sampler")
         return gamma_sample(self.model, x, self.times(steps), self.gamma, generator, noise)
+
+
+class SCMStudent:
+    """A TrigFlow consistency model ``f_θ`` (:class:`~diffcore.distill.scm.TrigConsistency`) on
+    ``schedules.get("trig", sigma_data=σ_d)``, sampled by :func:`~diffcore.distill.scm.scm_sample`
+    (§6.3; ``x`` starts as ``σ_d ε``, the trig prior at ``s = π/2``). ``steps = M``: TrigFlow times
+    ``π/2`` then the first ``M − 1`` entries of ``mid_times`` (decreasing, in ``(0, π/2)``); the default
+    ``(1.1,)`` is the sCM paper's two-step intermediate time [Ref: Lu & Song 2024, §6].
+    """
+
+    def __init__(self, model: TrigConsistency, mid_times: Sequence[float] = (1.1,)):
+        if not isinstance(model, TrigConsistency):
+            raise TypeError("model: expected a TrigConsistency")
+        mid = [float(v) for v in mid_times]
+        if any(not 0.0 < v < math.pi / 2 for v in mid) or any(b >= a for a, b in zip(mid, mid[1:])):
+            raise ValueError(f"mid_times: expected decreasing TrigFlow times in (0, π/2), got {tuple(mid_times)!r}")
+        self.model, self.mid_times = model, tuple(mid)
+        self.schedule = _schedules.get("trig", sigma_data=model.sigma_data)
+
+    def __call__(self, x, s, **model_kwargs):
+        return self.model(x, s, **model_kwargs)
+
+    def times(self, steps: int) -> torch.Tensor:
+        n = _steps(steps)
+        if n - 1 > len(self.mid_times):
+            raise ValueError(f"steps: this student has {len(self.mid_times)} intermediate times (mid_times); "
+                             f"expected at most {len(self.mid_times) + 1} steps, got {n}")
+        return torch.tensor((math.pi / 2,) + self.mid_times[: n - 1], dtype=torch.float64)
+
+    def few_step_sample(self, x: torch.Tensor, schedule=None, steps: int = 1, model_kwargs: Optional[dict] = None,
+                        generator: Optional[torch.Generator] = None, noise=None) -> torch.Tensor:
+        _same_schedule(self.schedule, schedule)
+        return scm_sample(self.model, x, self.times(steps), generator, noise, model_kwargs)
