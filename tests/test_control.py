@@ -33,13 +33,7 @@ F64 = torch.float64
 PREDS = ("eps", "x0", "score", "velocity")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny networks: one intra-op thread is much faster on a shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed):

@@ -17,14 +17,7 @@ from diffcore.train import NonFiniteLossError, Trainer
 from diffcore.train.quality import sw_report
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the networks here are tiny: one intra-op thread is faster and keeps results independent of the
-    # machine's core count (bitwise comparisons below are within one process anyway)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trainer(seed_model=0, data_="two_moons", **kw):

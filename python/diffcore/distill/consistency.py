@@ -17,7 +17,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import nn
 
-from .. import schedules as _schedules
+from ._common import col as _col, sched as _sched
 from ..param import _batch_times
 from ..solvers.onestep import ddim_step, heun_step
 
@@ -26,14 +26,6 @@ __all__ = ["ConsistencyFunction", "consistency_coefs", "karras_grid", "pseudo_hu
            "ConsistencyTrainer"]
 
 
-def _sched(schedule):
-    if schedule is None:
-        raise TypeError("schedule: required (a diffcore Schedule or its name)")
-    return _schedules.get(schedule)
-
-
-def _col(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return c.to(device=like.device, dtype=like.dtype).reshape((-1,) + (1,) * (like.dim() - 1))
 
 
 def consistency_coefs(values, values_min, sigma_data: float = 0.5) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -18,6 +18,7 @@ from typing import Callable, List, Optional
 import torch
 from torch import nn
 
+from ._common import StepLoop, col as _col
 from .. import schedules as _schedules
 from ..solvers.onestep import heun_step
 from .consistency import distance, ema_update
@@ -27,8 +28,6 @@ __all__ = ["CTMModel", "ctm_consistency_loss", "ctm_dsm_loss", "teacher_solver",
 _EDM = _schedules.get("edm")
 
 
-def _col(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return c.to(device=like.device, dtype=like.dtype).reshape((-1,) + (1,) * (like.dim() - 1))
 
 
 def _times(v, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -149,7 +148,7 @@ def gamma_sample(model: Callable, x: torch.Tensor, times, gamma: float = 0.0,
     return x
 
 
-class CTMTrainer:
+class CTMTrainer(StepLoop):
     """CTM training loop (§7, book eq. 11.4.4–11.4.8; GAN term omitted): Adam on ``θ``, an EMA target
     ``G_{θ⁻}`` (decay ``ema_decay``; also the sampling network, :meth:`student`), and per sample
     indices on the increasing ``grid`` ``0 = τ_0 < τ_1 < … < τ_{n−1} = T``:
@@ -212,14 +211,6 @@ class CTMTrainer:
         ema_update(self.target, self.model, self.ema_decay)
         self.history.append(float(loss.detach()))
         return self.history[-1]
-
-    def train(self, iters: int, batch_size: int = 256) -> List[float]:
-        """``iters`` calls of :meth:`step`; returns the loss history."""
-        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
-            raise ValueError(f"iters: expected a non-negative int, got {iters!r}")
-        for _ in range(iters):
-            self.step(batch_size)
-        return self.history
 
     def student(self, gamma: float = 0.0, rho: float = 7.0):
         """The target ``G_{θ⁻}`` as a :class:`~diffcore.distill.students.CTMStudent` from ``T = grid[-1]``."""

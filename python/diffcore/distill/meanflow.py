@@ -17,6 +17,7 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from ._common import col as _col
 from .. import schedules as _schedules
 from ..models.base import Network
 from ..models.embedding import activation as make_activation
@@ -88,8 +89,6 @@ class TwoTimeMLP(Network):
         return self.out(h).reshape(x.shape)
 
 
-def _col(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return c.to(device=like.device, dtype=like.dtype).reshape((-1,) + (1,) * (like.dim() - 1))
 
 
 def meanflow_target(net: Callable, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, v: torch.Tensor,

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import nn
 
-from .. import schedules as _schedules
+from ._common import col as _col, sched as _sched
 from ..grids import timesteps
 from ..param import _batch_times, canonical_prediction, convert
 from ..solvers.onestep import ddim_step
@@ -32,14 +32,6 @@ __all__ = ["pd_target", "pd_weight", "pd_loss", "guided_teacher", "guided_stage1
 WEIGHTINGS = ("snr_trunc", "snr_plus_one", "none")
 
 
-def _sched(schedule):
-    if schedule is None:
-        raise TypeError("schedule: required (a diffcore Schedule or its name)")
-    return _schedules.get(schedule)
-
-
-def _col(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return c.to(device=like.device, dtype=like.dtype).reshape((-1,) + (1,) * (like.dim() - 1))
 
 
 def pd_target(teacher: Callable, x_s: torch.Tensor, s, u, t, schedule, prediction="eps",

@@ -20,14 +20,13 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ._common import StepLoop, col as _col
 from .consistency import ema_update
 from .jvp import jvp
 
 __all__ = ["TrigConsistency", "scm_times", "scm_tangent", "scm_loss", "scm_sample", "SCMTrainer"]
 
 
-def _col(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return c.to(device=like.device, dtype=like.dtype).reshape((-1,) + (1,) * (like.dim() - 1))
 
 
 def _times(s, x: torch.Tensor) -> torch.Tensor:
@@ -157,7 +156,7 @@ def scm_sample(model: TrigConsistency, x: torch.Tensor, times, generator: Option
     return x
 
 
-class SCMTrainer:
+class SCMTrainer(StepLoop):
     """sCT / sCD training loop (§6.2, book Alg. 10): Adam on ``θ`` (and ``φ`` of ``weight_net``),
     :func:`scm_loss` with times from :func:`scm_times`, and an evaluation EMA of ``f_θ`` (§0.4; the
     sCM target is ``θ⁻ = sg[θ]``, no target EMA) used by :meth:`student`.
@@ -211,14 +210,6 @@ class SCMTrainer:
         self.iteration += 1
         self.history.append(float(loss.detach()))
         return self.history[-1]
-
-    def train(self, iters: int, batch_size: int = 256) -> List[float]:
-        """``iters`` calls of :meth:`step`; returns the loss history."""
-        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
-            raise ValueError(f"iters: expected a non-negative int, got {iters!r}")
-        for _ in range(iters):
-            self.step(batch_size)
-        return self.history
 
     def student(self, mid_times=(1.1,)):
         """The evaluation EMA as a :class:`~diffcore.distill.students.SCMStudent` (``diffcore.sample``-able)."""
