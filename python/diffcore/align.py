@@ -23,23 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from . import schedules as _schedules
+from .distill._common import per_sample_weight
 from .param import canonical_prediction, convert
 
 __all__ = ["diffusion_dpo_loss"]
 
 Weight = Union[None, float, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
-
-
-def _per_sample_weight(weight: Weight, t: torch.Tensor, B: int, like: torch.Tensor) -> torch.Tensor:
-    if weight is None:
-        return torch.ones(B, dtype=like.dtype, device=like.device)
-    w = weight(t) if (callable(weight) and not isinstance(weight, torch.Tensor)) else weight
-    w = torch.as_tensor(w, dtype=like.dtype, device=like.device)
-    if w.dim() == 0:
-        w = w.expand(B)
-    if w.shape != (B,):
-        raise ValueError(f"weight: expected a scalar, a ({B},) tensor or a callable t -> ({B},), got shape {tuple(w.shape)}")
-    return w
 
 
 def diffusion_dpo_loss(model: Callable, ref_model: Callable, x_w: torch.Tensor, x_l: torch.Tensor, schedule,
@@ -129,6 +118,6 @@ def diffusion_dpo_loss(model: Callable, ref_model: Callable, x_w: torch.Tensor, 
         ref = mse(ref_model)
     cur = mse(model)
     d = (cur[:B] - ref[:B]) - (cur[B:] - ref[B:])
-    z = float(beta) * _per_sample_weight(weight, t, B, d) * d
+    z = float(beta) * per_sample_weight(weight, t, d) * d
     per = z if linear else F.softplus(z)
     return per.mean() if reduction == "mean" else per

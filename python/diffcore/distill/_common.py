@@ -18,6 +18,28 @@ def col(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return c.to(device=like.device, dtype=like.dtype).reshape((-1,) + (1,) * (like.dim() - 1))
 
 
+def per_sample(v, like: torch.Tensor, name: str = "t") -> torch.Tensor:
+    """A number or a ``[B]`` tensor as ``[B]`` values in ``like``'s dtype and device (times in the sample
+    dtype: a float32 default would perturb α_t, σ_t of float64 computations)."""
+    B = like.shape[0]
+    if not isinstance(v, torch.Tensor) and (isinstance(v, bool) or not isinstance(v, (int, float))):
+        raise TypeError(f"{name}: expected a number or a [B] = [{B}] tensor, got {type(v).__name__}")
+    v = torch.as_tensor(v, dtype=like.dtype, device=like.device)
+    if v.dim() == 0:
+        v = v.expand(B)
+    if v.shape != (B,):
+        raise ValueError(f"{name}: expected a scalar or a [B] = [{B}] tensor, got shape {tuple(v.shape)}")
+    return v
+
+
+def per_sample_weight(weight, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A time weight — ``None`` (1), a number, a ``[B]`` tensor or a callable ``w(t)`` — as ``[B]`` values."""
+    if weight is None:
+        return torch.ones(like.shape[0], dtype=like.dtype, device=like.device)
+    w = weight(t) if (callable(weight) and not isinstance(weight, torch.Tensor)) else weight
+    return per_sample(w, like, "weight")
+
+
 class StepLoop:
     """``train(iters, batch_size)``: ``iters`` calls of the trainer's ``step(batch_size)``; returns
     ``self.history``."""

@@ -18,7 +18,7 @@ from typing import Callable, List, Optional
 import torch
 from torch import nn
 
-from ._common import StepLoop, col as _col
+from ._common import StepLoop, col as _col, per_sample as _times
 from .. import schedules as _schedules
 from ..solvers.onestep import heun_step
 from .consistency import distance, ema_update
@@ -28,16 +28,6 @@ __all__ = ["CTMModel", "ctm_consistency_loss", "ctm_dsm_loss", "teacher_solver",
 _EDM = _schedules.get("edm")
 
 
-
-
-def _times(v, x: torch.Tensor, name: str) -> torch.Tensor:
-    B = x.shape[0]
-    v = torch.as_tensor(v, dtype=x.dtype, device=x.device)
-    if v.dim() == 0:
-        v = v.expand(B)
-    if v.shape != (B,):
-        raise ValueError(f"{name}: expected a scalar or a [B] = [{B}] tensor of times, got {tuple(v.shape)}")
-    return v
 
 
 def _jump(x, s, t, g):

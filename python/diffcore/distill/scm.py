@@ -20,23 +20,13 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ._common import StepLoop, col as _col
+from ._common import StepLoop, col as _col, per_sample
 from .consistency import ema_update
 from .jvp import jvp
 
 __all__ = ["TrigConsistency", "scm_times", "scm_tangent", "scm_loss", "scm_sample", "SCMTrainer"]
 
 
-
-
-def _times(s, x: torch.Tensor) -> torch.Tensor:
-    B = x.shape[0]
-    s = torch.as_tensor(s, dtype=x.dtype, device=x.device)
-    if s.dim() == 0:
-        s = s.expand(B)
-    if s.shape != (B,):
-        raise ValueError(f"s: expected a scalar or a [B] = [{B}] tensor of TrigFlow times, got {tuple(s.shape)}")
-    return s
 
 
 class TrigConsistency(nn.Module):
@@ -55,10 +45,10 @@ class TrigConsistency(nn.Module):
 
     def raw(self, u: torch.Tensor, s, **kw) -> torch.Tensor:
         """``F_θ(u, s)``."""
-        return self.net(u, _times(s, u), **kw)
+        return self.net(u, per_sample(s, u, "s"), **kw)
 
     def forward(self, x: torch.Tensor, s, **kw) -> torch.Tensor:
-        s = _times(s, x)
+        s = per_sample(s, x, "s")
         sd = self.sigma_data
         return _col(torch.cos(s), x) * x - _col(torch.sin(s), x) * sd * self.net(x / sd, s, **kw)
 
@@ -78,7 +68,7 @@ def scm_tangent(model: TrigConsistency, x_s: torch.Tensor, s, dxds: torch.Tensor
                 model_kwargs: Optional[dict] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(F_{θ⁻}(x_s/σ_d, s), g)`` of §6.2 without gradient: ``g = cos(s)·df_{θ⁻}/ds`` (with the warm-up
     factor ``r`` on the ``sin s`` part) normalised per sample by ``‖g‖ + c`` (``c=None``: unnormalised)."""
-    s = _times(s, x_s)
+    s = per_sample(s, x_s, "s")
     if dxds.shape != x_s.shape:
         raise ValueError(f"dxds: expected shape {tuple(x_s.shape)}, got {tuple(dxds.shape)}")
     if not 0.0 <= r <= 1.0:
@@ -118,7 +108,7 @@ def scm_loss(model: TrigConsistency, x0: torch.Tensor, s=None, z=None, teacher: 
         raise TypeError("x0: expected a floating data tensor [B, ...]")
     sd = model.sigma_data
     B, D = x0.shape[0], x0[0].numel()
-    s = scm_times(B, p_mean, p_std, sd, generator, x0.dtype).to(x0.device) if s is None else _times(s, x0)
+    s = scm_times(B, p_mean, p_std, sd, generator, x0.dtype).to(x0.device) if s is None else per_sample(s, x0, "s")
     if z is None:
         z = sd * torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     if z.shape != x0.shape:

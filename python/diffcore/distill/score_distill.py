@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from .. import schedules as _schedules
 from ..param import canonical_prediction, convert
+from ._common import per_sample as _as_batch, per_sample_weight
 
 __all__ = ["OneStepGenerator", "add_noise", "sample_times", "fake_score_loss", "vsd_generator_loss",
            "sid_generator_loss", "fgm_generator_loss", "ScoreDistillTrainer", "frozen"]
@@ -56,21 +57,6 @@ def _check_x(x, name: str) -> None:
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
 
 
-def _times(t, x: torch.Tensor) -> torch.Tensor:
-    B = x.shape[0]
-    if not isinstance(t, torch.Tensor):
-        if isinstance(t, bool) or not isinstance(t, (int, float)):
-            raise TypeError(f"t: expected a float or a (B,) tensor of times, got {type(t).__name__}")
-        t = torch.tensor(float(t), dtype=torch.float64)
-    # times in the sample dtype: a float32 default would perturb α_t, σ_t of float64 computations
-    t = t.to(device=x.device, dtype=x.dtype)
-    if t.dim() == 0:
-        t = t.expand(B)
-    if t.shape != (B,):
-        raise ValueError(f"t: expected a scalar or shape ({B},), got {tuple(t.shape)}")
-    return t
-
-
 def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Per-sample coefficient (B,) → (B, 1, ...) in x's dtype."""
     return v.to(dtype=x.dtype, device=x.device).reshape(-1, *([1] * (x.dim() - 1)))
@@ -88,7 +74,7 @@ def add_noise(x0: torch.Tensor, eps: torch.Tensor, t, schedule) -> torch.Tensor:
     if not isinstance(eps, torch.Tensor) or eps.shape != x0.shape:
         raise ValueError(f"eps: expected a tensor of shape {tuple(x0.shape)}, got "
                          f"{tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__}")
-    a, s = _alpha_sigma(_schedule(schedule), _times(t, x0), x0)
+    a, s = _alpha_sigma(_schedule(schedule), _as_batch(t, x0, "t"), x0)
     return a * x0 + s * eps.to(x0.dtype)
 
 
@@ -105,23 +91,6 @@ def sample_times(n: int, schedule, t_range: Sequence[float] = (0.02, 0.98), gene
         raise ValueError("schedule: uniform time sampling needs a finite t_start")
     u = torch.rand(n, generator=generator, dtype=torch.float64)
     return (t0 + (lo + (hi - lo) * u) * (t1 - t0)).to(device=device, dtype=dtype)
-
-
-def _weight(weight: Weight, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Per-sample time weight w(t) as a (B,) tensor (None → 1)."""
-    B = x.shape[0]
-    if weight is None:
-        return torch.ones(B, dtype=x.dtype, device=x.device)
-    if callable(weight) and not isinstance(weight, torch.Tensor):
-        w = weight(t)
-    else:
-        w = weight
-    w = torch.as_tensor(w, dtype=x.dtype, device=x.device)
-    if w.dim() == 0:
-        w = w.expand(B)
-    if w.shape != (B,):
-        raise ValueError(f"weight: expected a scalar, a ({B},) tensor or a callable t -> ({B},), got shape {tuple(w.shape)}")
-    return w
 
 
 def _reduce(per_sample: torch.Tensor, sample_weight: Optional[torch.Tensor]) -> torch.Tensor:
@@ -170,7 +139,7 @@ def frozen(*modules):
 def _prep(x_g, t, eps, schedule):
     _check_x(x_g, "x_g")
     sched = _schedule(schedule)
-    tb = _times(t, x_g)
+    tb = _as_batch(t, x_g, "t")
     if not isinstance(eps, torch.Tensor) or eps.shape != x_g.shape:
         raise ValueError(f"eps: expected a tensor of shape {tuple(x_g.shape)}, got "
                          f"{tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__}")
@@ -216,7 +185,7 @@ def fake_score_loss(fake: Model, x_g: torch.Tensor, t, eps: torch.Tensor, schedu
     sched, tb, eps, a, s = _prep(x_g, t, eps, schedule)
     xt = a * x_g.detach() + s * eps
     pred = _eps(fake, xt, tb, sched, canonical_prediction(fake_prediction, "fake_prediction"), "fake", model_kwargs)
-    per = ((pred - eps) ** 2).flatten(1).sum(1) * _weight(weight, tb, x_g)
+    per = ((pred - eps) ** 2).flatten(1).sum(1) * per_sample_weight(weight, tb, x_g)
     return _reduce(per, sample_weight)
 
 
@@ -238,7 +207,7 @@ def vsd_generator_loss(x_g: torch.Tensor, t, eps: torch.Tensor, teacher: Model, 
                      "teacher", model_kwargs)
         e_psi = _eps(fake, xt, tb, sched, canonical_prediction(fake_prediction, "fake_prediction"),
                      "fake", model_kwargs)
-        g = _bcast(_weight(omega, tb, x_g), x_g) * a * (e_phi - e_psi) / s
+        g = _bcast(per_sample_weight(omega, tb, x_g), x_g) * a * (e_phi - e_psi) / s
         if dmd_normalize:
             x_phi = (xt - s * e_phi) / a
             norm = (x_g.detach() - x_phi).abs().flatten(1).mean(1).clamp_min(1e-8)
@@ -281,7 +250,7 @@ def sid_generator_loss(x_g: torch.Tensor, t, eps: torch.Tensor, teacher: Model, 
                                        fake_prediction, model_kwargs)
     A = (e_phi - e_psi).flatten(1)
     per = (A * (e_phi - eps).flatten(1)).sum(1) - float(lam) * (A * A).sum(1)
-    return _reduce(_weight(weight, tb, x_g) * per, sample_weight)
+    return _reduce(per_sample_weight(weight, tb, x_g) * per, sample_weight)
 
 
 def fgm_generator_loss(x_g: torch.Tensor, t, eps: torch.Tensor, teacher: Model, fake: Model, schedule, *,
@@ -298,7 +267,7 @@ def fgm_generator_loss(x_g: torch.Tensor, t, eps: torch.Tensor, teacher: Model, 
                                        fake_prediction, model_kwargs)
     ep, es, e = e_phi.flatten(1), e_psi.flatten(1), eps.flatten(1)
     per = (ep * ep).sum(1) - 2 * (ep * e).sum(1) + 2 * (es * e).sum(1) - (es * es).sum(1)
-    return _reduce(_weight(weight, tb, x_g) * per, sample_weight)
+    return _reduce(per_sample_weight(weight, tb, x_g) * per, sample_weight)
 
 
 # ---- trainer ---------------------------------------------------------------------------------------
