@@ -1,0 +1,1 @@
+"""Drop-in integrations with other sampling libraries (diffusers schedulers) and their peer loaders."""
