@@ -92,3 +92,20 @@ def test_readme_guidance_distillation_snippet_runs():
     unc = diffcore.sample(ns["teacher"], ns["xT"], ns["sched"], solver="ddim", steps=50)
     err = lambda x: (x[:, 0] - ns["x_true"][0, 0]).abs().mean()  # noqa: E731
     assert err(ns["post"]) < 0.3 * err(unc)
+
+
+def test_readme_diffusers_dropin_snippet_runs():
+    import pytest  # noqa: PLC0415
+
+    pytest.importorskip("diffusers")
+    ns = _run_readme(r"### diffusers schedulers\n\n```python\n(.*?)```", "diffusers drop-in")
+    assert ns["images"].shape == (2, 8, 8, 3)
+    sched, worker = ns["pipe"].scheduler, ns["worker"]
+    assert worker is not sched and worker.config.solver == sched.config.solver == "dpmpp_3m"
+    assert torch.equal(torch.as_tensor(worker.timesteps), torch.as_tensor(sched.timesteps))
+
+
+def test_readme_k_diffusion_snippet_runs():
+    ns = _run_readme(r"### k-diffusion-style functions\n\n```python\n(.*?)```", "k-diffusion-style")
+    assert torch.equal(ns["out"], ns["same"])
+    assert ns["noisy"].shape == (16, 2) and not torch.equal(ns["noisy"], ns["out"])

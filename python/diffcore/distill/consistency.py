@@ -291,12 +291,22 @@ class ConsistencyTrainer:
         mu: target EMA decay (CD default 0.95 [Ref]; ``curriculum="cm"`` overrides it with ``μ(k)``;
             ``"ict"`` uses μ = 0, θ⁻ = sg[θ]).
         T: largest time of the grid (default ``schedule.t_start``); rho: Karras ρ.
+        curriculum_kwargs: overrides of the curriculum constants — for ``"ict"``: ``s0``, ``s1``
+            (:func:`ict_curriculum`) and ``p_mean``, ``p_std`` (:func:`ict_index_probs`); for ``"cm"``:
+            those of :func:`cm_curriculum`. Short runs need a smaller ``s1`` than iCT's 1280 (the
+            doubling clock ``K'`` then spends more iterations at each ``N``).
+        ema_decay: decay of a separate evaluation EMA :attr:`ema` (§0.4 "distinct from the target EMA";
+            ``None`` keeps none). With iCT's θ⁻ = sg[θ] the online iterate keeps moving at the final
+            ``N``, and the evaluation EMA is what the reference code samples from [Ref].
+        betas: Adam's ``(β₁, β₂)``.
     """
 
     def __init__(self, model: ConsistencyFunction, schedule, teacher: Optional[Callable] = None,
                  teacher_prediction="eps", N: int = 18, curriculum: Optional[str] = None, mu: float = 0.95,
                  solver="heun", metric: str = "l2", c: Optional[float] = None, weighting: str = "uniform",
-                 lr: float = 1e-3, T: Optional[float] = None, rho: float = 7.0):
+                 lr: float = 1e-3, T: Optional[float] = None, rho: float = 7.0,
+                 curriculum_kwargs: Optional[dict] = None, ema_decay: Optional[float] = None,
+                 betas: Tuple[float, float] = (0.9, 0.999)):
         if not isinstance(model, ConsistencyFunction):
             raise TypeError("model: expected a ConsistencyFunction")
         if curriculum not in (None, "cm", "ict"):
@@ -307,19 +317,31 @@ class ConsistencyTrainer:
         self.solver, self.metric, self.c, self.weighting = solver, metric, c, weighting
         self.T = float(self.schedule.t_start if T is None else T)
         self.rho = rho
-        self.opt = torch.optim.Adam(model.parameters(), lr=lr)
+        ck = dict(curriculum_kwargs or {})
+        allowed = {"cm": {"s0", "s1", "mu0", "mu_exponent_offset"}, "ict": {"s0", "s1", "p_mean", "p_std"},
+                   None: set()}[curriculum]
+        if set(ck) - allowed:
+            raise ValueError(f"curriculum_kwargs: unknown keys {sorted(set(ck) - allowed)} for curriculum "
+                             f"{curriculum!r}; expected a subset of {sorted(allowed)}")
+        self.curriculum_kwargs = ck
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay: expected None or a decay in [0, 1), got {ema_decay!r}")
+        self.ema_decay = ema_decay
+        self.ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
+        self.opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
         self.losses = []
 
     def step(self, x0: torch.Tensor, k: int = 0, K: int = 1, generator: Optional[torch.Generator] = None) -> float:
         """One optimizer step at iteration ``k`` of ``K`` (the curriculum's clock)."""
         N, mu, probs = self.N, self.mu, None
+        ck = self.curriculum_kwargs
         if self.curriculum == "cm":
-            N, mu = cm_curriculum(k, K)
+            N, mu = cm_curriculum(k, K, **ck)
         elif self.curriculum == "ict":
-            N, mu = ict_curriculum(k, K), 0.0
+            N, mu = ict_curriculum(k, K, **{n: ck[n] for n in ("s0", "s1") if n in ck}), 0.0
         grid = karras_grid(N, self.model.t_min, self.T, self.rho)
         if self.curriculum == "ict":
-            probs = ict_index_probs(grid)
+            probs = ict_index_probs(grid, **{n: ck[n] for n in ("p_mean", "p_std") if n in ck})
         if self.teacher is None:
             loss = ct_loss(self.model, self.target, x0, grid, self.schedule, self.metric, self.c, self.weighting,
                            generator=generator, index_probs=probs)
@@ -330,5 +352,7 @@ class ConsistencyTrainer:
         loss.backward()
         self.opt.step()
         ema_update(self.target, self.model, mu)
+        if self.ema is not None:
+            ema_update(self.ema, self.model, self.ema_decay)
         self.losses.append(loss.item())
         return self.losses[-1]

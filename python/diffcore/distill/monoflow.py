@@ -22,6 +22,7 @@ Monotone ``h`` (:data:`H_FUNCTIONS`): ``"log_ratio"`` (``h(d) = d``, i.e. ``h(r)
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable, Dict, List, Optional, Union
 
 import torch
@@ -126,12 +127,15 @@ class MonoFlowTrainer:
         gen_lr, d_lr: learning rates. gen_optimizer, d_optimizer: optimizer classes (default Adam;
             plain SGD suits the regression form, whose targets are only η·|u| away).
         seed: seed of the trainer's draws.
+        ema_decay: decay of an evaluation EMA of the generator weights, :attr:`ema` (``None``: none).
+            The adversarial iterate oscillates around the flow's fixed point (the discriminator lags
+            the generator); averaging the weights damps this, as in GAN practice [Ref].
     """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, data: Callable, *, h: HLike = "log_ratio",
                  eta: float = 0.1, gen_steps: int = 1, d_steps: int = 1, gen_lr: float = 1e-2, d_lr: float = 1e-2,
                  latent_dim: Optional[int] = None, gen_optimizer=torch.optim.Adam, d_optimizer=torch.optim.Adam,
-                 seed: int = 0):
+                 seed: int = 0, ema_decay: Optional[float] = None):
         if not isinstance(generator, nn.Module) or not isinstance(discriminator, nn.Module):
             raise TypeError("generator, discriminator: expected torch.nn.Module instances")
         if not callable(data):
@@ -152,6 +156,10 @@ class MonoFlowTrainer:
         p = next(generator.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.history: Dict[str, List[float]] = {"d": [], "g": []}
+        if ema_decay is not None and (isinstance(ema_decay, bool) or not 0.0 <= ema_decay < 1.0):
+            raise ValueError(f"ema_decay: expected None or a decay in [0, 1), got {ema_decay!r}")
+        self.ema_decay = ema_decay
+        self.ema = copy.deepcopy(generator).requires_grad_(False) if ema_decay is not None else None
 
     def _z(self, n):
         return torch.randn(n, self.latent_dim, generator=self.rng, dtype=self.dtype).to(self.device)
@@ -176,6 +184,23 @@ class MonoFlowTrainer:
             lg.backward()
             self.opt_G.step()
         self.history["g"].append(float(lg.detach()))
+        if self.ema is not None:
+            with torch.no_grad():
+                for pe, p in zip(self.ema.parameters(), self.G.parameters()):
+                    pe.mul_(self.ema_decay).add_(p.detach(), alpha=1.0 - self.ema_decay)
+                for be, b in zip(self.ema.buffers(), self.G.buffers()):
+                    be.copy_(b)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: Optional[torch.Generator] = None, use_ema: bool = True) -> torch.Tensor:
+        """``n`` one-step samples ``G(z)``, ``z ~ N(0, I)`` — from the evaluation EMA when one is kept
+        and ``use_ema``; ``generator`` seeds ``z`` (default: the trainer's stream)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n: expected a positive int, got {n!r}")
+        g = self.rng if generator is None else generator
+        z = torch.randn(n, self.latent_dim, generator=g, dtype=self.dtype).to(self.device)
+        net = self.ema if (use_ema and self.ema is not None) else self.G
+        return net(z)
 
     def train(self, steps: int, batch_size: int = 256) -> Dict[str, List[float]]:
         if not isinstance(steps, int) or steps < 0:
