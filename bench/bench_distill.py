@@ -28,6 +28,13 @@ student is compared with a perfectly trained diffusion model):
     decay 1 − 10/iters; FGM with time weight w(t) = σ_t² and generator lr 1e-3 (unweighted FGM
     stalled at SW ≈ 0.35 in 3000 iterations: its generator gradient through ε_φ(x_t) carries
     ∂ε/∂x ~ 1/σ_t, so small-t draws dominate its variance).
+  - CT (§5.2, no teacher, improved-CT recipe): edm, θ⁻ = sg[θ], doubling curriculum s₀ = 10 capped at
+    s₁ = 160, lognormal index law, pseudo-Huber distance, 1/Δs weight, Adam lr 2e-4 (β₂ = 0.99),
+    sampled from an evaluation EMA (decay 1 − 10/iters);
+  - MonoFlow (§9, data only, no teacher): one-step ``OneStepGenerator``, logistic density-ratio
+    discriminator (MLP width 128, depth 3, SiLU; 2 updates per generator update), h(d) = e^d (the
+    forward-KL flow, mass covering; h = id, the reverse-KL flow, starved a mode in the tests' runs),
+    Adam lr 1e-3 with β = (0.5, 0.9) for both, evaluation EMA 0.99 of the generator.
 * timing: median ms per training iteration of each method, measured side by side
   (``common.measure``: the methods alternate within each round) on fresh copies of the networks, plus
   the wall time each method's training took in this run. A score-distillation iteration is the two
@@ -56,6 +63,7 @@ from diffcore import metrics, models, oracles, schedules  # noqa: E402
 from diffcore.distill.consistency import ConsistencyFunction, ConsistencyTrainer, ema_update, karras_grid  # noqa: E402
 from diffcore.distill.ctm import CTMModel, ctm_consistency_loss, ctm_dsm_loss, teacher_solver  # noqa: E402
 from diffcore.distill.meanflow import TwoTimeMLP, meanflow_loss  # noqa: E402
+from diffcore.distill.monoflow import MonoFlowTrainer  # noqa: E402
 from diffcore.distill.progressive import ProgressiveDistillation, pd_loss  # noqa: E402
 from diffcore.distill.scm import TrigConsistency, scm_loss, scm_sample  # noqa: E402
 from diffcore.distill.score_distill import OneStepGenerator, ScoreDistillTrainer  # noqa: E402
@@ -315,9 +323,62 @@ def _score_distill(method, lam=1.0, sigma2_weight=False):
     return train
 
 
+def train_ct(iters):
+    edm = schedules.get("edm")
+
+    def make():
+        torch.manual_seed(0)
+        f = ConsistencyFunction(_mlp(time_transform="log"), edm, t_min=0.002)
+        return ConsistencyTrainer(f, edm, curriculum="ict", metric="pseudo_huber", weighting="inv_dt", lr=2e-4,
+                                  curriculum_kwargs={"s1": 160}, ema_decay=ema_decay, betas=(0.9, 0.99))
+
+    ema_decay = 1 - 10 / max(iters, 20)  # 0.995 at the default 2000 iterations
+    tr, g = make(), _gen(1)
+    for k in range(iters):
+        tr.step(_data(BATCH, g), k, iters, generator=g)
+    cm = ConsistencyStudent(tr.ema)
+
+    def step_fn():  # an iteration at the final N (161): the cost does not depend on N
+        t2, gg = make(), _gen(9)
+        return lambda: t2.step(_data(BATCH, gg), iters, iters, generator=gg)
+
+    def samplers(xT):
+        return [(k, diffcore.sample(cm, xT.float() * 80, edm, steps=k, generator=_gen(3))) for k in (1, 2, 4)]
+
+    return samplers, step_fn
+
+
+def _gan_adam(params, lr):
+    return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.9))
+
+
+def train_monoflow(iters):
+    def make():
+        torch.manual_seed(0)
+        D = torch.nn.Sequential(torch.nn.Linear(2, WIDTH), torch.nn.SiLU(), torch.nn.Linear(WIDTH, WIDTH),
+                                torch.nn.SiLU(), torch.nn.Linear(WIDTH, WIDTH), torch.nn.SiLU(),
+                                torch.nn.Linear(WIDTH, 1))
+        return MonoFlowTrainer(OneStepGenerator(2, 2, WIDTH, DEPTH), D, _data, h="ratio", eta=0.1, d_steps=2,
+                               gen_lr=1e-3, d_lr=1e-3, gen_optimizer=_gan_adam, d_optimizer=_gan_adam, seed=0,
+                               ema_decay=0.99)
+
+    tr = make()
+    tr.train(iters, BATCH)
+
+    def step_fn():
+        t2 = make()
+        return lambda: t2.step(BATCH)
+
+    def samplers(xT):
+        return [(1, tr.sample(xT.shape[0], _gen(3)))]
+
+    return samplers, step_fn
+
+
 METHODS = [("PD (32→…→1)", train_pd), ("CD", train_cd), ("sCD (TrigFlow)", train_scd), ("CTM", train_ctm),
            ("MeanFlow (teacher v)", train_meanflow), ("SiD (λ=1)", _score_distill("sid", 1.0)),
-           ("FGM (w = σ²)", _score_distill("fgm", sigma2_weight=True)), ("VSD/DMD", _score_distill("vsd"))]
+           ("FGM (w = σ²)", _score_distill("fgm", sigma2_weight=True)), ("VSD/DMD", _score_distill("vsd")),
+           ("CT (iCT, no teacher)", train_ct), ("MonoFlow (h = e^d, data only)", train_monoflow)]
 
 
 def main():

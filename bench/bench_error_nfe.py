@@ -7,8 +7,16 @@ the float64 DOP853 reference, with each schedule's default grid (spacing, t_star
 single-step solvers cannot start where α = 0) and the solvers' defaults (lower_order_final on). A solver
 with k model calls per step gets ⌊NFE/k⌋ steps; the NFE column of each cell is what it used.
 
-Usage: ``python bench/bench_error_nfe.py [--nfe 5 10 15 20 50] [--schedules vp_linear edm rf]``.
-Also prints the orders table (warm-up and exact history) of the order tests.
+Usage: ``python bench/bench_error_nfe.py [--nfe 5 10 15 20 50] [--schedules vp_linear edm rf] [--no-orders]
+[--quick] [--json PATH]`` (``--quick``: NFE 5, 10, 20 on vp_linear and rf, no orders table; ``--json``:
+every cell's error and NFE as JSON for ``bench/run_all.py``'s error-vs-NFE plot). Also prints the
+orders table (warm-up and exact history) of the order tests. Full run ≈ 2 min (2-core CPU).
+
+Notes:
+A report, not a gate. DPM-Solver++(3M)'s default weight ``w = 1`` was chosen from the NFE 5–20
+columns of the 2026-11-23 run: it has the lower error in 13 of the 16 NFE 5–20 cells (all four
+families at NFE 10 and 15, three at NFE 5, two at NFE 20); ``w = 2`` wins at NFE 50 on three families
+and asymptotically (order 3.07 vs 2.01).
 """
 from __future__ import annotations
 
@@ -20,7 +28,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine, table  # noqa: E402
+from common import dump_json, machine, table  # noqa: E402
 
 import diffcore  # noqa: E402
 from diffcore import oracles, schedules, solvers  # noqa: E402
@@ -47,10 +55,11 @@ def error_table(sched_name, nfes):
     ref = oracles.reference_ode(oracle, x0, t0, t1, sched)
     pred = "velocity" if sched_name == "rf" else "eps"
     model = lambda x, t: oracle.predict(x, t, sched, pred)  # noqa: E731
-    rows = []
+    rows, data = [], {}
     for name, opts in SOLVERS:
         s = solvers.get(name, **opts)
         row = [_label(name, opts)]
+        cells = data[row[0]] = []
         for nfe in nfes:
             steps = nfe if name == "dpm_solver_fast" else max(1, nfe // s.stages)
             try:
@@ -58,10 +67,12 @@ def error_table(sched_name, nfes):
                 plan = s.plan(sched, grid, dtype=torch.float64, prediction=pred)
                 err = float(((run_plan(plan, model, x0) - ref) ** 2).mean().sqrt())
                 row.append(f"{err:.2e} ({plan.nfe})")
+                cells.append({"nfe_budget": nfe, "nfe": plan.nfe, "error": err})
             except ValueError as e:  # e.g. a noise-form solver at α = 0
                 row.append("n/a: " + str(e).split(";")[0][:40])
+                cells.append({"nfe_budget": nfe, "nfe": None, "error": None})
         rows.append(row)
-    return table(["solver"] + [f"NFE {n}" for n in nfes], rows)
+    return table(["solver"] + [f"NFE {n}" for n in nfes], rows), data
 
 
 def orders_table():
@@ -77,7 +88,8 @@ def orders_table():
         ex = order_study(s, sched, oracle, starts=starts, exact_history=True) if s.multistep and s.history else None
         rows.append([_label(name, opts), str(s.order), f"{r['order']:.2f}", f"{ex['order']:.2f}" if ex else "—",
                      f"{r['errors'][-1]:.1e}"])
-    return table(["solver", "nominal", "LSQ order (warm-up)", "LSQ order (exact history)", "RMS error N=1024"], rows)
+    headers = ["solver", "nominal", "LSQ order (warm-up)", "LSQ order (exact history)", "RMS error N=1024"]
+    return headers, rows
 
 
 def main() -> None:
@@ -85,16 +97,31 @@ def main() -> None:
     ap.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 15, 20, 50])
     ap.add_argument("--schedules", nargs="+", default=["vp_linear", "vp_cosine", "edm", "rf"])
     ap.add_argument("--no-orders", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="NFE 5 10 20 on vp_linear and rf, no orders table")
+    ap.add_argument("--json", default=None, metavar="PATH", help="also write the errors as JSON to PATH")
     args = ap.parse_args()
+    argv = sys.argv[1:]
+    if "--json" in argv:  # the command line as recorded: without the output path
+        k = argv.index("--json")
+        argv = argv[:k] + argv[k + 2:]
+    if args.quick:
+        args.nfe, args.schedules, args.no_orders = [5, 10, 20], ["vp_linear", "rf"], True
+    cmd = f"python bench/bench_error_nfe.py {' '.join(argv)}".rstrip()
     print(f"# error vs NFE — {datetime.date.today()} — float64, GMM oracle of solvers.md §12")
     print(f"# {machine()}")
-    print(f"# command: python bench/bench_error_nfe.py {' '.join(sys.argv[1:])}".rstrip())
+    print(f"# command: {cmd}")
+    errors = {}
     for name in args.schedules:
         print(f"\n## {name}\n")
-        print(error_table(name, args.nfe))
+        text, errors[name] = error_table(name, args.nfe)
+        print(text)
+    tables = {}
     if not args.no_orders:
         print("\n## observed orders (VP-linear, λ-uniform, t_end = 1e-3, N = 128…1024, lower_order_final off)\n")
-        print(orders_table())
+        headers, rows = orders_table()
+        print(table(headers, rows))
+        tables["orders"] = (headers, rows)
+    dump_json(args.json, "bench_error_nfe.py", cmd, tables, errors=errors)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,13 @@ the five measurements of a row taken in turn within each round (``bench_step.int
 burst of load from elsewhere does not land on one term of a difference only. On a loaded 2-core
 machine any parallel torch op can stall a scheduler tick; ``--threads 1`` sidesteps that.
 
-Usage: ``python bench/bench_loop.py [--device cpu|cuda] [--quick]`` (``--quick``: batch 16, 10 steps,
-``--min-time 0.05``). Prints a markdown table of medians (µs) and ratios.
+Usage: ``python bench/bench_loop.py [--device cpu|cuda] [--quick] [--json PATH]`` (``--quick``: batch 16,
+10 steps, ``--min-time 0.05``; ``--json``: the table as JSON for ``bench/run_all.py``). Prints a
+markdown table of medians (µs) and ratios.
+
+Notes:
+The batch-1024 rows are dominated by the model (≈ 350 µs per call on the 2-core CPU machine) and
+their overhead differences are within run-to-run noise (one was negative on 2026-11-23).
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine, table  # noqa: E402
+from common import dump_json, machine, table  # noqa: E402
 from bench_step import diffusers_scheduler, interleaved, peer_version  # noqa: E402
 
 import diffcore  # noqa: E402
@@ -71,6 +76,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="batch 16, 10 steps, --min-time 0.05")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per median (default 3)")
     ap.add_argument("--threads", type=int, default=None, help="torch and diffcore threads (default: as is)")
+    ap.add_argument("--json", default=None, metavar="PATH", help="also write the table as JSON to PATH")
     args = ap.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -156,10 +162,12 @@ def main() -> None:
           f"VPDiscrete linear betas, eps model — {peer_v}")
     print(f"# {machine()}")
     print(f"# command: {cmd}")
-    print(table(["solver", "batch", "steps", "model only µs (diffcore t)", "diffcore sample() µs",
-                 "diffcore plan loop µs", "model only µs (diffusers t)", "diffusers loop µs",
-                 "sample() overhead/step µs", "plan loop overhead/step µs", "diffusers overhead/step µs",
-                 "diffusers/sample() overhead", "diffusers/plan loop overhead", "diffusers/sample() loop"], rows))
+    headers = ["solver", "batch", "steps", "model only µs (diffcore t)", "diffcore sample() µs",
+               "diffcore plan loop µs", "model only µs (diffusers t)", "diffusers loop µs",
+               "sample() overhead/step µs", "plan loop overhead/step µs", "diffusers overhead/step µs",
+               "diffusers/sample() overhead", "diffusers/plan loop overhead", "diffusers/sample() loop"]
+    print(table(headers, rows))
+    dump_json(args.json, "bench_loop.py", cmd, {"loop": (headers, rows)}, peer=peer_v)
 
 
 if __name__ == "__main__":

@@ -57,34 +57,47 @@ training stack (clip, kornia, skimage, …); when ``import k_diffusion.sampling`
 ``sampling.py`` and ``utils.py`` are loaded from the installed package's files under a private parent
 package, with placeholders for the imports they only use in functions this script does not call
 (``torchdiffeq``, ``torchvision``, ``scipy``, ``PIL``, ``safetensors``), removed from ``sys.modules``
-afterwards. A peer that cannot be loaded is reported as ``skipped``.
+afterwards (``diffcore.integrations._peers.load_k_diffusion``). A peer that cannot be loaded is
+reported as ``skipped``.
 
-Usage: ``python bench/bench_sde.py [--device cpu|cuda] [--quick]`` (``--quick``: 16×1024 only,
-``--min-time 0.05``; ``--device cuda`` prints a note and exits when CUDA is unavailable).
+Usage: ``python bench/bench_sde.py [--device cpu|cuda] [--quick] [--json PATH]`` (``--quick``: 16×1024
+only, ``--min-time 0.05``; ``--device cuda`` prints a note and exits when CUDA is unavailable;
+``--json``: the tables as JSON for ``bench/run_all.py``). Full run 327 s on the 2-core CPU machine
+(2026-11-23).
+
+Notes:
+Findings of the 2026-11-23 CPU run (2 cores, float32, batch 16; diffusers 0.42.1, k-diffusion
+0.1.1.post1 loaded from its sampling module, torchsde 0.2.6); ratio = peer time / diffcore time
+(below 1: diffcore slower). Plain noise: ``philox_normal`` 191 µs vs ``torch.randn`` 57.5 µs at 16k
+(3.3× slower), 20.0 ms vs 10.2 ms at 2M (2.0× slower). The in-kernel Philox generator (~19
+ns/element/thread, scalar double Box–Muller with our own polynomials for CPU/CUDA bit-identity) is
+the bottleneck of every stochastic step on the CPU: with pre-drawn noise the same steps cost 10–17 µs
+(16k) and 1.0–1.7 ms (2M). That full run predates the lowering of the noisy-step parallel threshold
+(1<<16 → 1<<12 elements, which lets 16k-element steps use both cores); after it, ``--quick`` (16k
+elements only) gave: DDPM diffusers 0.91x, pure torch 0.44x; Euler ancestral diffusers 0.90x,
+k-diffusion 0.99x; DPM++ 2M SDE diffusers 1.84x, k-diffusion 1.10x; Brownian pass vs torchsde
+BrownianTree 0.76x (N = 20), 0.69x (N = 100); ``philox_normal`` 2.44x slower than ``torch.randn``.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
-import importlib.metadata
-import importlib.util
 import math
 import os
 import sys
 import time
-import types
 from typing import Callable, Dict, List, Tuple
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine, measure, table, version  # noqa: E402
+from common import dump_json, machine, measure, table, version  # noqa: E402
 from bench_step import _BETA_KW, _MUTABLE, new_scheduler, peer_version  # noqa: E402
 
 import diffcore  # noqa: E402
 from diffcore import schedules, solvers  # noqa: E402
 from diffcore.noise import BrownianTree, Noise, philox_normal  # noqa: E402
+from diffcore.integrations._peers import load_k_diffusion  # noqa: E402
 
 BATCH = 16
 SIZES = [16 * 1024, 16 * 131072]
@@ -92,11 +105,6 @@ QUICK_SIZES = [16 * 1024]
 STEPS = 20
 PASS_STEPS = [20, 100]
 SEED = 0
-
-# modules k-diffusion's sampling.py / utils.py import but use only in functions this script never calls
-_KD_PLACEHOLDERS = ("torchdiffeq", "torchvision", "torchvision.transforms", "torchvision.transforms.functional",
-                    "scipy", "scipy.integrate", "PIL", "PIL.Image", "safetensors", "safetensors.torch")
-
 
 # -- peers ------------------------------------------------------------------------------------------
 
@@ -107,64 +115,6 @@ def load_torchsde():
         return torchsde
     except Exception:  # noqa: BLE001 — any import failure means "not available" here
         return None
-
-
-class _Placeholder(types.ModuleType):
-    """Stands in for a missing module during k-diffusion's import; any attribute is a function that
-    raises, so a code path that needed the real module fails loudly instead of computing nonsense."""
-
-    def __getattr__(self, attr):
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-        name = self.__name__
-
-        def missing(*_a, **_k):
-            raise ImportError(f"{name}.{attr}: {name} is not installed (placeholder from bench_sde.py)")
-        return missing
-
-
-def load_k_diffusion() -> Tuple[object, str]:
-    """``(k_diffusion.sampling module, how it was loaded)`` or ``(None, why not)``."""
-    try:
-        import k_diffusion.sampling as kds  # noqa: PLC0415
-        return kds, "imported"
-    except Exception as e:  # noqa: BLE001 — fall back to loading the two files below
-        first = f"{type(e).__name__}: {e}"
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        return None, "not installed"
-    pkg_name = "_bench_k_diffusion"  # private parent package: `from . import utils` finds the real utils.py
-    pkg = types.ModuleType(pkg_name)
-    pkg.__path__ = list(spec.submodule_search_locations)
-    sys.modules[pkg_name] = pkg
-    added: List[str] = []
-    try:
-        for _ in range(len(_KD_PLACEHOLDERS) + 1):
-            try:
-                kds = importlib.import_module(pkg_name + ".sampling")
-                break
-            except ModuleNotFoundError as e:
-                missing = e.name or ""
-                if missing not in _KD_PLACEHOLDERS or missing in sys.modules:
-                    return None, f"{first}; loading sampling.py by path: {type(e).__name__}: {e}"
-                mod = _Placeholder(missing)
-                mod.__path__ = []  # a package, so that its submodules can be placeholders too
-                sys.modules[missing] = mod
-                parent, _, child = missing.rpartition(".")
-                if parent:
-                    setattr(sys.modules[parent], child, mod)
-                added.append(missing)
-        else:
-            return None, f"{first}; loading sampling.py by path: too many missing modules"
-    except Exception as e:  # noqa: BLE001
-        return None, f"{first}; loading sampling.py by path: {type(e).__name__}: {e}"
-    finally:
-        for m in added:
-            sys.modules.pop(m, None)
-    how = f"sampling.py + utils.py loaded by path; package import fails: {first}"
-    if added:
-        how += "; placeholders for unused imports: " + ", ".join(m for m in added if "." not in m)
-    return kds, how
 
 
 def diffusers_scheduler(cls_name: str, **opts):
@@ -379,6 +329,7 @@ def main() -> None:
     ap.add_argument("--slow-budget", type=float, default=10.0,
                     help="seconds of timed calls after which a slow entry takes no more samples (default 10)")
     ap.add_argument("--threads", type=int, default=None, help="torch and diffcore threads (default: as is)")
+    ap.add_argument("--json", default=None, metavar="PATH", help="also write the tables as JSON to PATH")
     args = ap.parse_args()
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -414,10 +365,10 @@ def main() -> None:
           f"loop / steps, model excluded (fixed output), VPDiscrete linear betas, eps model — {peer_version()}, {kd_v}")
     print(f"# {machine()}")
     print(f"# command: {cmd}")
-    print(table(["sampler", "elements", "diffcore µs/step", "diffcore brownian µs/step", "diffusers µs/step",
-                 "pure torch µs/step", "k-diffusion µs/step", "k-diffusion BT µs/step", "diffusers/diffcore",
-                 "torch/diffcore", "k-diffusion/diffcore", "k-diffusion BT/diffcore brownian",
-                 "diffcore brownian/diffcore"], rows1))
+    h1 = ["sampler", "elements", "diffcore µs/step", "diffcore brownian µs/step", "diffusers µs/step",
+          "pure torch µs/step", "k-diffusion µs/step", "k-diffusion BT µs/step", "diffusers/diffcore",
+          "torch/diffcore", "k-diffusion/diffcore", "k-diffusion BT/diffcore brownian", "diffcore brownian/diffcore"]
+    print(table(h1, rows1))
     print("# diffcore: plan.init_state + plan.step per step (Philox in the kernel); brownian: "
           "Noise(seed, brownian=True), BrownianTree depth 20 over the plan's span")
     print("# k-diffusion: one sample_* call (its own loop, trivial model returning the fixed tensor) / steps; "
@@ -430,9 +381,9 @@ def main() -> None:
     print(f"# Brownian noise for an N-step pass over [0, 1] (source built + N sequential queries, t = 1 → 0) — "
           f"{today} — {args.device}, float32, batch {BATCH} — {tsde_v}")
     print(f"# command: {cmd}")
-    print(table(["elements", "N", "diffcore .increment ms", "diffcore tree(ta, tb) ms",
-                 "torchsde BrownianInterval ms", "torchsde BrownianTree ms", "BrownianInterval/diffcore",
-                 "BrownianTree/diffcore", "tree()/increment"], rows2))
+    h2 = ["elements", "N", "diffcore .increment ms", "diffcore tree(ta, tb) ms", "torchsde BrownianInterval ms",
+          "torchsde BrownianTree ms", "BrownianInterval/diffcore", "BrownianTree/diffcore", "tree()/increment"]
+    print(table(h2, rows2))
     print("# diffcore BrownianTree depth 20 (leaf 9.5e-7); BrownianInterval: torchsde defaults (tol 0, halfway_tree=False);"
           " BrownianTree: torchsde defaults = k-diffusion's (tol 1e-6, pool_size 24, halfway_tree=True); "
           "ratios vs diffcore .increment")
@@ -441,9 +392,12 @@ def main() -> None:
     print()
     print(f"# plain normal noise, one draw — {today} — {args.device}, float32, batch {BATCH}")
     print(f"# command: {cmd}")
-    print(table(["elements", "diffcore philox_normal µs", "torch.randn µs", "philox/randn",
-                 "philox ns/element", "randn ns/element"], rows3))
+    h3 = ["elements", "diffcore philox_normal µs", "torch.randn µs", "philox/randn", "philox ns/element",
+          "randn ns/element"]
+    print(table(h3, rows3))
     print(f"# total run time {time.perf_counter() - t_start:.0f} s")
+    dump_json(args.json, "bench_sde.py", cmd, {"sampler": (h1, rows1), "brownian": (h2, rows2), "noise": (h3, rows3)},
+              peers={"diffusers": peer_version(), "k-diffusion": kd_v, "torchsde": tsde_v})
 
 
 if __name__ == "__main__":

@@ -34,8 +34,9 @@ measured side by side in one run:
 Every number is the median of ``--rounds`` (3) block medians (``common.median_us`` with
 ``min_time / rounds`` each), the four measurements of a row taken in turn within each round.
 
-Usage: ``python bench/bench_step.py [--device cpu|cuda] [--quick] [--solvers a,b] [--threads N]``
-(``--quick``: 2k and 16k only, ``--min-time 0.05``). Prints a markdown table of medians (µs) and ratios.
+Usage: ``python bench/bench_step.py [--device cpu|cuda] [--quick] [--solvers a,b] [--threads N] [--json PATH]``
+(``--quick``: 2k and 16k only, ``--min-time 0.05``; ``--json``: the table as JSON for
+``bench/run_all.py``). Prints a markdown table of medians (µs) and ratios.
 
 Threads: diffcore's step goes parallel from 65,536 elements, torch's ``copy_`` from 32,768. On a
 loaded 2-core machine a parallel ``copy_`` can wait a scheduler tick (≈ 8 ms) for its worker thread,
@@ -54,7 +55,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine, median_us, table  # noqa: E402
+from common import dump_json, machine, median_us, table  # noqa: E402
 
 import diffcore  # noqa: E402
 from diffcore import schedules, solvers  # noqa: E402
@@ -172,6 +173,22 @@ def diffusers_peer(name: str, x: torch.Tensor, out: torch.Tensor):
     return step, restore
 
 
+def default_solvers() -> List[str]:
+    """The deterministic fixed-grid solvers whose plan needs no extra input: the adaptive ones have no
+    plan, stochastic steps are timed by bench_sde.py, and DPM-Solver-v3 needs model statistics."""
+    names = []
+    for n in solvers.available():
+        if n in solvers.STOCHASTIC:
+            continue
+        try:
+            s = solvers.get(n)
+        except (TypeError, ValueError):  # a required option (v3's statistics)
+            continue
+        if hasattr(s, "plan"):
+            names.append(n)
+    return names
+
+
 def traffic(plan, i: int, s: int) -> int:
     """Tensors of x's size the fused step reads + writes for row (i, s) (see the module docstring)."""
     sol = plan.solver
@@ -194,6 +211,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch and diffcore threads (default: as is)")
     ap.add_argument("--keep-restore", action="store_true",
                     help="report diffusers' restore+step median (default: restore cost subtracted)")
+    ap.add_argument("--json", default=None, metavar="PATH", help="also write the table as JSON to PATH")
     args = ap.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -205,7 +223,7 @@ def main() -> None:
     sync = dev.type == "cuda"
     B = args.batch
 
-    names = args.solvers.split(",") if args.solvers else [n for n in solvers.available() if n != "dpm_adaptive"]
+    names = args.solvers.split(",") if args.solvers else default_solvers()
     sch = schedules.VPDiscrete(betas=_betas())
     ts = diffcore.timesteps(sch, STEPS)
     torch.manual_seed(0)
@@ -272,8 +290,10 @@ def main() -> None:
           f"stage 0 of the middle step of a {STEPS}-step plan, VPDiscrete linear betas, eps model — {peer}")
     print(f"# {machine()}")
     print(f"# command: {cmd}")
-    print(table(["solver", "elements", "diffcore fused µs", "eager torch µs", "diffusers µs", "copy_ floor µs",
-                 "diffusers/fused", "eager/fused", "fused/floor"], rows))
+    headers = ["solver", "elements", "diffcore fused µs", "eager torch µs", "diffusers µs", "copy_ floor µs",
+               "diffusers/fused", "eager/fused", "fused/floor"]
+    print(table(headers, rows))
+    dump_json(args.json, "bench_step.py", cmd, {"step": (headers, rows)}, peer=peer)
     print()
     print("# copy_ floor traffic T (tensors of x's size read + written by the timed row): "
           + ", ".join(f"{k} {v}" for k, v in floors.items()))

@@ -110,3 +110,38 @@ def measure(fns: Dict[str, Callable[[], object]], sync: bool, min_time: float, r
     out: Dict[str, Tuple[float, int]] = {k: (statistics.median(v), len(v)) for k, v in res.items() if v}
     out.update({k: (e, 0) for k, e in errors.items()})
     return out
+
+
+# ---- machine-readable output (``--json PATH`` of the scripts whose numbers bench/run_all.py plots) ----
+
+def cell_value(cell: str):
+    """The number a table cell shows, as a float (thousands separators, a ratio's trailing ``x`` and the
+    ``†n`` sample-count mark dropped), or ``None`` for a cell that is not a number (``—``, ``skipped``,
+    ``error (…)``)."""
+    s = cell.split("†")[0].strip().replace(",", "")
+    if s.endswith("x"):
+        s = s[:-1]
+    try:
+        return float(s)
+    except ValueError:
+        return None
+
+
+def dump_json(path, script: str, command: str, tables: Dict[str, Tuple[List[str], List[List[str]]]],
+              **extra) -> None:
+    """Write the printed tables to ``path`` (no-op for ``None``): per table its headers, the cells as
+    printed and ``records`` (one dict per row, header → ``cell_value`` or the text where not a number).
+    The numbers are those of the markdown tables, so the JSON and the printed report cannot disagree."""
+    if path is None:
+        return
+    import datetime  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    out = {"script": script, "command": command, "date": datetime.date.today().isoformat(), "machine": machine(),
+           "tables": {}}
+    for name, (headers, rows) in tables.items():
+        recs = [{h: (v if (v := cell_value(c)) is not None else c) for h, c in zip(headers, r)} for r in rows]
+        out["tables"][name] = {"headers": list(headers), "rows": [list(r) for r in rows], "records": recs}
+    out.update(extra)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1, ensure_ascii=False)
