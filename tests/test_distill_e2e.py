@@ -5,7 +5,7 @@ distillation.md §0.6 oracles): VSD/DMD (§3.1), FGM (§3.2), sCD (§6, TrigFlow
 with DDIM at the student's NFE (asserted too).
 
 PD, CD and MeanFlow (teacher velocity) are covered in test_distill_trajectory.py, SiD (λ = 1) in
-test_distill_score.py; the recipes here follow theirs (copied, not imported). sCD and CTM run through
+test_distill_score.py; the recipes here follow theirs (tests/distill_bound.py). sCD and CTM run through
 SCMTrainer / CTMTrainer (the same recipes as the former hand-written loops: identical numbers). All tests are slow
 (tens of seconds each on one CPU thread).
 """
@@ -15,50 +15,16 @@ import pytest
 import torch
 
 import diffcore
-from diffcore import metrics, models, oracles, schedules
+from diffcore import models, schedules
 from diffcore.distill.consistency import karras_grid
 from diffcore.distill.ctm import CTMModel, CTMTrainer, teacher_solver
 from diffcore.distill.meanflow import TwoTimeMLP
 from diffcore.distill.scm import SCMTrainer, TrigConsistency
 from diffcore.distill.score_distill import OneStepGenerator, ScoreDistillTrainer
 
-F64 = torch.float64
-N_EVAL = 4000
-GM = oracles.toy_2d_mixture()
-
+from distill_bound import F64, GM, N_EVAL, _bound, _gen, _naive_sw, _proj, _sw  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
-def _proj():
-    p = torch.randn(256, 2, generator=_gen(5), dtype=F64)
-    return p / p.norm(dim=1, keepdim=True)
-
-
-def _sw(x, ref):
-    return float(metrics.sliced_wasserstein(x.double(), ref, projections=_proj()))
-
-
-def _bound(sched, prediction):
-    """(held-out set, 2 × (SW of the exact teacher with 50 DPM-Solver++(2M) steps on ``sched`` + floor), floor)."""
-    ref = GM.sample(N_EVAL, _gen(11))
-    floor = _sw(GM.sample(N_EVAL, _gen(12)), ref)
-    xT = diffcore.prior_sample(sched, (N_EVAL, 2), seed=3, dtype=F64)
-    x = diffcore.sample(lambda x, t: GM.predict(x, t, sched, prediction), xT, sched, solver="dpmpp_2m", steps=50,
-                        prediction=prediction)
-    return ref, 2 * (_sw(x, ref) + floor), floor
-
-
-def _naive_sw(sched, prediction, steps, ref):
-    """SW of the exact teacher run with ``steps`` DDIM steps: what the student's NFE buys without
-    distillation (must be above the bound for the bound to mean anything at that NFE)."""
-    xT = diffcore.prior_sample(sched, (N_EVAL, 2), seed=3, dtype=F64)
-    return _sw(diffcore.sample(lambda x, t: GM.predict(x, t, sched, prediction), xT, sched, solver="ddim",
-                               steps=steps, prediction=prediction), ref)
 
 
 def _score_distill(method, steps, width, gen_lr=5e-4, ema_decay=0.998, weight=None):

@@ -3,7 +3,7 @@ consistency training without a teacher (CT, §5.2 with the improved-CT recipe) e
 generator whose sliced Wasserstein distance to held-out data of ``oracles.toy_2d_mixture()`` is at most
 2 × (SW of the exact Gaussian-mixture teacher with a 50-step DPM-Solver++(2M) + the held-out-vs-held-out
 noise floor), the bound of tests/test_distill_e2e.py (same evaluation set, projections and teacher run;
-copied, not imported). Neither method sees the teacher: MonoFlow learns from data samples through a
+tests/distill_bound.py). Neither method sees the teacher: MonoFlow learns from data samples through a
 density-ratio discriminator, CT from data samples alone. Both are slow (40 s and 55 s on one CPU
 thread of a loaded machine). A fast test checks the trainer options these recipes use (evaluation EMAs,
 iCT curriculum overrides, MonoFlow's sampler).
@@ -13,47 +13,15 @@ import torch
 import torch.nn as nn
 
 import diffcore
-from diffcore import metrics, models, oracles, schedules
+from diffcore import models, schedules
 from diffcore.distill.consistency import ConsistencyFunction, ConsistencyTrainer
 from diffcore.distill.monoflow import MonoFlowTrainer
 from diffcore.distill.score_distill import OneStepGenerator
 from diffcore.distill.students import ConsistencyStudent
 
-F64 = torch.float64
-N_EVAL = 4000
-GM = oracles.toy_2d_mixture()
+from distill_bound import F64, GM, N_EVAL, _bound, _gen, _naive_sw, _proj, _sw  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
-def _proj():
-    p = torch.randn(256, 2, generator=_gen(5), dtype=F64)
-    return p / p.norm(dim=1, keepdim=True)
-
-
-def _sw(x, ref):
-    return float(metrics.sliced_wasserstein(x.double(), ref, projections=_proj()))
-
-
-def _bound(sched, prediction):
-    """(held-out set, 2 × (SW of the exact teacher with 50 DPM-Solver++(2M) steps on ``sched`` + floor), floor)."""
-    ref = GM.sample(N_EVAL, _gen(11))
-    floor = _sw(GM.sample(N_EVAL, _gen(12)), ref)
-    xT = diffcore.prior_sample(sched, (N_EVAL, 2), seed=3, dtype=F64)
-    x = diffcore.sample(lambda x, t: GM.predict(x, t, sched, prediction), xT, sched, solver="dpmpp_2m", steps=50,
-                        prediction=prediction)
-    return ref, 2 * (_sw(x, ref) + floor), floor
-
-
-def _naive_sw(sched, prediction, steps, ref):
-    """SW of the exact teacher with ``steps`` DDIM steps (must exceed the bound for it to mean anything)."""
-    xT = diffcore.prior_sample(sched, (N_EVAL, 2), seed=3, dtype=F64)
-    return _sw(diffcore.sample(lambda x, t: GM.predict(x, t, sched, prediction), xT, sched, solver="ddim",
-                               steps=steps, prediction=prediction), ref)
 
 
 def _mlp_discriminator(width):
