@@ -8,10 +8,11 @@ MonoFlow).
 * :mod:`.jvp` (forward-mode or finite-difference JVPs) and :mod:`.students` (few-step samplers that
   ``diffcore.sample`` dispatches to, so teacher and student share one API).
 """
-from . import jvp, progressive, consistency, scm, ctm, meanflow, score_distill, monoflow, students
+from . import jvp, progressive, guided, consistency, scm, ctm, meanflow, score_distill, monoflow, students
 from .consistency import ConsistencyFunction, ConsistencyTrainer, cd_loss, ct_loss, consistency_sample
 from .ctm import CTMModel, CTMTrainer, ctm_consistency_loss, ctm_dsm_loss
-from .meanflow import TwoTimeMLP, meanflow_loss, meanflow_sample, meanflow_target
+from .guided import ClassMixtureTeacher, GuidedProgressiveDistillation, WConditioned
+from .meanflow import MeanFlowTrainer, TwoTimeMLP, meanflow_loss, meanflow_sample, meanflow_target
 from .monoflow import MonoFlowTrainer
 from .progressive import ProgressiveDistillation, pd_loss, pd_target
 from .scm import SCMTrainer, TrigConsistency, scm_loss, scm_sample
@@ -20,11 +21,11 @@ from .score_distill import (OneStepGenerator, ScoreDistillTrainer, fake_score_lo
 from .students import ConsistencyStudent, CTMStudent, MeanFlowStudent, PDStudent, SCMStudent
 
 __all__ = [
-    "jvp", "progressive", "consistency", "scm", "ctm", "meanflow", "score_distill", "monoflow", "students",
+    "jvp", "progressive", "guided", "consistency", "scm", "ctm", "meanflow", "score_distill", "monoflow", "students",
     "ConsistencyFunction", "ConsistencyTrainer", "cd_loss", "ct_loss", "consistency_sample", "CTMModel",
     "CTMTrainer", "ctm_consistency_loss", "ctm_dsm_loss", "TwoTimeMLP", "meanflow_loss", "meanflow_sample", "meanflow_target",
     "MonoFlowTrainer", "ProgressiveDistillation", "pd_loss", "pd_target", "SCMTrainer", "TrigConsistency", "scm_loss",
     "scm_sample", "OneStepGenerator", "ScoreDistillTrainer", "fake_score_loss", "fgm_generator_loss",
     "sid_generator_loss", "vsd_generator_loss", "ConsistencyStudent", "CTMStudent", "MeanFlowStudent", "PDStudent",
-    "SCMStudent",
+    "SCMStudent", "ClassMixtureTeacher", "GuidedProgressiveDistillation", "WConditioned", "MeanFlowTrainer",
 ]

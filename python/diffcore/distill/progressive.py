@@ -147,8 +147,9 @@ def guided_stage1_loss(student: Callable, teacher: Callable, x0: torch.Tensor, l
                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Stage 1 of guided PD (§4.3): ``E λ(s)‖x_{θ1}(x_s, s, c, w) − sg[x^w_φ(x_s, s, c)]‖²`` with
     ``w ~ U[w_range]`` and ``s`` uniform on the schedule's sampling range. The student is called
-    ``student(x, s, labels=..., w=...)`` (e.g. a :class:`~diffcore.distill.meanflow.TwoTimeMLP` adapter
-    taking ``w`` as its second scalar input). Stage 2 is :func:`pd_loss` with the stage-1 model as the
+    ``student(x, s, labels=..., w=...)`` (e.g. :class:`~diffcore.distill.guided.WConditioned`, an MLP
+    with a ``w`` embedding; :class:`~diffcore.distill.guided.GuidedProgressiveDistillation` runs both
+    stages). Stage 2 is :func:`pd_loss` with the stage-1 model as the
     teacher and ``model_kwargs={"labels": c, "w": w}``.
     """
     sched = _sched(schedule)
