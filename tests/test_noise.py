@@ -174,3 +174,34 @@ def test_generator_and_pre_drawn_noise():
     assert torch.allclose(a, c, rtol=0, atol=1e-14)
     with pytest.raises(ValueError, match="noise"):
         diffcore.sample(model, x, sch, solver="ddim_eta", steps=5, noise=z[:2])
+
+
+def test_provider_noise_equals_pre_drawn_noise_and_checks_its_draws():
+    from diffcore.noise import Noise  # noqa: PLC0415
+
+    sched = diffcore.schedules.get("vp_linear")
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    model = lambda xx, t: 0.5 * xx  # noqa: E731
+    plan = diffcore.solvers.get("ddpm").plan(sched, diffcore.timesteps(sched, 6), dtype=torch.float64)
+    z = torch.randn((plan.noise_draws,) + tuple(x.shape), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    calls = []
+
+    def provider(d):
+        calls.append(d)
+        return z[d]
+
+    def run(noise):
+        st = plan.init_state(x, noise)
+        for i in range(plan.num_steps):
+            for s in plan.stages(i):
+                plan.step(st, i, s, model(st.model_input(s), plan.model_time(i, s)))
+        return st.x
+
+    assert torch.equal(run(Noise(provider=provider)), run(Noise(noise=z)))
+    assert sorted(calls) == list(range(plan.noise_draws))  # each draw made exactly once
+    with pytest.raises(ValueError, match="provider's draw 0 must be a tensor"):
+        run(Noise(provider=lambda d: torch.zeros(2)))
+    with pytest.raises(TypeError, match="provider: expected a callable"):
+        Noise(provider=3)
+    with pytest.raises(ValueError, match="at most one of"):
+        Noise(seed=1, provider=provider)

@@ -140,7 +140,10 @@ class Noise:
         seed: Philox normals of (seed, sample id, draw, element) — computed inside the fused step;
         generator: a ``torch.Generator``; each draw is ``torch.randn`` from it, handed to the step;
         noise: pre-drawn noise ``[draws, B, ...]`` (``plan.noise_draws`` draws), e.g. for parallel
-            sampling or variance-reduction studies.
+            sampling or variance-reduction studies;
+        provider: ``provider(draw) → tensor | None``, called once per draw when the draw is reached
+            (None: zeros, for a draw whose coefficient is 0): noise from another library's convention,
+            e.g. a k-diffusion ``noise_sampler`` (:mod:`diffcore.k`).
     ``brownian=True`` (with a seed) replaces each step's noise by the normalized increment of a
     :class:`BrownianTree` over the step's time interval (rows without an interval, such as Langevin
     steps and EDM's churn, keep their Philox draws). ``sample_ids`` (default ``arange(B)``) key the
@@ -148,27 +151,32 @@ class Noise:
     """
 
     def __init__(self, seed: Optional[int] = None, sample_ids=None, generator: Optional[torch.Generator] = None,
-                 noise: Optional[torch.Tensor] = None, brownian: bool = False, brownian_depth: int = 20):
-        given = [n for n, v in (("seed", seed), ("generator", generator), ("noise", noise)) if v is not None]
+                 noise: Optional[torch.Tensor] = None, brownian: bool = False, brownian_depth: int = 20,
+                 provider=None):
+        given = [n for n, v in (("seed", seed), ("generator", generator), ("noise", noise), ("provider", provider))
+                 if v is not None]
         if len(given) > 1:
-            raise ValueError(f"noise: give at most one of seed=, generator=, noise= (got {', '.join(given)})")
+            raise ValueError(f"noise: give at most one of seed=, generator=, noise=, provider= (got {', '.join(given)})")
+        if provider is not None and not callable(provider):
+            raise TypeError(f"provider: expected a callable draw -> tensor, got {type(provider).__name__}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
         if noise is not None and not isinstance(noise, torch.Tensor):
             raise TypeError(f"noise: expected a tensor [draws, B, ...], got {type(noise).__name__}")
         if not isinstance(brownian, bool):
             raise TypeError(f"brownian: expected a bool, got {brownian!r}")
-        if brownian and (generator is not None or noise is not None):
-            raise ValueError("brownian: the Brownian tree is keyed by seed=; it cannot use generator= or noise=")
+        if brownian and (generator is not None or noise is not None or provider is not None):
+            raise ValueError("brownian: the Brownian tree is keyed by seed=; it cannot use generator=, noise= or provider=")
         if isinstance(brownian_depth, bool) or not isinstance(brownian_depth, int) or not 0 <= brownian_depth <= _MAX_DEPTH:
             raise ValueError(f"brownian_depth: expected an int in [0, {_MAX_DEPTH}], got {brownian_depth!r}")
-        if sample_ids is not None and (generator is not None or noise is not None):
+        if sample_ids is not None and (generator is not None or noise is not None or provider is not None):
             raise ValueError("sample_ids: only meaningful with seed= (Philox or Brownian noise)")
         self.seed = None if seed is None else _check_seed(seed)
         self.sample_ids = sample_ids
         self._ids = {}
         self.generator = generator
         self.tensor = noise
+        self.provider = provider
         self.brownian = brownian
         self.depth = brownian_depth
 
@@ -189,6 +197,8 @@ class Noise:
             return "tensor"
         if self.generator is not None:
             return "generator"
+        if self.provider is not None:
+            return "provider"
         return "brownian" if self.brownian else "philox"
 
 

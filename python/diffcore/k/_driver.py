@@ -23,7 +23,6 @@ import torch
 
 from ..noise import Noise
 from ..schedules import EDM
-from ..solvers.base import State
 
 __all__ = ["check_inputs", "run"]
 
@@ -59,31 +58,6 @@ def check_inputs(model, x, sigmas, extra_args, callback) -> torch.Tensor:
     return grid
 
 
-class _SamplerState(State):
-    """A run state whose noise draws come from ``draw_noise(draw)`` (a tensor shaped like ``x``)
-    instead of diffcore's generators. The base class hands host-side noise to the fused step
-    through :meth:`noise_value` (its ``generator`` mode; the generator itself is never used)."""
-
-    def __init__(self, plan, x: torch.Tensor, draw_noise: Callable[[int], torch.Tensor]):
-        self._draw_noise = draw_noise
-        self._last = (None, None)
-        super().__init__(plan, x, Noise(generator=torch.Generator(device=x.device)))
-
-    def noise_value(self, draw: int, row: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self._last[0] == draw:  # a draw is read by one (step, stage); never call the sampler twice for it
-            return self._last[1]
-        x = self.x
-        z = self._draw_noise(draw)
-        if z is None:
-            z = torch.zeros_like(x, memory_format=torch.contiguous_format)
-        if not isinstance(z, torch.Tensor) or tuple(z.shape) != tuple(x.shape):
-            raise ValueError(f"noise_sampler: expected a tensor of x's shape {tuple(x.shape)}, got "
-                             f"{getattr(z, 'shape', type(z).__name__)}")
-        z = z.to(device=x.device, dtype=x.dtype).contiguous()
-        self._last = (draw, z)
-        return z
-
-
 def _progress(n: int, disable):
     from tqdm.auto import trange  # noqa: PLC0415 — as k-diffusion: a bar unless disable
 
@@ -115,7 +89,14 @@ def run(solver, model, x: torch.Tensor, sigmas: torch.Tensor, grid: torch.Tensor
             for s, d in enumerate(plan.draws[i]):
                 if d >= 0:
                     step_of[d] = noise_step(i, s) if noise_step is not None else i
-        state = _SamplerState(plan, x, lambda d: noise(step_of[d]))
+        def provider(d):
+            z = noise(step_of[d])
+            if z is not None and (not isinstance(z, torch.Tensor) or tuple(z.shape) != tuple(x.shape)):
+                raise ValueError(f"noise_sampler: expected a tensor of x's shape {tuple(x.shape)}, got "
+                                 f"{getattr(z, 'shape', type(z).__name__)}")
+            return z
+
+        state = plan.init_state(x, Noise(provider=provider))
     s_in = x.new_ones([x.shape[0]])
     for i in _progress(plan.num_steps, disable):
         for s in plan.stages(i):

@@ -37,7 +37,7 @@ SOLVER_TYPES = {"midpoint": 0, "dpmsolver": 0, "a": 0, "heun": 1, "taylor": 1, "
 #: Columns of a coefficient row besides the 2K history weights (csrc/core/solver_step.h) and entries of
 #: a (step, stage) layout record: model input, ring slot, write x, write y, noise draw.
 NCOEF_BASE, LAYOUT = 12, 5
-_NOISE_KIND = {"philox": 1, "tensor": 2, "generator": 2, "brownian": 3}
+_NOISE_KIND = {"philox": 1, "tensor": 2, "generator": 2, "provider": 2, "brownian": 3}
 
 _QUAD_NODES = 16  # Gauss–Legendre nodes per step for DEIS (solvers.md §6.4: ≥ 16 suffices in float64)
 
@@ -471,7 +471,7 @@ class State:
                 raise ValueError(f"noise: expected a tensor on {self.x.device}, got {z.device}")
             self._znoise = z.to(self.x.dtype).contiguous()
             self._host_noise = True
-        else:  # generator: one torch.randn per draw, when the draw is reached
+        else:  # generator / provider: one tensor per draw, made when the draw is reached
             self._host_noise = True
         self._zbuf = {}
 
@@ -481,12 +481,11 @@ class State:
         x = self.x
         if self._znoise is not None:
             return self._znoise[draw]
-        if self.noise.kind == "generator":
+        if self.noise.kind in ("generator", "provider"):
             z = self._zbuf.get(draw)
             if z is None:
-                self._zbuf.clear()  # a draw is used by one (step, stage) only
-                g = self.noise.generator
-                z = torch.randn(x.shape, generator=g, device=g.device, dtype=x.dtype).to(x.device)
+                self._zbuf.clear()  # a draw is used by one (step, stage) only: never made twice
+                z = self._host_draw(draw)
                 self._zbuf[draw] = z
             return z
         z = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -497,6 +496,19 @@ class State:
                 return _ops.noise_fill(z, self._seed, self._ids, draw, DOMAIN_STEP, iv, self.plan.noise_span,
                                        self.noise.depth)
         return _ops.noise_fill(z, self._seed, self._ids, draw, DOMAIN_STEP)
+
+    def _host_draw(self, draw: int) -> torch.Tensor:
+        x = self.x
+        if self.noise.kind == "generator":
+            g = self.noise.generator
+            return torch.randn(x.shape, generator=g, device=g.device, dtype=x.dtype).to(x.device)
+        z = self.noise.provider(draw)
+        if z is None:
+            return torch.zeros_like(x, memory_format=torch.contiguous_format)
+        if not isinstance(z, torch.Tensor) or tuple(z.shape) != tuple(x.shape):
+            raise ValueError(f"noise: the provider's draw {draw} must be a tensor of x's shape {tuple(x.shape)}, got "
+                             f"{getattr(z, 'shape', type(z).__name__)}")
+        return z.to(device=x.device, dtype=x.dtype).contiguous()
 
     def _z_capsule(self, draw: int):
         return None if draw < 0 else _to_dlpack(self.noise_value(draw))
