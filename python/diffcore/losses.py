@@ -440,24 +440,37 @@ class CFMLoss(Loss):
     Args:
         path: ``"linear"`` (rectified flow), ``"ot"`` (σ_min path P5), ``"vp"``, ``"ve"``, ``"trig"``,
             ``"bridge"`` (Brownian bridge P6 with ``sigma``; SB-CFM), a Schedule (its affine path) or an
-            :class:`~diffcore.paths.InterpolantPath`.
+            :class:`~diffcore.paths.InterpolantPath`. Default ``None``: the Brownian bridge with the
+            coupling's σ for a Schrödinger-bridge coupling, else ``"linear"``.
         sigma_min: σ_min of ``"ot"``. sigma: σ of ``"bridge"`` (default: the coupling's ``sigma``, e.g.
             ``diffcore.coupling.SchrodingerBridge``). sigma_c: constant extra noise (P1/P2).
         coupling: ``None`` (independent, I-CFM), a name resolved by ``diffcore.coupling.get(name,
             **coupling_options)`` (``"exact"``, ``"sinkhorn"``, ``"sb"``, …) or an object with
             ``couple(y0, y1, labels, generator) -> (y0p, y1p, labelsp)`` or ``pair(y0, y1, generator)
             -> (i, j)``. Labels follow the data (``labels[j]``).
+
+            ``"sb"`` (:class:`~diffcore.coupling.SchrodingerBridge`, also inside
+            :class:`~diffcore.coupling.Distributed`) is SB-CFM (Tong et al. 2024, "Improving and
+            generalizing flow-based generative models with minibatch optimal transport", §3.4): the
+            entropic plan with ε = 2σ² is the static Schrödinger bridge of the Brownian motion σW only
+            when the pairs are joined by that motion's bridge, ``x = (1 − τ) y0 + τ y1 + σ√(τ(1 − τ)) ξ``
+            with target ``(1 − 2τ)/(2τ(1 − τ))·(x − μ_τ) + y1 − y0`` (FM time τ = 1 − t). So the SB
+            coupling selects that path and refuses any other path or another σ; for entropic OT pairs
+            on a noise-free path use ``coupling="sinkhorn"``.
         Other options as :class:`DiffusionLoss`. The bridge path's default range is
         ``[1e-5, 1 − 1e-5]``: its target has ``E‖ċξ‖² ∝ 1/(t(1 − t))``, not integrable at the ends.
     """
 
     prediction = "velocity"
 
-    def __init__(self, path="linear", sigma_min: float = 1e-4, sigma: Optional[float] = None, sigma_c: float = 0.0,
+    def __init__(self, path=None, sigma_min: float = 1e-4, sigma: Optional[float] = None, sigma_c: float = 0.0,
                  coupling=None, coupling_options: Optional[dict] = None, time="uniform",
                  time_options: Optional[dict] = None, t_min=None, t_max=None, weighting=None,
                  importance: bool = False, reduction: str = "sum", check_finite: Optional[bool] = None):
         self.coupling = self._resolve_coupling(coupling, coupling_options)
+        sb_sigma = self._sb_sigma(self.coupling)
+        if path is None:
+            path = "linear" if sb_sigma is None else "bridge"
         if isinstance(path, InterpolantPath):
             if sigma is not None or sigma_c:
                 raise ValueError("sigma, sigma_c: set them on the InterpolantPath instance")
@@ -467,14 +480,35 @@ class CFMLoss(Loss):
         else:
             is_bridge = isinstance(path, str) and path.lower() in ("bridge", "sb", "brownian_bridge")
             if is_bridge and sigma is None:
-                sigma = getattr(self.coupling, "sigma", None)
+                sigma = sb_sigma if sb_sigma is not None else getattr(self.coupling, "sigma", None)
             self.path = fm_path(path, sigma_min=sigma_min, sigma=sigma, sigma_c=sigma_c)
+        if sb_sigma is not None:
+            self._check_sb_path(self.path, sb_sigma)
         if self.path.bridge_sigma is not None:
             t_min = _BRIDGE_EDGE if t_min is None and "t_min" not in (time_options or {}) else t_min
             t_max = 1 - _BRIDGE_EDGE if t_max is None and "t_max" not in (time_options or {}) else t_max
         self._weight_head = None if self.path.noisy else "velocity"
         self._setup(self.path.schedule, time, time_options, t_min, t_max, weighting, importance, reduction,
                     check_finite)
+
+    @staticmethod
+    def _sb_sigma(coupling) -> Optional[float]:
+        """σ of a Schrödinger-bridge coupling (unwrapping the DDP-aware wrapper), else None."""
+        if coupling is None or isinstance(coupling, str):
+            return None
+        from . import coupling as _coupling  # noqa: PLC0415 (lazy, as in _resolve_coupling)
+        inner = coupling.inner if isinstance(coupling, _coupling.Distributed) else coupling
+        return inner.sigma if isinstance(inner, _coupling.SchrodingerBridge) else None
+
+    @staticmethod
+    def _check_sb_path(path, sb_sigma: float) -> None:
+        if path.bridge_sigma is None:
+            raise ValueError(f"path: the Schrödinger-bridge coupling (SB-CFM) needs the Brownian-bridge path of "
+                             f"its σ = {sb_sigma}; got {path!r}. Leave path unset (or path='bridge'), or use "
+                             f"coupling='sinkhorn' for entropic-OT pairs on a noise-free path")
+        if not math.isclose(path.bridge_sigma, sb_sigma, rel_tol=1e-12, abs_tol=0.0):
+            raise ValueError(f"sigma: SB-CFM ties the bridge's σ to the coupling's (ε = 2σ²): expected "
+                             f"{sb_sigma}, got {path.bridge_sigma}")
 
     @staticmethod
     def _resolve_coupling(coupling, options):
