@@ -19,6 +19,7 @@ with data-form coefficients. Defaults (spacing, range, final_zero) come from the
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional
 
 import torch
@@ -71,13 +72,18 @@ def timesteps(
     key = SPACINGS.get(str(spacing).lower())
     if key is None:
         raise ValueError(f"spacing: unknown {spacing!r}; expected one of {sorted(SPACINGS)}")
-    if not (isinstance(rho, (int, float)) and rho > 0):
-        raise ValueError(f"rho: expected a positive number, got {rho!r}")
+    if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not (0 < rho < math.inf):
+        raise ValueError(f"rho: expected a finite positive number (ρ → ∞ is spacing='uniform_lambda'), got {rho!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        # times are real numbers in (0, t_max]: an integer cast rounds them to [1, 0, 0, …]
+        raise TypeError(f"dtype: expected a floating torch dtype for the times, got {dtype!r}")
+    if final_zero is not None and final_zero not in (True, False):  # bool("no") would be True
+        raise TypeError(f"final_zero: expected True, False or None, got {final_zero!r}")
     final_zero = schedule.final_zero if final_zero is None else bool(final_zero)
-    t_start = float(schedule.t_start if t_start is None else t_start)
-    t_end = float(schedule.t_end if t_end is None else t_end)
+    t_start = _time_arg(schedule.t_start if t_start is None else t_start, "t_start")
+    t_end = _time_arg(schedule.t_end if t_end is None else t_end, "t_end")
     for name, v in (("t_start", t_start), ("t_end", t_end)):
-        if not (schedule.t_min <= v <= schedule.t_max) or math.isnan(v):
+        if not (schedule.t_min <= v <= schedule.t_max and math.isfinite(v)):
             raise ValueError(f"{name}: expected a time in [{schedule.t_min}, {schedule.t_max}] for {schedule!r}, got {v}")
     if not t_start > t_end:
         raise ValueError(f"t_start, t_end: expected t_start > t_end, got {t_start} and {t_end}")
@@ -98,8 +104,23 @@ def timesteps(
         raise ValueError(
             f"n: {n} steps of {key} spacing between {t_start} and {t_end} do not give strictly decreasing "
             "times in float64; use fewer steps or another spacing"
+            + (f" (or a rho nearer 7 than rho={rho})" if key == "karras" else "")
         )
-    return grid.to(device=device, dtype=dtype)
+    out = grid.to(dtype)
+    if dtype != torch.float64 and not bool((out[1:] < out[:-1]).all()):
+        raise ValueError(
+            f"dtype: {n} steps between {t_start} and {t_end} are not strictly decreasing once rounded to "
+            f"{dtype}; use fewer steps or a wider dtype"
+        )
+    return out.to(device=device)
+
+
+def _time_arg(v, name: str) -> float:
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: expected a number (a time of the schedule), got {type(v).__name__}")
+    return float(v)
 
 
 def _spaced(schedule: Schedule, key: str, t_start: float, t_end: float, frac: torch.Tensor, rho: float):
@@ -119,6 +140,8 @@ def _spaced(schedule: Schedule, key: str, t_start: float, t_end: float, frac: to
     if key == "uniform_lambda":
         lam = lam0 + frac * (lam1 - lam0)
     else:  # karras: ρ-spacing of the noise-to-signal ratio e^{−λ}, in log space for large ρ
-        hi, lo = math.exp(-lam0 / rho), math.exp(-lam1 / rho)
-        lam = -rho * torch.log(hi + frac * (lo - hi))
+        # log((1 − f)·e^{−λ0/ρ} + f·e^{−λ1/ρ}) written as −λ0/ρ + log1p(f·expm1((λ0 − λ1)/ρ)): no overflow
+        # for small ρ, no loss to the 1 + (tiny) rounding for large ρ
+        lam = lam0 - rho * torch.log1p(frac * math.expm1((lam0 - lam1) / rho))
+        lam[0], lam[-1] = lam0, lam1
     return schedule.t_of_lam(lam)

@@ -9,6 +9,8 @@ Papers that write ``cond + w·(cond − uncond)`` use ``w = ω − 1``: :meth:`C
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable, Optional
 
 import torch
@@ -39,8 +41,10 @@ class CFG:
     """
 
     def __init__(self, omega: float, uncond: Optional[dict] = None):
-        if not isinstance(omega, (int, float)) or isinstance(omega, bool):
+        if not isinstance(omega, numbers.Real) or isinstance(omega, bool):
             raise TypeError(f"omega: expected a number, got {omega!r}")
+        if not math.isfinite(omega):  # NaN/inf would turn every guided prediction into NaN silently
+            raise ValueError(f"omega: expected a finite guidance scale, got {omega!r}")
         if uncond is not None and not isinstance(uncond, dict):
             raise TypeError(f"uncond: expected a dict of model keyword arguments, got {type(uncond).__name__}")
         self.omega = float(omega)
@@ -49,6 +53,10 @@ class CFG:
     @classmethod
     def from_w(cls, w: float, uncond: Optional[dict] = None) -> "CFG":
         """Guidance written ``cond + w·(cond − uncond)`` (Ho & Salimans' w): ω = w + 1."""
+        if not isinstance(w, numbers.Real) or isinstance(w, bool):
+            raise TypeError(f"w: expected a number, got {w!r}")
+        if not math.isfinite(w):
+            raise ValueError(f"w: expected a finite guidance weight, got {w!r}")
         return cls(float(w) + 1.0, uncond)
 
     def __repr__(self) -> str:

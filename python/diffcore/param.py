@@ -235,6 +235,7 @@ def convert(m: torch.Tensor, x: torch.Tensor, t, schedule: Schedule, src, dst, o
     """
     src = canonical_prediction(src, "src")
     dst = canonical_prediction(dst, "dst")
+    schedule = _as_schedule(schedule)
     _check_pair(m, x)
     if "v" in (src, dst):
         _check_v(getattr(schedule, "kind", "general") == "vp", "src" if src == "v" else "dst", schedule)
@@ -246,7 +247,26 @@ def convert(m: torch.Tensor, x: torch.Tensor, t, schedule: Schedule, src, dst, o
             raise ValueError(f"out: expected shape {tuple(x.shape)}, got {tuple(out.shape)}")
         return out.copy_(m)
     c_x, c_m = conversion_coefs(src, dst, _eval64(schedule, tb), schedule)
+    if c_x.device.type == "cpu" and not _ops.in_transform():  # host values: a check without a device sync
+        bad = ~(torch.isfinite(c_x.detach()) & torch.isfinite(c_m.detach()))
+        if bool(bad.any()):
+            raise ValueError(
+                f"t: {src} -> {dst} is singular at t = {float(tb.detach()[bad.nonzero()[0, 0]])} for {schedule!r} "
+                "(it divides by a σ or α that is zero there); convert at times inside the open range"
+            )
     return _affine(x, m, c_x, c_m, out)
+
+
+def _as_schedule(schedule) -> Schedule:
+    """A schedule instance, or one built from its name (``"vp_linear"``, …); anything else is refused
+    here rather than failing later as an attribute error."""
+    if isinstance(schedule, str):
+        from .schedules import get
+        return get(schedule)
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule: expected a diffcore Schedule or a schedule name such as 'vp_linear', "
+                        f"got {type(schedule).__name__}")
+    return schedule
 
 
 def edm_precond_coefs(values, sigma_data: float = 0.5):

@@ -34,6 +34,11 @@ def prior_sample(schedule, shape, generator: Optional[torch.Generator] = None, d
     ``sample_ids`` (default ``arange(shape[0])``): a sample's start then does not depend on the batch
     it is drawn in, on the device or on the dtype (beyond rounding)."""
     schedule = _schedules.get(schedule)
+    shape = _prior_shape(shape)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype: expected a floating torch dtype for Gaussian noise, got {dtype!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     std = schedule.prior_std(t)
     if seed is not None:
         if generator is not None:
@@ -42,6 +47,24 @@ def prior_sample(schedule, shape, generator: Optional[torch.Generator] = None, d
     if sample_ids is not None:
         raise ValueError("sample_ids: only meaningful with seed=")
     return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype) * std
+
+
+def _prior_shape(shape) -> tuple:
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(f"shape: expected a sequence of ints such as (B, C, H, W), got {type(shape).__name__}") from None
+    try:
+        if any(isinstance(d, bool) for d in dims):
+            raise TypeError
+        dims = tuple(d.__index__() for d in dims)
+    except (TypeError, AttributeError):
+        raise TypeError(f"shape: expected a sequence of ints, got {dims!r}") from None
+    if any(d < 0 for d in dims):
+        raise ValueError(f"shape: expected non-negative sizes, got {dims!r}")
+    return dims
 
 
 def _grid(schedule, steps, spacing, t_start, t_end):

@@ -17,6 +17,7 @@ would synchronize); pass ``check=True`` to force it.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple, Optional, Sequence
 
 import torch
@@ -44,6 +45,8 @@ class ScheduleValues(NamedTuple):
 
 def _as_time(t, name: str = "t") -> torch.Tensor:
     if isinstance(t, torch.Tensor):
+        if t.is_complex():  # a cast would drop the imaginary part with only a warning
+            raise TypeError(f"{name}: expected real times, got a {t.dtype} tensor")
         if not t.is_floating_point():
             return t.to(torch.float64)
         return t
@@ -155,6 +158,10 @@ class Schedule:
         """Standard deviation of the Gaussian the sampler starts from at ``t`` (default ``t_start``):
         σ(t), exact when α(t) = 0 and the usual approximation otherwise."""
         t = self.t_start if t is None else t
+        if isinstance(t, torch.Tensor) and t.numel() == 1:
+            t = t.item()
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t):
+            raise ValueError(f"t: expected a finite time in [{self.t_min}, {self.t_max}] for {self!r}, got {t!r}")
         return float(self.sigma(torch.tensor([float(t)], dtype=torch.float64))[0])
 
     # ---- internals ------------------------------------------------------------------------------
@@ -223,15 +230,31 @@ def _require(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+def _real(v, name: str) -> float:
+    """A finite real parameter (NaN or inf would make every value of the schedule NaN or inf)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {type(v).__name__}")
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: expected a finite number, got {v!r}")
+    return float(v)
+
+
+def _t_end(v, lo: float = 0.0, hi: float = 1.0) -> float:
+    v = _real(v, "t_end")
+    _require(lo < v < hi, f"t_end: expected a default clean end time in ({lo}, {hi}), got {v}")
+    return v
+
+
 class _LinearBeta(Schedule):
     """Shared pieces of the schedules driven by a linear β(t) = β_min + (β_max − β_min)t and its
     integral B(t) = β_min t + ½(β_max − β_min)t² (α = e^{−B/2} for both VP and sub-VP)."""
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_end: float = 1e-3):
+        beta_min, beta_max = _real(beta_min, "beta_min"), _real(beta_max, "beta_max")
         _require(beta_min >= 0 and beta_max >= beta_min and beta_max > 0,
                  f"beta_min, beta_max: expected 0 <= beta_min <= beta_max, beta_max > 0, got {beta_min}, {beta_max}")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
-        self.t_end = float(t_end)
+        self.t_end = _t_end(t_end)
 
     def _core_params(self):
         return (self.beta_min, self.beta_max)
@@ -302,9 +325,10 @@ class VPCosine(Schedule):
     _cid = 1
 
     def __init__(self, s: float = 0.008, t_end: float = 1e-3):
+        s = _real(s, "s")
         _require(s >= 0, f"s: expected s >= 0, got {s}")
         self.s = float(s)
-        self.t_end = float(t_end)
+        self.t_end = _t_end(t_end)
 
     def _core_params(self):
         return (self.s,)
@@ -424,6 +448,9 @@ class VE(Schedule):
     _cid = 4
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, exact: bool = False):
+        sigma_min, sigma_max = _real(sigma_min, "sigma_min"), _real(sigma_max, "sigma_max")
+        if exact not in (True, False):
+            raise TypeError(f"exact: expected a bool, got {exact!r}")
         _require(0 < sigma_min < sigma_max, f"sigma_min, sigma_max: expected 0 < sigma_min < sigma_max, "
                                             f"got {sigma_min}, {sigma_max}")
         self.sigma_min, self.sigma_max, self.exact = float(sigma_min), float(sigma_max), bool(exact)
@@ -466,6 +493,7 @@ class EDM(Schedule):
     _cid = 5
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        sigma_min, sigma_max = _real(sigma_min, "sigma_min"), _real(sigma_max, "sigma_max")
         _require(0 < sigma_min < sigma_max, f"sigma_min, sigma_max: expected 0 < sigma_min < sigma_max, "
                                             f"got {sigma_min}, {sigma_max}")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
@@ -495,6 +523,7 @@ class RectifiedFlow(Schedule):
     _cid = 6
 
     def __init__(self, shift: float = 1.0):
+        shift = _real(shift, "shift")
         _require(shift > 0, f"shift: expected shift > 0, got {shift}")
         self.shift = float(shift)
 
@@ -534,6 +563,7 @@ class OTSigmaMin(Schedule):
     spacing = "uniform_t"
 
     def __init__(self, sigma_min: float = 1e-4):
+        sigma_min = _real(sigma_min, "sigma_min")
         _require(isinstance(sigma_min, (int, float)) and 0 < sigma_min < 1,
                  f"sigma_min: expected 0 < sigma_min < 1, got {sigma_min!r}")
         self.sigma_min = float(sigma_min)
@@ -571,6 +601,7 @@ class Trig(Schedule):
     _cid = 7
 
     def __init__(self, sigma_data: float = 1.0):
+        sigma_data = _real(sigma_data, "sigma_data")
         _require(sigma_data > 0, f"sigma_data: expected sigma_data > 0, got {sigma_data}")
         self.sigma_data = float(sigma_data)
         self.kind = "vp" if self.sigma_data == 1.0 else "general"
