@@ -1,6 +1,6 @@
 """Adaptive solvers with per-sample steps (``dpm_adaptive_ps``) against shared-step integration.
 
-Table 1 — **NFE and error** on the 1-D reference mixture of solvers.md §12 (exact ε, float64,
+Table 1 — **NFE and error** on the 1-D reference mixture of ``diffcore.convergence`` (exact ε, float64,
 ``VPLinear`` from t = 1 to 1e-3; the 24 pinned starts plus 40 evenly spread ones, whose paths range
 from easy to near a separatrix): for order 2 and 3 and rtol = atol = tol, the model evaluations summed
 over the samples (per-sample counts) for per-sample steps, the shared-step baseline (same pair, norm

@@ -1,6 +1,6 @@
 """Few-step students vs the teacher's solvers: quality against NFE and training cost (a report, not a gate).
 
-Configuration (distillation.md §0.6: the exact Gaussian-mixture oracle is the teacher, so every
+Configuration (the exact Gaussian-mixture oracle of ``diffcore.oracles`` is the teacher, so every
 student is compared with a perfectly trained diffusion model):
 
 * data: ``oracles.toy_2d_mixture()`` (2-D, four anisotropic components); quality = sliced Wasserstein

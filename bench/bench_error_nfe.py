@@ -1,7 +1,7 @@
 """Error vs NFE of every deterministic solver on every schedule family (a report, not a gate).
 
-The model is the exact Gaussian-mixture oracle of solvers.md §12 (its ε̂, x̂ or velocity), the error
-the RMS over pinned start points (normal quantiles, near-separatrix points dropped, §12.1) against
+The model is the exact Gaussian-mixture oracle of ``diffcore.convergence`` (its ε̂, x̂ or velocity), the
+error the RMS over pinned start points (normal quantiles, near-separatrix points dropped) against
 the float64 DOP853 reference, with each schedule's default grid (spacing, t_start, t_end, final
 σ = 0 step where the schedule has one; rectified flow starts at t = 0.999, since noise-form and
 single-step solvers cannot start where α = 0) and the solvers' defaults (lower_order_final on). A solver
@@ -107,7 +107,7 @@ def main() -> None:
     if args.quick:
         args.nfe, args.schedules, args.no_orders = [5, 10, 20], ["vp_linear", "rf"], True
     cmd = f"python bench/bench_error_nfe.py {' '.join(argv)}".rstrip()
-    print(f"# error vs NFE — {datetime.date.today()} — float64, GMM oracle of solvers.md §12")
+    print(f"# error vs NFE — {datetime.date.today()} — float64, GMM oracle of diffcore.convergence")
     print(f"# {machine()}")
     print(f"# command: {cmd}")
     errors = {}

@@ -1,9 +1,9 @@
-"""Picard / ParaDiGMS parallel-in-time sampling (solvers.md §8): rounds, model evaluations, error, and
+"""Picard / ParaDiGMS parallel-in-time sampling (Shih et al. 2023; book §9.8): rounds, model evaluations, error, and
 wall clock against the sequential solver.
 
 Two tables:
 
-1. **Rounds and error** on the 1-D Gaussian-mixture oracle of solvers.md §12 (exact ε, float64,
+1. **Rounds and error** on the 1-D Gaussian-mixture oracle of ``diffcore.convergence`` (exact ε, float64,
    ``VPLinear``, 64 prior samples, ``--steps`` steps, default 100): for each solver, window ``p`` and
    tolerance ``τ``: rounds (sequential batched model calls), model evaluations per sample (``Σ J``)
    next to the sequential count, RMS(Picard − sequential) and the measured ``C = RMS/τ``.

@@ -1,4 +1,4 @@
-"""DPM-Solver-v3 (solvers.md §6.9) against DPM-Solver++(3M) and UniPC-3 at NFE 5, 8, 10 (and 15, 20).
+"""DPM-Solver-v3 (Zheng et al. 2023; book §9.7) against DPM-Solver++(3M) and UniPC-3 at NFE 5, 8, 10 (and 15, 20).
 
 Configuration: exact Gaussian-mixture models (:mod:`diffcore.oracles`) as the network, float64,
 ``VPLinear`` from t = 1 to t_end = 1e-3 (σ > 0; no final denoising step), λ-uniform grids,

@@ -1,5 +1,5 @@
-"""Progressive distillation of a class-conditional digits model to a 2-step student (issue 7;
-distillation.md §4.2, book §10.3, eq. 10.3.1–10.3.2), compared with its teacher.
+"""Progressive distillation of a class-conditional digits model to a 2-step student (Salimans &
+Ho 2022; book §10.3, eq. 10.3.1–10.3.2), compared with its teacher.
 
 1. Train a class-conditional teacher (``diffcore.models.MLP``, v-prediction on ``vp_cosine``, label
    dropout 0.1 so it also has the unconditional branch for CFG) on ``Digits("train")``.

@@ -1,4 +1,4 @@
-"""Optimal transport in diffcore: Sinkhorn, exact assignment, and minibatch OT-CFM (training.md §7.7).
+"""Optimal transport in diffcore: Sinkhorn, exact assignment, and minibatch OT-CFM (Tong et al. 2024).
 
 1. **Solvers** (``diffcore.ot``) on one minibatch problem: Gaussian noise ``x`` against two-moons
    data ``y`` (``n`` points each, squared-Euclidean cost ``ot.squared_euclidean``):

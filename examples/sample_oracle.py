@@ -7,7 +7,7 @@ The model is the closed-form ε-prediction of a 2-D Gaussian mixture (``oracles.
    probability-flow ODE (``oracles.reference_ode``, ~1e-11 accurate) and by each deterministic solver
    at a given number of model evaluations (NFE; Heun spends two per step, so it gets NFE/2 steps) on
    the schedule's default grid. The figure is the RMS distance to the reference — the discretisation
-   error alone (solvers.md §12 does the same on a 1-D mixture: ``bench/bench_error_nfe.py``).
+   error alone (``bench/bench_error_nfe.py`` does the same on the 1-D mixture of ``diffcore.convergence``).
 2. **Distribution.** A larger batch through DPM-Solver++(3M) at 50 steps and through the stochastic
    DPM-Solver++(2M) SDE (seeded Philox noise) must have the mixture's mean: the script prints the
    distance of each sample mean to the exact ``oracle.mean`` in units of its standard error

@@ -1,4 +1,5 @@
-"""Train a small flow-matching model on two moons with ``diffcore.train`` and sample it (training.md §5).
+"""Train a small flow-matching model on two moons with ``diffcore.train`` and sample it
+(book §5.2; Lipman et al. 2023).
 
 1. ``losses.get("cfm")``: conditional flow matching on the rectified-flow path ``x_t = (1 − t)·x0 + t·ε``
    with the velocity target ``ε − x0`` (Lipman et al. 2023; Liu et al. 2023), an MLP

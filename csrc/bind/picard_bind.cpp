@@ -1,4 +1,4 @@
-// Python binding of the fused Picard window update (csrc/core/picard.h; solvers.md §8).
+// Python binding of the fused Picard window update (csrc/core/picard.h; book §9.8).
 //
 //   _core.picard_window(x, phi, sigma2, carry, y, residual, stride, work, tau2, nthreads, stream)
 //       x [J+1, B, *S], phi [J, B, *S] float32/float64 (dims from 2 on row-major contiguous);

@@ -1,4 +1,4 @@
-// The generic linear-combination step of DESIGN.md ("the one idea"):
+// The generic linear-combination step of docs/design.md ("The one idea"):
 //
 //   out[b, n] = w_0(b, n) * x[b, n] + sum_{k=1..K} w_k(b, n) * D_k[b, n],
 //   w_k(b, n) = coef[b, k] * (feat ? feat[b, k, n] : 1),

@@ -1,6 +1,6 @@
 // Scalar types and conversions shared by the CPU loops and the CUDA kernels.
-// Half types are stored as raw 16-bit words and computed in float (DESIGN.md: "half types compute in
-// float32"); conversions are bit-exact round-to-nearest-even so CPU and CUDA agree bit for bit.
+// Half types are stored as raw 16-bit words and computed in float (docs/design.md, "One fused kernel
+// family"); conversions are bit-exact round-to-nearest-even so CPU and CUDA agree bit for bit.
 #pragma once
 #include <cstdint>
 #include <cstring>

@@ -1,4 +1,4 @@
-// φ-functions of exponential integrators (solvers.md §0.3):
+// φ-functions of exponential integrators (Hochbruck & Ostermann 2010, Acta Numerica; book §9.4–9.5):
 //   φ_1(z) = (e^z − 1)/z,  φ_{k+1}(z) = (φ_k(z) − 1/k!)/z,  φ_k(0) = 1/k!.
 // The recursion cancels catastrophically for small |z|, so below a threshold the Taylor series
 // φ_k(z) = Σ_n z^n/(n+k)! is summed instead. The step coefficients use the products h·φ_k(±h), which
@@ -33,7 +33,7 @@ inline double phi(int k, double z) {
 }
 
 // h·φ_k(z) for z = ±h: the weight of the (k−1)-th λ-derivative term in the Taylor-expanded update
-// (solvers.md §6.5, §6.7). For the data form with h = +∞ (a step to σ = 0), only k = 1 is finite.
+// (book §9.4, §9.5). For the data form with h = +∞ (a step to σ = 0), only k = 1 is finite.
 inline double hphi(int k, double h, double z) {
   if (std::isinf(h)) return k == 1 ? 1.0 : INFINITY;
   return h * phi(k, z);

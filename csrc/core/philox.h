@@ -1,4 +1,4 @@
-// Counter-based noise (DESIGN.md, "One fused kernel family"): Philox-4x32-10 (Salmon et al., SC'11,
+// Counter-based noise (docs/design.md, "One fused kernel family"): Philox-4x32-10 (Salmon et al., SC'11,
 // "Parallel random numbers: as easy as 1, 2, 3"; checked against the Random123 known-answer vectors)
 // and Box–Muller normals.
 //

@@ -1,4 +1,4 @@
-// The fused Picard window update (solvers.md §8 steps b, c, e; book §9.8, Eq. (9.8.4), Alg. 8 lines 7–12).
+// The fused Picard window update (book §9.8, Eq. (9.8.4), Alg. 8 lines 7–12).
 //
 // For a window of J nodes ℓ … ℓ+J−1 with iterate x [J+1, B, D] and one-node maps phi [J, B, D]
 // (phi_j = Φ_{ℓ+j}(X_{ℓ+j})), each element runs the scan of Eq. (9.8.4) in its defect form

@@ -1,4 +1,4 @@
-// Building blocks of the coefficient plans (DESIGN.md, "Coefficient plans"): grid nodes, linear
+// Building blocks of the coefficient plans (docs/design.md, "Coefficient plans"): grid nodes, linear
 // expressions over the step kernel's terms, and the writer that turns one (step, stage) into a row
 // of csrc/core/solver_step.h. Every plan generator (csrc/core/plans/*.h) is written with these, so
 // a method reads as its update formula.

@@ -1,4 +1,4 @@
-// One fused sampler step (DESIGN.md, "Plan / execute protocol"). For sample b, element n:
+// One fused sampler step (docs/design.md, "One fused kernel family"). For sample b, element n:
 //
 //   m          = cu * u + co * o        model output o -> the solver's native prediction
 //                                       (u = model input = x or y; skipped when `raw`: m = o)

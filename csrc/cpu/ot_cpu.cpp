@@ -1,4 +1,4 @@
-// CPU Sinkhorn solver (training.md §7.3, book Sec. 7.2.2): stabilized scaling form with absorption,
+// CPU Sinkhorn solver (book Sec. 7.2.2; Schmitzer 2019): stabilized scaling form with absorption,
 // safeguarded over-relaxation and optional ε-scaling; the math is in ot/ot_math.h.
 //
 // Work per iteration is one pass over the kernel K̃ (stored in the plan buffer), in blocks of 8 rows:

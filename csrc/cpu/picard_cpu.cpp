@@ -1,4 +1,4 @@
-// CPU backend of the Picard window update (csrc/core/picard.h; solvers.md §8): OpenMP over
+// CPU backend of the Picard window update (csrc/core/picard.h; book §9.8): OpenMP over
 // (sample, tile of positions), each tile running the scan over the window's J nodes with its running
 // corrections in a local buffer; the squared norms are summed per tile in float64 and then over the
 // tiles in tile order, so the residuals (and the stride) do not depend on the thread count.

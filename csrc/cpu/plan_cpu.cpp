@@ -1,4 +1,4 @@
-// _core.plan_build: coefficient plans in float64 (DESIGN.md, "Coefficient plans").
+// _core.plan_build: coefficient plans in float64 (docs/design.md, "Coefficient plans").
 //
 //   layout, nstages = _core.plan_build(method, options, grid, stage, quad, orders, K, S, coefs, mtime, extra)
 //

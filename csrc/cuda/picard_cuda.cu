@@ -1,4 +1,4 @@
-// CUDA backend of the Picard window update (csrc/core/picard.h; solvers.md §8). Two launches on the
+// CUDA backend of the Picard window update (csrc/core/picard.h; book §9.8). Two launches on the
 // caller's stream, no host synchronization (the stride stays on the device; the sampler's one host
 // read per round is its own):
 //   1. scan: one thread per position (all nb buffers), one block per (sample, tile of 256 positions);

@@ -1,4 +1,4 @@
-// Batched exact linear assignment (uniform square OT, training.md §7.1, §7.7): arguments of the CPU
+// Batched exact linear assignment (uniform square OT, book Sec. 7.2.1): arguments of the CPU
 // solver (cpu/ot_assignment_cpu.cpp over ot/lapjv.h).
 #pragma once
 #include <cstdint>

@@ -1,4 +1,4 @@
-// Exact linear assignment (training.md §7.1 and §7.7: the uniform-square OT problem) by the
+// Exact linear assignment (book Sec. 7.2.1: the uniform-square OT problem) by the
 // Jonker–Volgenant shortest-augmenting-path method (Computing 38, 1987): column reduction, reduction
 // transfer, one round of augmenting row reduction (capped at 2n steps: measured faster than JV's two
 // uncapped rounds on uniform, Gaussian-cloud and integer costs, n = 64…1024), then one Dijkstra

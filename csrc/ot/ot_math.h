@@ -1,4 +1,4 @@
-// Element math shared by the CPU and CUDA Sinkhorn solvers (training.md §7.3, book Sec. 7.2.2).
+// Element math shared by the CPU and CUDA Sinkhorn solvers (book Sec. 7.2.2).
 //
 // Conventions. A problem is (a, b, C, ε) with plan P_ij = a_i b_j exp((f_i + g_j − C_ij)/ε). The
 // solvers keep the potentials in two parts, f = f̂ + ε log(α/a) and g = ĝ + ε log(β/b): the absorbed

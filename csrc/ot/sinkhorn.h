@@ -1,4 +1,4 @@
-// Batched entropic OT by Sinkhorn iterations (training.md §7.3, book Sec. 7.2.2): arguments shared by
+// Batched entropic OT by Sinkhorn iterations (book Sec. 7.2.2; Cuturi 2013): arguments shared by
 // the CPU solver (cpu/ot_cpu.cpp) and the CUDA solver (cuda/ot_cuda.cu). The math both use, and the
 // conventions for potentials and scalings, are in ot/ot_math.h.
 //

@@ -1,6 +1,6 @@
 """diffcore: a compiled ODE/SDE core for diffusion and flow models.
 
-Layers (DESIGN.md): ``_ops`` (the compiled core) ← ``schedules`` ← ``grids``/``param``/``oracles``/``solvers``
+Layers (docs/design.md): ``_ops`` (the compiled core) ← ``schedules`` ← ``grids``/``param``/``oracles``/``solvers``
 ← ``sample``/``likelihood``/``losses``/``coupling`` ← ``train`` ← ``cli``/``demo``.
 """
 from ._version import __version__

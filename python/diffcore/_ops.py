@@ -1,6 +1,6 @@
 """The only module that imports ``diffcore._core``.
 
-Every compiled op has two paths (DESIGN.md, "Arrays across the boundary"):
+Every compiled op has two paths (docs/design.md, "Arrays across the boundary"):
 
 * the **fast path**: arguments cross as DLPack capsules (``torch.utils.dlpack.to_dlpack`` for torch,
   ≈0.2 µs, ``__dlpack__`` for NumPy/CuPy/JAX) into one C++/CUDA call; taken only when no gradient
@@ -145,7 +145,7 @@ def lincomb_reference(x, coefs, ring=None, new=None, slot=-1, feat=None, out=Non
 
 
 def lincomb(x, coefs, ring=None, new=None, slot: int = -1, feat=None, out=None):
-    """Fused linear combination ``out = c₀·x + Σ_k c_k·ring[k]`` (DESIGN.md, "The one idea").
+    """Fused linear combination ``out = c₀·x + Σ_k c_k·ring[k]`` (docs/design.md, "The one idea").
 
     Args:
         x: ``[B, *S]`` state (float16/bfloat16/float32/float64; half types compute in float32).
@@ -257,7 +257,7 @@ def _rows_compact(t: torch.Tensor) -> torch.Tensor:
 
 
 def picard_window(x: torch.Tensor, phi: torch.Tensor, sigma2: torch.Tensor, tolerance: float, carry=None):
-    """The fused Picard window update (csrc/core/picard.h; solvers.md §8 steps b, c, e, Eq. (9.8.4)) on
+    """The fused Picard window update (csrc/core/picard.h; book §9.8, Eq. (9.8.4), Alg. 8) on
     float32/float64 torch tensors on the CPU or one CUDA device: returns ``(y, residual, stride)`` as
     :func:`diffcore.parallel.window_update_reference` does. ``sigma2`` is broadcast to ``[J, B]`` in
     ``x``'s dtype on its device; a ``carry`` table on another device is moved there (the Picard sampler

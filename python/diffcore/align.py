@@ -1,4 +1,4 @@
-"""Preference alignment of diffusion models: Diffusion-DPO (distillation.md §2.4, book §8.5.4, §11 item 2).
+"""Preference alignment of diffusion models: Diffusion-DPO (book §8.5.4; Wallace et al. 2024; docs/errata.md D2).
 
 Derivation summary (§2.4): the path-level implicit reward of DPO, bounded by Jensen and factorised over
 the reverse Markov chain, gives a one-timestep estimator in which each Gaussian reverse-kernel
@@ -36,7 +36,7 @@ def diffusion_dpo_loss(model: Callable, ref_model: Callable, x_w: torch.Tensor, 
                        weight: Weight = None, prediction: str = "eps", linear: bool = False,
                        reduction: str = "mean", generator: Optional[torch.Generator] = None,
                        t_range=None) -> torch.Tensor:
-    """Diffusion-DPO loss (distillation.md §2.4; book §8.5.4 with the bounded softplus form of §11 item 2).
+    """Diffusion-DPO loss (book §8.5.4 with the bounded softplus form, docs/errata.md D2).
 
     Args:
         model: trainable policy ``model(x, t, labels=...)`` (called without ``labels`` when None),

@@ -1,5 +1,5 @@
-"""Convergence-order measurement against the closed-form Gaussian-mixture oracle (solvers.md §12,
-§12.1): the reference problem, pinned start points, a plain plan runner and the least-squares order.
+"""Convergence-order measurement against the closed-form Gaussian-mixture oracle: the
+reference problem, pinned start points, a plain plan runner and the least-squares order.
 
 Used by the order tests and the error-vs-NFE benchmark; useful to anyone checking a solver.
 """
@@ -19,8 +19,8 @@ __all__ = ["reference_mixture", "pinned_starts", "run_plan", "order_study", "lsq
 
 
 def reference_mixture() -> GaussianMixture:
-    """The 1-D reference problem of solvers.md §12: weights (0.3, 0.5, 0.2), means (−1.5, 0.4, 2.0),
-    standard deviations (0.3, 0.2, 0.5)."""
+    """The 1-D reference problem (VP-linear schedule, the exact posterior mean as the model): weights
+    (0.3, 0.5, 0.2), means (−1.5, 0.4, 2.0), standard deviations (0.3, 0.2, 0.5)."""
     return GaussianMixture.mixture1d([0.3, 0.5, 0.2], [-1.5, 0.4, 2.0], [0.3, 0.2, 0.5])
 
 

@@ -1,8 +1,9 @@
 """Minibatch couplings for flow matching: independent, exact OT, entropic OT, Schrödinger bridge, and
 their DDP-aware (globally coupled) form.
 
-Spec: training.md §7.7 (minibatch OT couplings, Tong et al. 2023; Pooladian et al. 2023) and §7.4
-(SB ⇔ EOT); book Sec. 5.2.2 / Prop. 5.2.3: flow matching accepts any coupling π of p_src and p_tgt.
+Minibatch OT couplings: Tong et al. 2024 (TMLR), Pooladian et al. 2023 (ICML); the static Schrödinger bridge
+is entropic OT, book Sec. 7.2.3; book Sec. 5.2.2 / Prop. 5.2.3: flow matching accepts any coupling π of p_src
+and p_tgt.
 
 A coupling turns a source batch ``y0 [B, *S]`` and a target batch ``y1 [B', *S]`` into ``B`` pairs:
 

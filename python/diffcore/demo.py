@@ -1,7 +1,7 @@
 """The README's first demo: train a flow-matching MLP on a 2-D toy, sample it with the compiled solvers.
 
 ``python -m diffcore.demo`` trains :class:`diffcore.models.MLP` with the conditional-flow-matching loss
-(``diffcore.losses.get("cfm")``: rectified-flow path, velocity target; training.md §3.6) on two moons
+(``diffcore.losses.get("cfm")``: rectified-flow path, velocity target; book §5.2, Eq. (5.2.9)) on two moons
 (``--data`` for the other bundled toys) for about a minute on a 2-core CPU, then draws ``-n`` samples
 from the EMA weights with ``--solver`` (``diffcore.solvers.available()``; default Heun, 10 steps),
 writes a scatter plot of samples next to held-out data (``--out``, PNG), and prints the

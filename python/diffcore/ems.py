@@ -1,4 +1,5 @@
-"""Empirical model statistics (EMS) of DPM-Solver-v3 (solvers.md §6.9; book §9.7, Eq. (9.7.1)–(9.7.8)).
+"""Empirical model statistics (EMS) of DPM-Solver-v3 (book §9.7, Eq. (9.7.1)–(9.7.8);
+Zheng et al. 2023).
 
 In λ-time (λ = log α − log σ) the PF-ODE is ``dx/dλ = (d log α/dλ) x − σ ε̂``. DPM-Solver-v3 moves a
 per-dimension part ``ℓ_λ ⊙ x`` of the model into the linear term and rewrites the rest,
@@ -124,7 +125,7 @@ class EMS:
                 f"schedule={self.schedule})")
 
     def index(self, lam) -> torch.Tensor:
-        """Nearest grid indices of λ values (solvers.md §6.9, "Grid handling")."""
+        """Nearest grid indices of λ values (the λ grid of the statistics, Zheng et al. 2023)."""
         lam = torch.as_tensor(lam, dtype=torch.float64)
         return torch.round((lam - self.lam[0]) / self.dlam).to(torch.int64)
 

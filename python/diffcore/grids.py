@@ -1,4 +1,4 @@
-"""Sampling time grids (solvers.md §4).
+"""Sampling time grids (book §9.4.3; Karras et al. 2022, EDM, Eq. (5)).
 
 :func:`timesteps` returns ``n + 1`` strictly decreasing continuous times ``t_0 = t_start > … > t_n``
 of a schedule: ``n`` solver steps. Spacings:
@@ -54,7 +54,7 @@ def timesteps(
     device=None,
     dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
-    """``n + 1`` decreasing times of ``schedule`` for an ``n``-step sampler (solvers.md §4).
+    """``n + 1`` decreasing times of ``schedule`` for an ``n``-step sampler.
 
     Args:
         schedule: a :class:`~diffcore.schedules.Schedule` or its name.

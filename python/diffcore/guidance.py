@@ -1,4 +1,4 @@
-"""Classifier-free guidance as a model wrapper (solvers.md §2.4; book §8.3.2, Eq. (8.3.3)):
+"""Classifier-free guidance as a model wrapper (book §8.3.2, Eq. (8.3.3)):
 
     guided = uncond + ω·(cond − uncond)
 

@@ -1,12 +1,12 @@
 """Likelihoods: exact log-density through the probability-flow ODE, and the DDPM variational bound.
 
 * :func:`log_likelihood` — ``log p_ε(x)`` by the instantaneous change of variables along the PF-ODE
-  (solvers.md §9; book §4.2.2 III, Eq. (4.2.7); Lemma 5.1.1, Eq. (5.1.9); §5.1.2), with the exact
+  (book §4.2.2 III, Eq. (4.2.7); Lemma 5.1.1, Eq. (5.1.9); §5.1.2), with the exact
   divergence (small ``D``) or the Hutchinson–Skilling estimator, integrated by an embedded
   Dormand–Prince 5(4) pair with per-sample step-size control (:func:`_dopri5`).
-* :func:`bits_per_dim` — nats → bits/dim with the dequantization offset (solvers.md §9).
+* :func:`bits_per_dim` — nats → bits/dim with the uniform-dequantization offset (Ho et al. 2020; Song et al. 2021).
 * :func:`ddpm_bound` — the DDPM evidence bound ``L_prior + Σ_{i≥2} KL_i + L_recon`` in bits/dim
-  (training.md §3.2; book Thm. 2.2.3, Lemma 2.2.2), with the reverse variance ``σ̃²`` or ``b_i`` and the
+  (book Thm. 2.2.3 with docs/errata.md B5, Lemma 2.2.2), with the reverse variance ``σ̃²`` or ``b_i`` and the
   discretized-Gaussian decoder; :func:`ddpm_coefficients` gives the per-step chain quantities.
 
 Conventions: diffusion time ``t`` (``t = 0`` data), any :mod:`diffcore.schedules` schedule, models
@@ -308,7 +308,7 @@ class _NoDependence(Exception):
 
 def _velocity_and_divergence(call, native, schedule, x, t, kw, probes, exact, vjp_state):
     """PF-ODE velocity ``v = c_x x + c_m m`` (``m`` the model's native output, conversion of
-    solvers.md §2.2 / param.py) and ``uᵀ(∂v/∂x)u = c_x‖u‖² + c_m uᵀ(∂m/∂x)u`` per probe u: summed over
+    book Prop. 6.3.2) and ``uᵀ(∂v/∂x)u = c_x‖u‖² + c_m uᵀ(∂m/∂x)u`` per probe u: summed over
     the D unit vectors (``exact``) this is the trace ``∇·v``, for random probes the Hutchinson–Skilling
     estimate of it. (The linear part is *not* taken out exactly for random probes: c_x I and c_m ∂m/∂x
     nearly cancel for an x0-model near σ = 0, and only their sum has a small variance.)
@@ -355,7 +355,7 @@ def _gaussian_prior(std: float):
 
 
 def _default_prior_std(schedule, T: float) -> float:
-    """N(0, I) for VP and sub-VP (solvers.md §9, Song et al. 2021), else N(0, σ(T)² I) — the
+    """N(0, I) for VP and sub-VP (Song et al. 2021), else N(0, σ(T)² I) — the
     distribution :func:`diffcore.prior_sample` starts from (σ_max for VE/EDM, 1 for rectified flow)."""
     if schedule.kind == "vp" or isinstance(schedule, _schedules.SubVP):
         return 1.0
@@ -383,13 +383,13 @@ def log_likelihood(model: Callable, x: torch.Tensor, schedule=None, prediction: 
                    prior_log_prob: Optional[Callable] = None, step_control: str = "per_sample",
                    max_steps: int = 10000, return_stats: bool = False):
     """Per-sample log-likelihood ``log p_ε(x)`` (nats) of the probability-flow ODE model, by the
-    instantaneous change of variables (solvers.md §9; book §4.2.2 III, Eq. (4.2.7); Lemma 5.1.1,
+    instantaneous change of variables (book §4.2.2 III, Eq. (4.2.7); Lemma 5.1.1,
     Eq. (5.1.9)): the augmented ODE
 
         d/dt [x, δ] = [v(x, t), ∇·v(x, t)],   [x, δ](ε) = [x0, 0],   log p_ε(x0) = log p_prior(x(T)) + δ(T),
 
     is integrated **forward** from ``t_start = ε`` (data) to ``t_end = T``, with
-    ``v = f(t)x − ½g²(t)ŝ(x, t) = α' x̂0 + σ' ε̂`` the PF-ODE velocity (solvers.md §2.2) obtained from any
+    ``v = f(t)x − ½g²(t)ŝ(x, t) = α' x̂0 + σ' ε̂`` the PF-ODE velocity (book Prop. 6.3.2) obtained from any
     prediction type m by the exact conversion ``v = c_x(t)·x + c_m(t)·m`` of :mod:`diffcore.param`, and
     ``∇·v = tr(∂v/∂x)`` exact or estimated (the divergence is taken of the converted field).
 
@@ -425,7 +425,7 @@ def log_likelihood(model: Callable, x: torch.Tensor, schedule=None, prediction: 
             samples only).
         prior_log_prob: ``callable(x_T [B, *S]) → [B]`` log-density of the prior at ``t_end`` (e.g. the
             exact marginal of an oracle). Default: N(0, I) for VP / sub-VP schedules (their stationary
-            law, solvers.md §9) and N(0, σ(T)² I) otherwise (σ_max for VE / EDM, 1 for rectified flow at
+            law, Song et al. 2021) and N(0, σ(T)² I) otherwise (σ_max for VE / EDM, 1 for rectified flow at
             T = 1) — the law :func:`diffcore.prior_sample` starts from. The default is exact only where
             α(T) = 0; for VP-linear at T = 1, α(T) = 0.0066, the usual approximation.
         step_control: ``"per_sample"`` (default: each sample its own step sizes, results independent of
@@ -527,7 +527,7 @@ _RANGES = {"[-1,1]": (-1.0, 1.0), "[0,1]": (0.0, 1.0)}
 
 
 def bits_per_dim(log_p, dim, data_range=None, bits: int = 8, offset: Optional[float] = None):
-    """Bits per dimension ``bpd = −log p/(D ln 2) + offset`` (solvers.md §9).
+    """Bits per dimension ``bpd = −log p/(D ln 2) + offset`` (Ho et al. 2020; Song et al. 2021).
 
     Args:
         log_p: log-likelihood(s) in nats (tensor or number), e.g. from :func:`log_likelihood`.
@@ -590,7 +590,7 @@ def bits_per_dim(log_p, dim, data_range=None, bits: int = 8, offset: Optional[fl
 
 class DDPMCoefficients(NamedTuple):
     """Per-step quantities of the discrete forward chain ``x_0 → x_1 → … → x_L`` on the times
-    ``t_1 < … < t_L`` of an affine schedule (training.md §3.2, book §2.2 / Lemma 2.2.2; general form
+    ``t_1 < … < t_L`` of an affine schedule (book §2.2 / Lemma 2.2.2; general form
     Lemma 4.4.2), all ``[L]`` float64, entry ``i − 1`` for step ``i``; the data are ``x_0`` (α_0 = 1,
     σ_0 = 0). In the variance notation of VP schedules ``beta`` is ``β_i`` (diffusers' ``betas``),
     ``alpha**2`` is ``ᾱ_i`` (``alphas_cumprod``)."""
@@ -686,8 +686,8 @@ def ddpm_bound(model: Callable, x0: torch.Tensor, schedule=None, prediction: str
                decoder: str = "discretized", bits: int = 8, prior_std: Optional[float] = None,
                generator: Optional[torch.Generator] = None, model_kwargs: Optional[dict] = None,
                return_terms: bool = False):
-    """Per-sample DDPM variational bound on ``−log p(x0)``, in **bits/dim** (training.md §3.2; book
-    Thm. 2.2.3 with corrected indices, KL of Lemma 2.2.2 / eq. 2.2.7):
+    """Per-sample DDPM variational bound on ``−log p(x0)``, in **bits/dim** (book
+    Thm. 2.2.3 with corrected indices (docs/errata.md B5), KL of Lemma 2.2.2 / eq. 2.2.7):
 
         −log p_θ(x0) ≤ L_prior + Σ_{i=2}^{L} E_{q(x_i|x0)} KL(q(x_{i−1}|x_i, x0) ‖ p_θ(x_{i−1}|x_i)) + L_recon,
 
@@ -708,7 +708,7 @@ def ddpm_bound(model: Callable, x0: torch.Tensor, schedule=None, prediction: str
         variance: reverse variance ``s_i²``: ``"posterior"`` (σ̃_i², the book's choice, tight for point-mass
             data) or ``"beta"`` (b_i, the DDPM paper's "fixedlarge", optimal for N(0, I) data). Decoder
             (i = 1) variance: ``b_1 = σ_1²`` for ``"beta"``; σ̃_2² for ``"posterior"`` (σ̃_1² = 0; the clipped
-            value of the reference code, training.md §3.2 "for i = 1 use σ̃_2²").
+            value of the reference code of Nichol & Dhariwal 2021).
         num_timesteps: ``None`` (default): the full sum over all L − 1 KL terms, each with its own noise draw
             per sample (L model calls per estimate; the standard evaluation). An int n ≤ L − 1: a stratified
             Monte-Carlo estimate — the steps 2..L are cut into n contiguous strata, one step drawn

@@ -1,4 +1,4 @@
-"""Training objectives: one family ``ω(t)·‖prediction − target‖²`` (training.md §3–§4; book Ch. 2–6).
+"""Training objectives: one family ``ω(t)·‖prediction − target‖²`` (book Ch. 2–6).
 
 Every diffusion/flow regression loss under an affine path is an instance of (eq. 6.2.5, §4.1)
 
@@ -9,7 +9,7 @@ with four independent choices: the schedule (α, σ), the prediction type ⇒ (A
 dimensions (``reduction="mean"`` divides by ``D``); ``loss(...)`` is the batch mean of
 :meth:`Loss.per_sample`.
 
-Interface (shared with the trainer, INTERFACES.md)::
+Interface (shared with the trainer, docs/design.md "Model contract")::
 
     loss = diffcore.losses.get(name, schedule=..., **options)
     value = loss(net, x0, labels=None, generator=None)                      # scalar
@@ -554,7 +554,7 @@ class CFMLoss(Loss):
 
 # ---- Poisson flow (§2.4) ------------------------------------------------------------------------
 class PoissonFlowLoss(Loss):
-    """Poisson-flow objective (§2.4; 003_9b2087fb4e438e78.txt): the kernel
+    """Poisson-flow objective (Xu et al. 2022, PFGM): the kernel
     ``p_t(x|x0) = C_d t/(t² + ‖x − x0‖²)^{(d+1)/2}`` sampled exactly as ``x_t = x0 + t z``,
     ``z = g/|h|``, regressed on
 

@@ -13,7 +13,8 @@ def sliced_wasserstein(x, y, n_projections: int = 256, p: int = 2, generator: Op
     """Monte-Carlo sliced p-Wasserstein distance between two equal-size point clouds ``x, y: (n, D)``.
 
     ``SW_p(x, y) = (E_θ W_p^p(θᵀx, θᵀy))^{1/p}`` with θ uniform on the sphere; each 1-D distance is
-    exact for equal-size uniform samples (sorted matching, training.md §5.5). Pass ``projections``
+    exact for equal-size uniform samples (sorted matching: the 1-D optimal plan is monotone; Peyré & Cuturi
+    2019, "Computational Optimal Transport"). Pass ``projections``
     ``(P, D)`` (unit rows) to reuse directions across calls.
     """
     x = torch.as_tensor(x)

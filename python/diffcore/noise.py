@@ -1,4 +1,4 @@
-"""Reproducible noise (DESIGN.md; solvers.md §10 "Noise"): counter-based Philox normals and a
+"""Reproducible noise (docs/design.md, "One fused kernel family"): counter-based Philox normals and a
 seed-stable Brownian tree, both computed in the compiled core and inside the fused sampler step.
 
 * :func:`philox_normal` — the normal of (seed, sample id, draw, element) is a pure function of those

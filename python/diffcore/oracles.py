@@ -1,4 +1,5 @@
-"""Exact oracles for Gaussian and Gaussian-mixture data (training.md §5).
+"""Exact oracles for Gaussian and Gaussian-mixture data: the marginal densities, scores and
+denoisers ``E[x0 | x_t]`` (book Eq. (6.2.2)) of ``x_t = α x0 + σ ε`` in closed form.
 
 For data ``x0 ~ Σ_k π_k N(μ_k, Σ_k)`` and any affine schedule ``x_t = α_t x0 + σ_t ε`` every quantity
 a diffusion model is trained to predict has a closed form, so these classes stand in for a perfectly
@@ -412,7 +413,7 @@ class GaussianMixture:
 
             ∇·v* = Σ_k r_k tr A_k + Σ_k r_k v_k·s_k − v*·s*,   tr A_k = Σ_i (αα'κ_ki + σσ')/(α²κ_ki + σ²).
 
-        For one Gaussian the last two terms cancel and this is the formula of training.md §5.
+        For one Gaussian the last two terms cancel and this is the Gaussian formula of :class:`Gaussian`.
         """
         x, v = self._vals(x, t, schedule)
         a, da, ssd = v.alpha, v.dalpha, _sigma_dsigma(v)
@@ -513,7 +514,7 @@ class Gaussian(GaussianMixture):
         return a_t * mu + ((y @ U) * ratio) @ U.T
 
     def min_loss(self, t, schedule, prediction: str, sigma_data: float = 0.5) -> torch.Tensor:
-        """Minimal per-t regression loss (sum convention, no ½, ω = 1) of a head, training.md §5.1:
+        """Minimal per-t regression loss (sum convention, no ½, ω = 1) of a head:
         ``E‖A x0* + B ε* − (A x0 + B ε)‖² = (Aσ − Bα)²·m(t)``, ``m(t) = Tr(Σ S_t⁻¹) = Σ_k κ_k/(α²κ_k + σ²)``
         (Cov[x0|x_t] = σ²ΣS⁻¹, Cov[ε|x_t] = α²ΣS⁻¹, Cov[x0, ε|x_t] = −ασΣS⁻¹). Hence x0: ``σ²m``, eps: ``α²m``,
         score: ``(α²/σ²)m``, velocity: ``Δ²m`` (Δ = α'σ − ασ'), v: ``(α² + σ²)²m``, and ``"edm"`` (the raw
@@ -543,7 +544,7 @@ class Gaussian(GaussianMixture):
 
 class EmpiricalData:
     """A finite dataset ``p_data = Σ_k π_k δ(x − x^{(k)})`` (Dirac mixture) with its exact diffusion
-    oracles, training.md §5.3 — the GMM with ``Σ_k = 0``:
+    oracles — the GMM with ``Σ_k = 0``:
 
         r_k(x) ∝ π_k exp(−‖x − α x^{(k)}‖²/(2σ²)),  x0* = Σ_k r_k x^{(k)},  ε* = (x − α x0*)/σ,
         s* = −(x − α x0*)/σ²,  v* = α' x0* + σ' ε*,

@@ -1,5 +1,5 @@
-"""Discrete optimal transport: entropic OT by Sinkhorn and exact assignment (training.md §7.1, §7.3,
-§7.7; book Sec. 7.2.1–7.2.2).
+"""Discrete optimal transport: entropic OT by Sinkhorn and exact assignment (book Sec.
+7.2.1–7.2.2; Cuturi 2013; Tong et al. 2024 for minibatch couplings).
 
 * :func:`sinkhorn` — batched entropic OT in the compiled core (CPU: OpenMP, CUDA: one block per
   problem): ``min ⟨P, C⟩ + ε KL(P ‖ a bᵀ)`` over plans with marginals ``a``, ``b``. Stabilized scaling
@@ -7,7 +7,7 @@
   Lehmann et al. 2021) and optional ε-scaling; under autograd, ``torch.func`` transforms or
   ``torch.compile`` tracing it runs :func:`sinkhorn_reference` (eager log-domain torch) instead.
 * :func:`exact_assignment` — the uniform square problem as a linear assignment (Jonker–Volgenant in
-  C++, float64, batched), the exact minibatch coupling of §7.7.
+  C++, float64, batched), the exact minibatch coupling of OT-CFM (Tong et al. 2024).
 * :func:`squared_euclidean` — the cost ``C_ij = ‖x_i − y_j‖²`` of two point clouds.
 
 Convention (§7.3): ``P_ij = a_i b_j exp((f_i + g_j − C_ij)/ε)``; potentials are defined up to
@@ -37,7 +37,7 @@ class ConvergenceWarning(UserWarning):
 
 
 class SinkhornResult(NamedTuple):
-    """Output of :func:`sinkhorn` (training.md §7.3 item 4); leading batch dims as the cost's.
+    """Output of :func:`sinkhorn`; leading batch dims as the cost's.
 
     Attributes:
         plan: ``[*, n, m]`` transport plan ``P_ij = a_i b_j exp((f_i + g_j − C_ij)/ε)``.
@@ -169,8 +169,8 @@ def _warn_unconverged(converged: torch.Tensor, err: torch.Tensor, tol: float, ma
 def sinkhorn(a, b, cost, eps: float, tol: Optional[float] = None, max_iters: int = 1000, check_every: int = 10,
              eps_scaling: Union[bool, float, str] = "auto", eps0: Optional[float] = None, overrelax: bool = True,
              warn: bool = True) -> SinkhornResult:
-    """Entropic optimal transport between discrete measures by Sinkhorn iterations (training.md §7.3,
-    book Sec. 7.2.2, eq. 7.2.5).
+    """Entropic optimal transport between discrete measures by Sinkhorn iterations (book Sec.
+    7.2.2, eq. 7.2.5; Cuturi 2013; log-domain stabilization, Schmitzer 2019).
 
     Solves ``min_{P ≥ 0, P1 = a, Pᵀ1 = b} ⟨P, C⟩ + ε Σ_ij P_ij log(P_ij / (a_i b_j))``, whose optimum has
     the Gibbs form ``P_ij = a_i b_j exp((f_i + g_j − C_ij)/ε)``. Iterates f- and g-updates (after a
@@ -286,7 +286,7 @@ def sinkhorn(a, b, cost, eps: float, tol: Optional[float] = None, max_iters: int
 
 def sinkhorn_reference(a, b, cost, eps: float, tol: Optional[float] = None, max_iters: int = 1000,
                        check_every: int = 10, warn: bool = True) -> SinkhornResult:
-    """Eager log-domain Sinkhorn in torch (training.md §7.3 item 2): the reference for :func:`sinkhorn`
+    """Eager log-domain Sinkhorn in torch (Peyré & Cuturi 2019, §4.4): the reference for :func:`sinkhorn`
     and its path under autograd (gradients flow through the unrolled iterations), ``torch.func``
     transforms and ``torch.compile``, and for tensors the compiled core cannot take.
 
@@ -357,8 +357,8 @@ def sinkhorn_reference(a, b, cost, eps: float, tol: Optional[float] = None, max_
 
 def exact_assignment(cost) -> AssignmentResult:
     """Exact optimal assignment ``min_σ Σ_i C[i, σ(i)]`` of a square cost, batched over leading dims:
-    the uniform square OT problem of training.md §7.1 (its optimal plan is a permutation matrix / n) and
-    the exact minibatch coupling of §7.7.
+    the uniform square OT problem (book Sec. 7.2.1; its optimal plan is a permutation matrix / n) and
+    the exact minibatch coupling of OT-CFM (Tong et al. 2024).
 
     Jonker–Volgenant (column reduction, reduction transfer, augmenting row reduction, then shortest
     augmenting paths by Dijkstra on reduced costs) in C++, float64, one problem per OpenMP thread.
@@ -399,7 +399,7 @@ def exact_assignment(cost) -> AssignmentResult:
 
 def squared_euclidean(x, y) -> torch.Tensor:
     """Cost ``C_ij = ‖x_i − y_j‖²`` of point clouds ``x [*, n, d]``, ``y [*, m, d]`` → ``[*, n, m]``
-    (training.md §7.3, §7.7 step 2). Exact differences for moderate sizes; for large ones
+    (book Sec. 7.2.2). Exact differences for moderate sizes; for large ones
     ``‖x‖² + ‖y‖² − 2xyᵀ`` (a matmul, clamped at 0), which loses relative accuracy for near points."""
     x = _as_cost(x, "x")
     y = _as_cost(y, "y")

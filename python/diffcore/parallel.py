@@ -1,4 +1,4 @@
-"""Parallel-in-time sampling: ParaDiGMS Picard iteration over a sliding window (solvers.md §8;
+"""Parallel-in-time sampling: ParaDiGMS Picard iteration over a sliding window (Shih et al. 2023;
 book §9.8, Eq. (9.8.3)–(9.8.4), Alg. 8).
 
 Any plan of the plan / execute engine (:mod:`diffcore.solvers.base`) is a chain of *nodes*, one per

@@ -1,7 +1,7 @@
 """Model parameterizations: prediction types, their exact conversions, and the model wrapper.
 
-Spec: solvers.md §2.1–2.3 (book Prop. 6.3.1, Eq. (6.3.1)), training.md §4.2 (conversions between
-heads, eq. 6.3.6) and §4.6 (EDM preconditioning, book App. D.6, eq. D.6.1–D.6.5).
+Conversions between heads: book Prop. 6.3.1, Eq. (6.3.1) and (6.3.6); EDM preconditioning: book App. D.6,
+eq. D.6.1–D.6.5 (Karras et al. 2022); the model wrapper follows the DPM-Solver code (Lu et al. 2022).
 
 Every prediction type is linear in ``(x0, ε)`` for the path ``x_t = α x0 + σ ε`` (diffusion time,
 ``t = 0`` data):
@@ -26,10 +26,10 @@ A model output ``m = a_P x0 + b_P ε`` of type P and the state ``x = α x0 + σ 
 
     c_m = (a_Q σ − b_Q α)/det,    c_x = (b_Q a_P − a_Q b_P)/det
 
-(:func:`conversion_coefs`). This single formula reproduces every entry of the tables in solvers.md
-§2.1 / training.md §4.2. :func:`convert` applies it in one fused pass (``_ops.lincomb``), and since
-the weights are the same for any output, a convex/affine combination of outputs (classifier-free
-guidance, solvers.md §2.4) commutes with the conversion.
+(:func:`conversion_coefs`). This single formula reproduces every entry of the conversion tables
+(book Prop. 6.3.1, Table 6.1 with docs/errata.md B11). :func:`convert` applies it in one fused pass
+(``_ops.lincomb``), and since the weights are the same for any output, a convex/affine combination of
+outputs (classifier-free guidance, book Eq. (8.3.3)) commutes with the conversion.
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def canonical_prediction(name, argname: str = "prediction") -> str:
     type or one of its aliases (``"epsilon"``, ``"noise"``, ``"sample"``, ``"x_0"``, ``"data"``,
     ``"flow"``, ``"v_flow"``, ``"v_prediction"``, ``"v_salimans"``); case-insensitive.
 
-    Raises ``ValueError`` (naming ``argname``) for anything else. solvers.md §2.1, training.md §4.1.
+    Raises ``ValueError`` (naming ``argname``) for anything else (the heads of book §6.2.1, Prop. 6.3.1).
     """
     key = name.lower() if isinstance(name, str) else None
     if key not in _PRED_ALIASES:
@@ -121,7 +121,7 @@ def _is_vp(schedule, alpha, sigma) -> Optional[bool]:
 
 
 def _ab(kind: str, alpha, sigma, dalpha, dsigma):
-    """(a, b) with target = a·x0 + b·ε (training.md §4.1 table)."""
+    """(a, b) with target = a·x0 + b·ε (book Eq. (6.2.5), Table 6.1 with docs/errata.md B11)."""
     if kind == "eps":
         return 0.0, 1.0
     if kind == "x0":
@@ -135,7 +135,7 @@ def _ab(kind: str, alpha, sigma, dalpha, dsigma):
 
 def conversion_coefs(src, dst, values, schedule: Optional[Schedule] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-sample weights ``(c_x, c_m)`` with ``dst = c_x·x + c_m·m`` for a model output ``m`` of type
-    ``src`` at state ``x`` (solvers.md §2.1, training.md §4.2; book Prop. 6.3.1, eq. 6.3.1/6.3.6).
+    ``src`` at state ``x`` (book Prop. 6.3.1, eq. 6.3.1/6.3.6).
 
     Args:
         src, dst: prediction types (canonical names or aliases, :func:`canonical_prediction`).
@@ -219,7 +219,7 @@ def _affine(x: torch.Tensor, m: torch.Tensor, c_x: torch.Tensor, c_m: torch.Tens
 
 def convert(m: torch.Tensor, x: torch.Tensor, t, schedule: Schedule, src, dst, out: Optional[torch.Tensor] = None):
     """Convert a model output ``m`` of prediction type ``src`` at state ``x`` and times ``t`` to type
-    ``dst`` (solvers.md §2.1, training.md §4.2; book Prop. 6.3.1, eq. 6.3.1).
+    ``dst`` (book Prop. 6.3.1, eq. 6.3.1).
 
     Args:
         m, x: ``(B, *S)`` tensors of the same shape (``m`` is cast to ``x``'s dtype).
@@ -270,7 +270,7 @@ def _as_schedule(schedule) -> Schedule:
 
 
 def edm_precond_coefs(values, sigma_data: float = 0.5):
-    """EDM preconditioning for a general affine schedule (training.md §4.6; book App. D.6,
+    """EDM preconditioning for a general affine schedule (book App. D.6,
     eq. D.6.1–D.6.5): with ``R = α² σ_d² + σ²``,
 
         c_in = 1/√R,  c_skip = α σ_d²/R,  c_out = σ σ_d/√R,  c_noise = ¼ log(σ/α) = −λ/4,
@@ -309,8 +309,8 @@ def edm_precond_coefs(values, sigma_data: float = 0.5):
 
 class ModelWrapper:
     """Wrap a user network so that it returns any prediction type at continuous diffusion times
-    (solvers.md §2.3, pattern of the DPM-Solver reference API; conversions §2.1 / training.md §4.2;
-    EDM preconditioning training.md §4.6, book App. D.6).
+    (the pattern of the DPM-Solver reference code, Lu et al. 2022; conversions book Prop. 6.3.1;
+    EDM preconditioning book App. D.6).
 
     Args:
         model: the network, called as ``model(x_in, t_model, **model_kwargs)`` with ``x_in`` of shape
@@ -467,5 +467,5 @@ class ModelWrapper:
         return self(x, t, "score", **model_kwargs)
 
     def velocity_fn(self, x, t, **model_kwargs):
-        """PF-ODE velocity dx/dt = α' x̂0 + σ' ε̂ in diffusion time (solvers.md §2.2)."""
+        """PF-ODE velocity dx/dt = α' x̂0 + σ' ε̂ in diffusion time (book Prop. 6.3.2, Eq. (6.3.2))."""
         return self(x, t, "velocity", **model_kwargs)

@@ -1,4 +1,4 @@
-"""Probability paths and their conditional targets (training.md §2; book Ch. 4–6).
+"""Probability paths and their conditional targets (book Ch. 4–6).
 
 Three families, each documented with its time convention:
 
@@ -11,8 +11,9 @@ Three families, each documented with its time convention:
   Table 5.2: linear, OT-σ_min (P5), VP, VE, trig) and an optional extra Gaussian noise ``c_τ``: a
   constant ``σ_c`` (P1/P2) or the Brownian bridge ``σ√(τ(1 − τ))`` (P6, SB-CFM). :func:`fm_path` builds
   them by name.
-* Poisson flow (§2.4, 003_9b2087fb4e438e78.txt): the (d+1)-dimensional Green's-function kernel
-  ``p_t(x|x0) = C_d t/(t² + ‖x − x0‖²)^{(d+1)/2}``, its exact sampler ``x_t = x0 + t·g/|h|``, the
+* Poisson flow (Xu et al. 2022, "Poisson Flow Generative Models", NeurIPS): the (d+1)-dimensional
+  Green's-function kernel ``p_t(x|x0) = C_d t/(t² + ‖x − x0‖²)^{(d+1)/2}``, its exact sampler
+  ``x_t = x0 + t·g/|h|``, the
   conditional velocity ``(x_t − x0)/t``, the finite-dataset exact field (= the minibatch
   self-normalized target when the points are the batch) and the prior ``T z``. Time ``t`` is the extra
   coordinate, ``t = 0`` data — the library's diffusion time on the EDM schedule (α = 1, σ = t).
@@ -83,8 +84,8 @@ def _flat_sq(x: torch.Tensor) -> torch.Tensor:
 
 # ---- affine diffusion path (diffusion time) ------------------------------------------------------
 class AffinePath:
-    """The affine Gaussian path of a schedule, ``p_t(x|x0) = N(α_t x0, σ_t² I)`` (training.md §2.1;
-    book eq. 4.4.1). **Diffusion time** ``t``.
+    """The affine Gaussian path of a schedule, ``p_t(x|x0) = N(α_t x0, σ_t² I)`` (book
+    §4.4.1, Eq. (4.4.1)). **Diffusion time** ``t``.
 
     Regression targets ``A_t x0 + B_t ε`` (§4.1 table, Table 6.1 with the corrected score row):
     ``eps`` (0, 1), ``x0`` (1, 0), ``score`` (0, −1/σ), ``velocity`` (α', σ') = dx/dt, ``v`` (−σ, α)

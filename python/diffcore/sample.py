@@ -1,4 +1,4 @@
-"""``diffcore.sample``: the plan / execute loop of DESIGN.md with model wrapping, guidance, progress
+"""``diffcore.sample``: the plan / execute loop (docs/design.md) with model wrapping, guidance, progress
 bar, trajectory recording and optional CUDA-graph capture; ``diffcore.prior_sample`` draws its start.
 
 Data flow, top to bottom: schedule → timesteps → model wrapper (prediction type, CFG) → plan (all
@@ -28,7 +28,7 @@ def prior_sample(schedule, shape, generator: Optional[torch.Generator] = None, d
                  dtype: torch.dtype = torch.float32, t: Optional[float] = None, seed: Optional[int] = None,
                  sample_ids=None) -> torch.Tensor:
     """Draw the sampler's start ``x ~ N(0, prior_std(t)² I)`` at ``t`` (default ``schedule.t_start``)
-    (solvers.md §6: N(0, I) for VP/sub-VP/FM, N(0, σ_max² I) for VE/EDM).
+    (N(0, I) for VP/sub-VP/FM, N(0, σ_max² I) for VE/EDM).
 
     With ``seed`` the draw is the library's counter-based Philox noise (prior domain) keyed by
     ``sample_ids`` (default ``arange(shape[0])``): a sample's start then does not depend on the batch
@@ -259,7 +259,7 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
         brownian: replace each step's noise by the normalized increment of a seed-stable Brownian
             tree over the step's time interval, so that runs with more steps refine the same path.
         parallel: a :class:`~diffcore.ParallelConfig` to run the same plan by Picard iteration over a
-            sliding window of ``window`` model evaluations per batched call (ParaDiGMS, solvers.md §8,
+            sliding window of ``window`` model evaluations per batched call (ParaDiGMS, Shih et al. 2023,
             :mod:`diffcore.parallel`); stochastic samplers use the same noise, fixed up front, so the
             converged result is the sequential sample. ``callback`` is then called once per round
             with ``{"round", "start", "stride", "residual"}``; not with ``cuda_graph``, ``progress``
@@ -269,7 +269,7 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
 
     A distilled student (an object with ``few_step_sample``, :mod:`diffcore.distill.students`) runs
     its own few-step sampler instead: ``model.few_step_sample(x, schedule, steps, model_kwargs=...,
-    generator=...)`` (distillation.md §10.3); the solver options do not apply to it.
+    generator=...)``; the solver options do not apply to it.
     """
     if hasattr(model, "few_step_sample"):
         return model.few_step_sample(x, schedule, steps, model_kwargs=model_kwargs, generator=generator)

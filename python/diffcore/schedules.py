@@ -1,4 +1,4 @@
-"""Noise schedules: affine paths ``x_t = α(t)·x0 + σ(t)·ε`` (training.md §1, solvers.md §1).
+"""Noise schedules: affine paths ``x_t = α(t)·x0 + σ(t)·ε`` (book Ch. 4, Table 4.1; Table 5.2).
 
 λ is the **half** log-SNR everywhere in the library: ``λ(t) = log(α(t)/σ(t))``. Every schedule gives,
 vectorized over ``t`` (diffusion time, ``t = 0`` data):
@@ -274,7 +274,7 @@ class _LinearBeta(Schedule):
 
 class VPLinear(_LinearBeta):
     """Variance-preserving SDE with linear β(t) = β_min + (β_max − β_min)t (continuous DDPM;
-    training.md §1.2 S1, solvers.md §1.4). α = e^{−B/2}, σ = √(1 − e^{−B}), B(t) = ∫₀ᵗβ."""
+    book §4.3.2, Table 4.1). α = e^{−B/2}, σ = √(1 − e^{−B}), B(t) = ∫₀ᵗβ."""
 
     name = "vp_linear"
     kind = "vp"
@@ -293,7 +293,7 @@ class VPLinear(_LinearBeta):
 
 
 class SubVP(_LinearBeta):
-    """sub-VP SDE (Song et al. 2021; solvers.md §1.5): α = e^{−B/2}, σ = 1 − e^{−B} (σ, not σ²),
+    """sub-VP SDE (Song et al. 2021, score SDE): α = e^{−B/2}, σ = 1 − e^{−B} (σ, not σ²),
     g² = β(1 − e^{−2B}), with the linear β of :class:`VPLinear`."""
 
     name = "subvp"
@@ -315,7 +315,7 @@ class SubVP(_LinearBeta):
 
 
 class VPCosine(Schedule):
-    """Cosine VP schedule (Nichol & Dhariwal; solvers.md §1.4, training.md §1.2 S3):
+    """Cosine VP schedule (Nichol & Dhariwal 2021, Eq. (17)):
     α(t) = cos(θ(t))/cos(θ(0)), θ(t) = (π/2)(t + s)/(1 + s), σ = √(1 − α²). α(1) = 0 exactly
     (λ = −∞), so the default sampling start is t = 0.9946 as in DPM-Solver."""
 
@@ -365,7 +365,7 @@ class VPCosine(Schedule):
 
 class VPDiscrete(Schedule):
     """Discrete-time VP schedule from ``betas`` or ``alphas_cumprod`` (DDPM checkpoints), made
-    continuous as in DPM-Solver (solvers.md §1.4): training index n = 0…N−1 sits at t = (n + 1)/N and
+    continuous as in DPM-Solver (Lu et al. 2022): training index n = 0…N−1 sits at t = (n + 1)/N and
     log α(t) is piecewise linear in t between the knots, with the extra knot α(0) = 1 so a grid can end
     at σ = 0. :meth:`t_to_index` / :meth:`index_to_t` map continuous time to the integer timestep a
     discrete-time network expects (``index = N·t − 1``)."""
@@ -437,8 +437,8 @@ class VPDiscrete(Schedule):
 
 
 class VE(Schedule):
-    """Variance-exploding SDE with geometric σ(t) = σ_min (σ_max/σ_min)^t (NCSN; training.md S4,
-    solvers.md §1.2). By default the kernel std is σ(t) itself (the library convention; it amounts to
+    """Variance-exploding SDE with geometric σ(t) = σ_min (σ_max/σ_min)^t (NCSN;
+    book §4.3.1, Table 4.1). By default the kernel std is σ(t) itself (the library convention; it amounts to
     starting from data convolved with N(0, σ_min²)); ``exact=True`` uses √(σ(t)² − σ_min²), the exact
     kernel of the SDE started at t = 0, which reaches σ = 0."""
 
@@ -482,7 +482,7 @@ class VE(Schedule):
 
 
 class EDM(Schedule):
-    """EDM / Karras schedule (solvers.md §1.3, training.md S5): α = 1, σ = t, t ∈ [0, ∞). The default
+    """EDM / Karras schedule (Karras et al. 2022; book App. D.6): α = 1, σ = t, t ∈ [0, ∞). The default
     sampling range is [σ_min, σ_max] = [0.002, 80] on a Karras ρ = 7 grid with a final step to σ = 0."""
 
     name = "edm"
@@ -511,8 +511,8 @@ class EDM(Schedule):
 
 
 class RectifiedFlow(Schedule):
-    """Rectified-flow / linear path α = 1 − u, σ = u (training.md S6, solvers.md §1.6), with the
-    SD3/Flux time shift (training.md S9): u(t) = s·t/(1 + (s − 1)t), i.e. λ_s(t) = λ(t) − log s.
+    """Rectified-flow / linear path α = 1 − u, σ = u (book Table 5.2, §6.3.3), with the
+    SD3/Flux time shift (Esser et al. 2024, SD3): u(t) = s·t/(1 + (s − 1)t), i.e. λ_s(t) = λ(t) − log s.
     ``t`` is the unshifted time; with ``shift = 1`` u = t. σ = u is what SD3/Flux models receive as
     their timestep (×1000): use the model wrapper's ``time_convention="sigma"`` (or a scale)."""
 
@@ -547,8 +547,8 @@ class RectifiedFlow(Schedule):
 
 
 class OTSigmaMin(Schedule):
-    """Optimal-transport conditional path with a minimal noise level σ_min (Lipman et al. 2022;
-    training.md §1.2 S8, path P5 of §2.2): α = 1 − t, σ = σ_min + (1 − σ_min)·t, t ∈ [0, 1].
+    """Optimal-transport conditional path with a minimal noise level σ_min (Lipman et al. 2023,
+    Eq. (20)): α = 1 − t, σ = σ_min + (1 − σ_min)·t, t ∈ [0, 1].
 
     In flow-matching time τ = 1 − t this is ``x_τ = τ·y1 + (1 − (1 − σ_min)τ)·y0`` with velocity target
     ``y1 − (1 − σ_min)·y0`` (diffusion time: ``(1 − σ_min)·ε − x0``). At t = 0 the data are smoothed by
@@ -589,9 +589,9 @@ class OTSigmaMin(Schedule):
 
 
 class Trig(Schedule):
-    """Trigonometric path α = cos(πt/2), σ = σ_d·sin(πt/2) (training.md S7 for σ_d = 1), t ∈ [0, 1].
+    """Trigonometric path α = cos(πt/2), σ = σ_d·sin(πt/2) (book Table 5.2 for σ_d = 1), t ∈ [0, 1].
 
-    This is sCM's TrigFlow path ``x_s = cos(s)·x0 + sin(s)·z, z ~ N(0, σ_d² I)`` (distillation.md §6)
+    This is sCM's TrigFlow path ``x_s = cos(s)·x0 + sin(s)·z, z ~ N(0, σ_d² I)`` (Lu & Song 2025; book §11.3.3)
     under the time map s = πt/2: :meth:`to_trigflow_time` and :meth:`from_trigflow_time`. Defaults
     sample from σ/α = 80 down to 0.002 uniformly in λ, then step to σ = 0.
     """

@@ -1,4 +1,4 @@
-"""Dynamic thresholding of data predictions (solvers.md §2.5; book §9.5.2 names it, formula from
+"""Dynamic thresholding of data predictions (book §9.5.2 names it, formula from
 Saharia et al. 2022): per sample, ``s = max(quantile(|x̂|, p), c)``, ``x̂ ← clip(x̂, −s, s)/s``.
 
 The output always lies in ``[−1, 1]``; with the default ``c = 1`` the operation is the identity

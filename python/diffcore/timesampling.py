@@ -1,4 +1,4 @@
-"""Time-sampling laws ``p_time`` for training (training.md §1.3; book Sec. 6.2.2 (C)).
+"""Time-sampling laws ``p_time`` for training (book Sec. 6.2.2 (C)).
 
 Every law draws diffusion times ``t`` (``t = 0`` data, the schedule's own units, e.g. ``t = σ`` on
 EDM) for a batch and gives its density ``p_time(t)``. Sampling ``t ~ p_time`` and weighting by
@@ -54,7 +54,7 @@ def _opt_number(v, name: str) -> Optional[float]:
 
 
 def training_range(schedule) -> Tuple[float, float]:
-    """Default training range ``[t_lo, t_hi]`` of a schedule (training.md §4.5: weights that diverge at
+    """Default training range ``[t_lo, t_hi]`` of a schedule (weights that diverge at
     an end need a cut): the valid range ``[t_min, t_max]``, except that ``t_lo = 1e-5`` (spec §3.4)
     where ``σ(t_min) = 0``, and the sampling range ``[t_end, t_start]`` for schedules whose valid range
     is unbounded (EDM: ``[0.002, 80]``)."""

@@ -1,4 +1,4 @@
-// Exponential Adams–Bashforth plans on noise prediction (solvers.md §6.4, §12.1):
+// Exponential Adams–Bashforth plans on noise prediction (book §9.3; Zhang & Chen 2023, DEIS):
 //   DEIS tAB-n: Lagrange extrapolation of ε̂ in t through the last n+1 outputs, integrated against dρ
 //   iPNDM:      fixed Adams–Bashforth weights on ε̂ in (ρ, x/α) (order 2 on non-uniform grids)
 // The model output of step j lives in ring slot j mod K (K = max order − 1).

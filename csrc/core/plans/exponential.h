@@ -1,4 +1,4 @@
-// Exponential-integrator plans in λ = log(α/σ) (solvers.md §6.3, §6.5, §6.7):
+// Exponential-integrator plans in λ = log(α/σ) (book §9.2–9.5):
 // DDIM, DPM-Solver-1/2/3 (single-step, noise prediction), DPM-Solver++ 1/2S/3S (single-step, data
 // prediction) and DPM-Solver++ 2M/3M (multistep, data prediction).
 #pragma once
@@ -7,7 +7,7 @@
 
 namespace dc {
 
-// Noise-form Taylor update (solvers.md §6.5):
+// Noise-form Taylor update (book §9.4):
 //   x_t = (α_t/α_s) x_s − σ_t [h φ_1(h) d0 + h φ_2(h) d1 + h φ_3(h) d2],  h = λ_t − λ_s,
 // with σ_t h φ_1(h) = σ_t (e^h − 1) written as α_t (ρ_s − ρ_t) so a step to σ = 0 is exact.
 // d1 ≈ h ε̂', d2 ≈ h² ε̂''.
@@ -20,7 +20,7 @@ inline Lin noise_taylor(const Node& s, const Node& t, const Lin& xs, const Lin& 
   return r;
 }
 
-// Data-form Taylor update (solvers.md §6.7, corrected moments):
+// Data-form Taylor update (book §9.5, corrected moments of docs/errata.md S2):
 //   x_t = (σ_t/σ_s) x_s + α_t [h φ_1(−h) d0 + h φ_2(−h) d1 + h φ_3(−h) d2],
 // h φ_1(−h) = 1 − e^{−h}, exact at σ_t = 0 (h = ∞). d1 ≈ h x̂', d2 ≈ h² x̂''.
 inline Lin data_taylor(const Node& s, const Node& t, const Lin& xs, const Lin& d0, const Lin* d1 = nullptr,

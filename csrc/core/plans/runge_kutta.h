@@ -1,4 +1,4 @@
-// Plain Euler and Heun (solvers.md §6.1, §6.10) in one of two variables:
+// Plain Euler and Heun (book §4.2.2, App. A.1.4; Karras et al. 2022, Alg. 1) in one of two variables:
 //   "t"   : dx/dt = v̂ (native velocity), the schedule's own time (flow matching's usual sampler);
 //   "rho" : dy/dρ = ε̂ with y = x/α, ρ = σ/α (native noise) — EDM Algorithm 1 for σ-schedules, where
 //           α ≡ 1 and ρ = σ; Euler here is DDIM, Heun is DPM-Solver-2 variant A with r₁ = 1.

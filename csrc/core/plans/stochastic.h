@@ -1,4 +1,4 @@
-// Stochastic samplers as coefficient plans (solvers.md §5): every update is
+// Stochastic samplers as coefficient plans (book §2.2, §3–4, §9.2.3): every update is
 //   x_t = a·x_s + Σ b_k·m_k + c·z
 // with z the step's noise (Lin::Z), added inside the fused step kernel. The step goes from s (the
 // noisier grid time) to t; h = λ_t − λ_s. A noisy row's Brownian interval is [s, t] in the
@@ -18,7 +18,7 @@ inline double one_minus_e2h(double h) { return std::isinf(h) ? 1.0 : -std::expm1
 // e^{−ηh} with the convention e^{−0·∞} = 1.
 inline double decay(double eta, double h) { return eta == 0.0 ? 1.0 : std::exp(-eta * h); }
 
-// DDIM-η (solvers.md §5.6, corrected form of book Eq. (9.2.10), §13 item 1):
+// DDIM-η (corrected form of book Eq. (9.2.10), docs/errata.md S1):
 //   x_t = α_t x̂ + √(σ_t² − c²) ε̂ + c z,   c = η σ_t √(1 − e^{−2h}),   ε̂ = (x_s − α_s x̂)/σ_s.
 // Native x̂. η = 0 is DDIM, η = 1 the DDPM posterior step (β̃ variance).
 inline void plan_ddim_eta(const PlanIO& io, double eta) {
@@ -35,7 +35,7 @@ inline void plan_ddim_eta(const PlanIO& io, double eta) {
   }
 }
 
-// DDPM ancestral step on any grid (solvers.md §5.3, book Eq. (4.4.8), Lemma 4.4.2): the posterior
+// DDPM ancestral step on any grid (book Eq. (4.4.8), Lemma 4.4.2): the posterior
 //   x_t = (σ_t/σ_s) e^{−h} x_s + α_t (1 − e^{−2h}) x̂ + σ̃ z
 // with σ̃² = σ_t²(1 − e^{−2h}) (β̃, posterior) or σ_{s|t}² = σ_s²(1 − e^{−2h}) (β, the forward
 // variance). Native x̂. The last step adds no noise (the reference convention).
@@ -64,7 +64,7 @@ inline void plan_euler_ancestral(const PlanIO& io, double eta, double s_noise) {
   }
 }
 
-// Euler–Maruyama on the reverse SDE family (solvers.md §3, §5.4; book Eq. (4.2.4)):
+// Euler–Maruyama on the reverse SDE family (book Eq. (4.2.4)):
 //   x_t = x_s − [f(s) x_s − ((1 + η²)/2) g²(s) ŝ] Δt + η g(s) √Δt z,   Δt = s − t > 0.
 // η = 1 is the reverse SDE (4.1.6), η = 0 Euler on the PF-ODE. Native score; f(s), g²(s) are io.ex(i, 0), io.ex(i, 1).
 inline void plan_euler_maruyama(const PlanIO& io, double eta) {
@@ -77,7 +77,7 @@ inline void plan_euler_maruyama(const PlanIO& io, double eta) {
   }
 }
 
-// Reverse-diffusion predictor (Song et al. 2021, Alg. 2–3; solvers.md §5.5) on the discretized forward
+// Reverse-diffusion predictor (Song et al. 2021, Alg. 2–3) on the discretized forward
 // chain between the grid times, x_s = α_{s|t} x_t + σ_{s|t} ε:
 //   x_t = (2 − α_{s|t}) x_s + σ_{s|t}² ŝ + σ_{s|t} z,   α_{s|t} = α_s/α_t,  σ_{s|t}² = σ_s²(1 − e^{−2h}).
 // (VE: x + (σ_s² − σ_t²) ŝ + √(σ_s² − σ_t²) z; VP: (2 − √(1 − b)) x + b ŝ + √b z.) Native score.
@@ -88,7 +88,7 @@ inline Lin reverse_diffusion(const Node& s, const Node& t, bool noise) {
   return x;
 }
 
-// Predictor–corrector (solvers.md §5.5) in the reference order: at every grid time t_i, `nc`
+// Predictor–corrector (Song et al. 2021, Alg. 2–5) in the reference order: at every grid time t_i, `nc`
 // Langevin corrector steps, then the predictor to t_{i+1}. Corrector rows carry only the score
 // conversion and a draw: their step size follows the signal-to-noise rule, which depends on the
 // norms of the score and the noise, and is applied by the Python layer (diffcore/solvers/sde.py).
@@ -114,7 +114,7 @@ inline void plan_pc(const PlanIO& io, int predictor, int nc, bool denoise) {
   }
 }
 
-// Langevin dynamics (book Eq. (3.1.5); solvers.md §5.1, §5.2): x ← x + η ŝ + √(2η) z at the level of
+// Langevin dynamics (book Eq. (3.1.5), §3.4.3 Alg. 1): x ← x + η ŝ + √(2η) z at the level of
 // grid point i, with per-step sizes io.ex(i, 0) = η. Native score. The annealed sampler (NCSN,
 // book Alg. 1) is the same row with its levels and step sizes laid out by the Python layer; a last
 // step with ex(i, 1) = 1 is Tweedie's denoising x ← (x + σ² ŝ)/α (book Lemma 3.3.2).
@@ -129,7 +129,7 @@ inline void plan_langevin(const PlanIO& io) {
   }
 }
 
-// DPM-Solver++(2M) SDE (solvers.md §5.7; Lu et al. 2022b, k-diffusion `sample_dpmpp_2m_sde`):
+// DPM-Solver++(2M) SDE (Lu et al. 2022b, k-diffusion `sample_dpmpp_2m_sde`):
 //   x_t = (σ_t/σ_s) e^{−ηh} x_s + α_t (1 − e^{−(1+η)h}) x̂_s + α_t C (x̂_s − x̂_{s'})/r + σ_t √(1 − e^{−2ηh}) s_noise z,
 // C = ½(1 − e^{−(1+η)h}) (midpoint) or 1 − (1 − e^{−(1+η)h})/((1+η)h) = (1+η)h φ₂(−(1+η)h) (heun),
 // r = h'/h. First step and a step to σ = 0 drop the C term. Native x̂; ring slot 0 holds x̂_{s'}.
@@ -189,7 +189,7 @@ inline void plan_dpmpp_3m_sde(const PlanIO& io, double eta, double s_noise) {
   }
 }
 
-// EDM stochastic sampler (Std: Karras et al. 2022, Alg. 2; solvers.md §5.8) in y = x/α, ρ = σ/α (the
+// EDM stochastic sampler (Karras et al. 2022, Alg. 2) in y = x/α, ρ = σ/α (the
 // general-schedule form of EDM Alg. 1 with s(t) = α, σ(t) = ρ). Stage node st(i, 0) is the churned
 // time t̂_i with ρ̂_i = (1 + γ_i) ρ_i; st(i, 1) is t_{i+1}. The churn of step i + 1,
 //   x̂_{i+1} = (α̂_{i+1}/α_{i+1}) x_{i+1} + α̂_{i+1} √(ρ̂²_{i+1} − ρ²_{i+1}) S_noise z,

@@ -1,4 +1,4 @@
-// UniPC (solvers.md §6.8; Zhao et al. 2023): multistep predictor UniP-p plus the corrector UniC-p
+// UniPC (Zhao et al. 2023): multistep predictor UniP-p plus the corrector UniC-p
 // that reuses the next model evaluation, data form (predict_x0) or noise form, B(h) = hh ("bh1") or
 // e^{hh} − 1 ("bh2").
 //

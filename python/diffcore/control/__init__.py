@@ -1,4 +1,4 @@
-"""Sampling-time control beyond classifier-free guidance (distillation.md §1; book Ch. 8).
+"""Sampling-time control beyond classifier-free guidance (book Ch. 8).
 
 Every method is a model wrapper ``fn(x, t) → guided prediction`` in the wrapped model's own
 prediction type: it adds ``w_t G_t`` to the model's score and converts the change exactly

@@ -1,4 +1,4 @@
-"""Classifier guidance (distillation.md §1.2; book §8.2, Eq. (8.2.3)–(8.2.4)).
+"""Classifier guidance (book §8.2, Eq. (8.2.3)–(8.2.4)).
 
 A frozen unconditional model ``s_φ(x, t)`` and a noise-conditional classifier ``p_ψ(c | x_t, t)``:
 
@@ -118,7 +118,7 @@ def _log_probs(classifier, x, t, labels, name="classifier") -> torch.Tensor:
 
 def classifier_loss(classifier: Callable, x0: torch.Tensor, labels, schedule,
                     generator: Optional[torch.Generator] = None, time_law="uniform") -> torch.Tensor:
-    """Noise-conditional classifier loss (distillation.md §1.2, book Eq. (8.2.4)):
+    """Noise-conditional classifier loss (book Eq. (8.2.4)):
 
         L(ψ) = mean_b [ −log p_ψ(c_b | α_{t_b} x0_b + σ_{t_b} ε_b, t_b) ],
 
@@ -146,8 +146,8 @@ def classifier_loss(classifier: Callable, x0: torch.Tensor, labels, schedule,
 
 
 class ClassifierGuidance(GuidedModel):
-    """Classifier-guided model ``fn(x, t)`` (distillation.md §1.2, book Eq. (8.2.3)): the model's
-    prediction with score ``ŝ + ω ∇_x log p_ψ(c | x, t)``, exactly converted (§1.1):
+    """Classifier-guided model ``fn(x, t)`` (book Eq. (8.2.3)): the model's
+    prediction with score ``ŝ + ω ∇_x log p_ψ(c | x, t)``, exactly converted (book Prop. 6.3.1):
     ``ε̂_g = ε̂ − σ ω G``, ``x̂_g = x̂ + σ²/α ω G``, ``v̂_g = v̂ − ½ g² ω G``.
 
     Args:
@@ -191,7 +191,7 @@ class ClassifierGuidance(GuidedModel):
 
 class GaussianClassPosterior:
     """Exact noisy-class posterior ``log p_t(c | x)`` ``[B, K]`` for classes ``p(x0|c) = N(m_c, κ_c² I)``
-    with prior ``π_c`` (the mixture oracle (M) of distillation.md §0.6 for D = 1, K = 2):
+    with prior ``π_c`` (a Gaussian mixture, :class:`diffcore.oracles.GaussianMixture`, for D = 1, K = 2):
 
         p_t(x|c) = N(α_t m_c, (α_t² κ_c² + σ_t²) I),   log p_t(c|x) = log π_c p_t(x|c) − log Σ_k π_k p_t(x|k).
 

@@ -1,4 +1,4 @@
-"""Inverse problems by posterior sampling (distillation.md §1.5; book §8.4.2, Eq. (8.4.3)–(8.4.5)).
+"""Inverse problems by posterior sampling (book §8.4.2, Eq. (8.4.3)–(8.4.5)).
 
 Measurement ``y = 𝒜(x0) + σ_y z``. Bayes (Eq. (8.4.4)) splits the posterior score into the data
 score and a measurement term, ``∇ log p_t(x|y) = ∇ log p_t(x) + ∇ log p_t(y|x)``; each method below
@@ -189,7 +189,7 @@ class _Projection(GuidedModel):
 
 
 class ScoreProjection(_Projection):
-    """Score-SDE conditioning for linear inverse problems (distillation.md §1.5, book §8.4.2;
+    """Score-SDE conditioning for linear inverse problems (book §8.4.2;
     Song et al. 2021): ``G_t = Aᵀ(y_t − A x_t)`` with ``y_t = α_t y + σ_t ε`` (see the module note on
     the sign), added to the score with weight ``w_t``.
 
@@ -212,7 +212,7 @@ class ScoreProjection(_Projection):
 
 
 class ILVR(_Projection):
-    """Iterative latent variable refinement (Choi et al. 2021; distillation.md §1.5, book §8.4.2):
+    """Iterative latent variable refinement (Choi et al. 2021; book §8.4.2):
     ``G_t = A^†(y_t − A x_t)``, ``A^† = (AᵀA)⁻¹Aᵀ`` (the Moore–Penrose pseudo-inverse), with
     ``y_t = α_t y + σ_t ε``. Arguments as :class:`ScoreProjection`."""
 
@@ -231,7 +231,7 @@ class ILVR(_Projection):
 
 
 class DPS(GuidedModel):
-    """Diffusion posterior sampling (Chung et al. 2023; distillation.md §1.5, book Eq. (8.4.5)):
+    """Diffusion posterior sampling (Chung et al. 2023; book Eq. (8.4.5)):
 
         G_t = ∇_{x_t} [ −‖y − 𝒜(x̂0(x_t))‖² / (2σ_y²) ] = σ_y⁻² [J_𝒜(x̂0) ∂x̂0/∂x_t]ᵀ (y − 𝒜(x̂0)),
 
@@ -299,7 +299,7 @@ class DPS(GuidedModel):
 
 class ExactGaussianLikelihood(GuidedModel):
     """The exact measurement score for Gaussian data ``x0 ~ N(μ, Σ)`` and linear ``A``
-    (distillation.md §1.5 oracle, generalised from ``Σ = σ_d² I``): ``p(x0 | x_t)`` is Gaussian with
+    (Gaussian conditioning, generalised from ``Σ = σ_d² I``): ``p(x0 | x_t)`` is Gaussian with
 
         mean x* = μ + J (x_t − α_t μ),  J = α_t Σ V_t⁻¹,  cov Σ_{0|t} = σ_t² Σ V_t⁻¹,  V_t = α_t² Σ + σ_t² I,
 

@@ -1,5 +1,5 @@
-"""The common form of gradient guidance (distillation.md §1.1) and training-free loss guidance
-(distillation.md §1.4; book §8.4.1, Eq. (8.4.2)).
+"""The common form of gradient guidance (book Eq. (8.1.1): the score plus a weighted guidance term) and
+training-free loss guidance (book §8.4.1, Eq. (8.4.2)).
 
 §1.1. Every guidance method supplies a term ``G_t(x, c)`` and a weight ``w_t`` and replaces the
 model's score by ``ŝ_g = ŝ + w_t G_t``. Each prediction type is affine in ``ŝ`` at fixed ``(x_t, t)``
@@ -19,10 +19,10 @@ to ``t' < t`` (book Eq. (8.4.2)):
 - data space: ``𝒢_0 = −∇_{x0} ℓ(x0, c)`` at ``x0 = x̂0(x_t)``; may be iterated (gradient descent on
   the clean estimate, :func:`data_space_update`); needs no derivative of the denoiser;
 - noise space: ``𝒢_t = −η ∇_{x_t} ℓ(x̂0(x_t), c) = −η (∂x̂0/∂x_t)ᵀ ∇_{x0} ℓ`` — one VJP through the
-  denoiser. [Fix] (§11, item 11): the book writes ``∇_{x0} log ℓ``; the chain rule of the surrogate
+  denoiser. Correction (docs/errata.md D11): the book writes ``∇_{x0} log ℓ``; the chain rule of the surrogate
   likelihood ``p̃ ∝ exp(−η ℓ)`` has no logarithm.
 
-[Fix] (not in §11): Eq. (8.4.2) read literally changes ``ŝ`` by ``η^latent 𝒢_t`` while holding
+A second correction: Eq. (8.4.2) read literally changes ``ŝ`` by ``η^latent 𝒢_t`` while holding
 ``x̂0`` fixed. But ``x̂0`` and ``ŝ`` are tied at ``x_t`` by Tweedie, ``x̂0 = (x_t + σ_t² ŝ)/α_t``, and with
 ``x̂0`` frozen the net change of ``x_{t'}`` is ``−σ_{t'} σ_t η^latent 𝒢_t``: *against* the guidance (a
 sampler with ℓ = ½‖x − c‖² then moves away from ``c``). The library applies the noise-space term
@@ -123,7 +123,8 @@ def per_sample(w, t: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def score_coefficient(t, schedule, prediction) -> torch.Tensor:
-    """``c_P(t) = ∂P/∂ŝ`` at fixed ``x_t`` (float64, shaped like ``t``), distillation.md §1.1:
+    """``c_P(t) = ∂P/∂ŝ`` at fixed ``x_t`` (float64, shaped like ``t``), from the conversions of book
+    Prop. 6.3.1:
     ``1`` (score), ``−σ`` (eps), ``σ²/α`` (x0), ``−½g²`` (velocity), ``−σ(α²+σ²)/α`` (v, VP only).
 
     Computed from the schedule directly rather than through ``conversion_coefs("score", ...)``,
@@ -147,7 +148,7 @@ def score_coefficient(t, schedule, prediction) -> torch.Tensor:
 
 
 def add_score_term(pred: torch.Tensor, term: torch.Tensor, t, schedule, prediction) -> torch.Tensor:
-    """``P + c_P(t)·term``: the prediction whose score is ``ŝ + term`` (distillation.md §1.1).
+    """``P + c_P(t)·term``: the prediction whose score is ``ŝ + term`` (book Eq. (8.1.1)).
 
     ``term`` is ``w_t G_t`` already weighted; it is cast to ``pred``'s dtype after the float64
     coefficient is applied."""
@@ -161,7 +162,7 @@ def add_score_term(pred: torch.Tensor, term: torch.Tensor, t, schedule, predicti
 
 
 class GuidedModel:
-    """Model wrapper ``fn(x, t) → P_g = P + c_P(t)·w_t·G_t(x)`` (distillation.md §1.1), in the model's
+    """Model wrapper ``fn(x, t) → P_g = P + c_P(t)·w_t·G_t(x)`` (book Eq. (8.1.1)), in the model's
     own prediction type, for :func:`diffcore.sample`, :func:`diffcore.solvers.ddim_step`, ...
 
     Subclasses implement :meth:`guidance_term` ``(x, t, pred) → G`` (same shape as ``x``). When
@@ -246,7 +247,7 @@ def _loss_grad(loss: Callable, x0: torch.Tensor, cond) -> torch.Tensor:
 def noise_space_term(model: Callable, x: torch.Tensor, t, loss: Callable, cond, schedule, prediction="eps",
                      eta: float = 1.0, model_kwargs: Optional[dict] = None):
     """``(pred, x̂0, 𝒢_t)`` with ``𝒢_t = −η ∇_{x_t} ℓ(x̂0(x_t), c) = −η (∂x̂0/∂x_t)ᵀ ∇_{x0} ℓ``
-    (distillation.md §1.4, [Fix] §11 item 11; one VJP through the model). ``pred`` and ``x̂0`` are
+    (book §8.4.1 with docs/errata.md D11; one VJP through the model). ``pred`` and ``x̂0`` are
     returned detached."""
     schedule = check_schedule(schedule)
     check_callable(loss, "loss", "a callable loss(x0, cond) -> [B]")
@@ -279,7 +280,7 @@ class _NoiseSpace(GuidedModel):
 
 class LossGuidance(_NoiseSpace):
     """Noise-space loss guidance as a model wrapper: ``ŝ_g = ŝ + η^latent 𝒢_t`` with
-    ``𝒢_t = −η ∇_{x_t} ℓ(x̂0(x_t), c)`` (distillation.md §1.4 B; the §1.1 surrogate
+    ``𝒢_t = −η ∇_{x_t} ℓ(x̂0(x_t), c)`` (book §8.4.1 B; the surrogate
     ``G = −τ∇ℓ`` evaluated through the Tweedie estimate), converted exactly to the model's
     prediction type so that any solver of :func:`diffcore.sample` uses it.
 
@@ -303,8 +304,8 @@ class LossGuidance(_NoiseSpace):
 
 def data_space_update(x0: torch.Tensor, loss: Callable, cond=None, eta_data: Union[float, torch.Tensor] = 1.0,
                       iters: int = 1) -> torch.Tensor:
-    """``iters`` gradient steps ``x0 ← x0 + η^data 𝒢_0``, ``𝒢_0 = −∇_{x0} ℓ(x0, c)`` (distillation.md
-    §1.4 A; book §8.4.1 A). ``iters = 1`` is the book's single correction; more iterations are the
+    """``iters`` gradient steps ``x0 ← x0 + η^data 𝒢_0``, ``𝒢_0 = −∇_{x0} ℓ(x0, c)`` (book
+    §8.4.1 A). ``iters = 1`` is the book's single correction; more iterations are the
     "applied iteratively" variant. ``eta_data`` is a number or a per-sample ``[B, 1, ...]`` tensor."""
     check_callable(loss, "loss", "a callable loss(x0, cond) -> [B]")
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
@@ -319,8 +320,8 @@ def loss_guided_ddim_step(model: Callable, x: torch.Tensor, t, s, schedule, loss
                           cond=None, prediction="eps", eta_data: Weight = 0.0, eta_latent: Weight = 0.0,
                           eta: Weight = 1.0, data_iters: int = 1,
                           model_kwargs: Optional[dict] = None) -> torch.Tensor:
-    """One generalized DDIM step ``t → s`` (book Eq. (8.4.2), distillation.md §1.4, with the
-    noise-space term applied through the score consistently, see the module [Fix]):
+    """One generalized DDIM step ``t → s`` (book Eq. (8.4.2), with the
+    noise-space term applied through the score consistently, see the module's second correction):
 
         ŝ_g = ŝ + η^latent 𝒢_t,   x̂0_g = (x_t + σ_t² ŝ_g)/α_t,   ε̂_g = −σ_t ŝ_g,
         x_s = α_s x̂0' + σ_s ε̂_g,  x̂0' = x̂0_g + η^data 𝒢_0 (iterated ``data_iters`` times),

@@ -1,7 +1,7 @@
 """The Gaussian-mixture oracle (:class:`diffcore.oracles.GaussianMixture`) as a training dataset.
 
 Training on data whose exact denoiser, score, velocity and density are known lets a test compare a
-trained network with the optimum it should approach (training.md §5.2, §9).
+trained network with the optimum it should approach (:mod:`diffcore.oracles`).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Distillation and few-step generators (distillation.md; book Ch. 10–11, seed posts on SiD/FGM and
-MonoFlow).
+"""Distillation and few-step generators (book Ch. 10–11; SiD, Zhou et al. 2024; FGM, Huang et al. 2024;
+MonoFlow, Yi et al. 2023).
 
 * trajectory distillation: :mod:`.progressive` (progressive and guided progressive distillation);
 * consistency and flow maps: :mod:`.consistency` (CD / CT, discrete time), :mod:`.scm` (continuous

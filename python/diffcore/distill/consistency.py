@@ -1,12 +1,12 @@
-"""Discrete-time consistency models, distillation.md §5 (book §11.2, eq. 11.2.4–11.2.6, Alg. 9).
+"""Discrete-time consistency models (Song et al. 2023; book §11.2, eq. 11.2.4–11.2.6, Alg. 9).
 
 * :class:`ConsistencyFunction` — ``f_θ(x, s) = c_skip(s) x + c_out(s) F_θ(c_in(s) x, s)`` with the
-  boundary condition ``f_θ(x, t_min) = x`` EXACT (shifted EDM coefficients, §5.1 [Ref][Fix], §11 item 5).
+  boundary condition ``f_θ(x, t_min) = x`` EXACT (shifted EDM coefficients, docs/errata.md D5).
 * :func:`cd_loss` / :func:`ct_loss` — consistency distillation (one no-grad teacher step
   ``s_{i+1} → s_i`` through :func:`diffcore.solvers.ddim_step` / :func:`~diffcore.solvers.heun_step`)
   and consistency training (same ``(x0, ε)`` at both times), with an EMA target network θ⁻.
 * :func:`karras_grid`, the CT curricula ``N(k)`` / ``μ(k)`` of CM and improved CT, and the iCT index law.
-* :func:`consistency_sample` — one-step and multistep sampling (§5.3, Alg. 9 with the §11 fix).
+* :func:`consistency_sample` — one-step and multistep sampling (book Alg. 9 with docs/errata.md D5).
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def consistency_coefs(values, values_min, sigma_data: float = 0.5) -> Tuple[torc
 
 
 class ConsistencyFunction(nn.Module):
-    """``f_θ(x, s) = c_skip(s) x + c_out(s) F_θ(c_in(s) x, s)`` (book §11.2.1; distillation.md §5.1).
+    """``f_θ(x, s) = c_skip(s) x + c_out(s) F_θ(c_in(s) x, s)`` (book §11.2.1).
 
     Args:
         net: the raw network ``F_θ(x, t, **kw)`` (e.g. :class:`diffcore.models.MLP`; it receives the
@@ -254,7 +254,7 @@ def ct_loss(model: Callable, target_model: Callable, x0: torch.Tensor, grid, sch
 def consistency_sample(model: Callable, x: torch.Tensor, times, schedule, t_min: float,
                        generator: Optional[torch.Generator] = None, noise=None,
                        model_kwargs: Optional[dict] = None) -> torch.Tensor:
-    """Multistep consistency sampling (book Alg. 9, §5.3 with §11 item 5).
+    """Multistep consistency sampling (book Alg. 9 with docs/errata.md D5).
 
     ``x ← f(x, τ_0)``; for each later ``τ_m``: re-noise the ``t_min`` state exactly onto ``p_{τ_m}``,
     ``x_τ = (α_τ/α_min) x + √(σ_τ² − (α_τ σ_min/α_min)²) ε`` (``x + √(τ² − t_min²) ε`` for ``edm``), then

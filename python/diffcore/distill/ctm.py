@@ -1,5 +1,5 @@
-"""Consistency Trajectory Models on the ``edm`` schedule (σ = t, α = 1), distillation.md §7 (book §11.4,
-eq. 11.4.1–11.4.8, Alg. 11; the fixes of §11 items 9–10).
+"""Consistency Trajectory Models on the ``edm`` schedule (σ = t, α = 1) (Kim et al. 2024; book §11.4,
+eq. 11.4.1–11.4.8, Alg. 11; docs/errata.md D9–D10).
 
     G_θ(x, s, t) = (t/s) x + (1 − t/s) g_θ(x, s, t),   g*(x, s, t) = (s Ψ_{s→t}(x) − t x)/(s − t),
     g*(x, s, s) = x − s v*(x, s) = x*(x, s)  (the denoiser).
@@ -83,12 +83,12 @@ def teacher_solver(teacher: Callable, prediction="eps", substeps: int = 4) -> Ca
 def ctm_consistency_loss(model: CTMModel, target_model: Callable, x0: torch.Tensor, s, t, u, solver: Callable,
                          noise: Optional[torch.Tensor] = None, metric: str = "l2",
                          generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Soft consistency loss, book eq. (11.4.4)–(11.4.5) (distillation.md §7): ``d(x_est, sg[x_target])``.
+    """Soft consistency loss, book eq. (11.4.4)–(11.4.5) ``d(x_est, sg[x_target])``.
 
     ``model``: the online :class:`CTMModel` (its outer map to 0 is evaluated with frozen, detached
     parameters). ``target_model``: ``G_{θ⁻}`` (EMA). ``solver(x, s, u)``: the teacher map
     (:func:`teacher_solver`, or an exact flow map in tests). ``u = s``: global; ``u = s − Δs``: local
-    (``t = 0`` and local is CD, §11 item 10).
+    (``t = 0`` and local is CD, docs/errata.md D10).
     """
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device) if noise is None else noise
     s, t, u = _times(s, x0, "s"), _times(t, x0, "t"), _times(u, x0, "u")

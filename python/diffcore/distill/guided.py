@@ -1,7 +1,7 @@
-"""Guided progressive distillation end to end, distillation.md §4.3 (book §10.3.4; Meng et al. 2023).
+"""Guided progressive distillation end to end (book §10.3.4; Meng et al. 2023).
 
 Stage 1 distils classifier-free guidance into ONE network ``x_{θ1}(x_s, s, c, w)`` that takes the
-(shifted, §11 item 1) guidance weight ``w = ω − 1`` as an input and regresses
+(shifted, docs/errata.md D1) guidance weight ``w = ω − 1`` as an input and regresses
 ``x^w_φ = (1 + w) x_φ(x_s, s, c) − w x_φ(x_s, s, ∅)`` for ``w ~ U[w_min, w_max]``
 (:func:`~diffcore.distill.progressive.guided_stage1_loss`). Stage 2 is ordinary PD (§4.2) with the
 stage-1 model as the teacher and ``(c, w)`` passed through unchanged; the result is a

@@ -1,5 +1,5 @@
-"""Forward-mode Jacobian–vector products for the derivative class **J** of distillation.md §0.5
-(MeanFlow §8.2, continuous-time consistency §6).
+"""Forward-mode Jacobian–vector products that MeanFlow (book §11.5) and
+continuous-time consistency models (book §11.3) need: ``∂fn[tangent]`` along a direction, in one pass.
 
 ``jvp(fn, primals, tangents)`` returns ``(fn(*primals), J_fn(primals)·tangents)``:
 
@@ -42,7 +42,7 @@ def _as_tuple(v, name: str) -> Tuple[torch.Tensor, ...]:
 
 def jvp(fn: Callable, primals: Sequence[torch.Tensor], tangents: Sequence[torch.Tensor],
         method: str = "autograd", h: Optional[float] = None):
-    """``(fn(*primals), ∂fn(primals)[tangents])`` (distillation.md §0.5, class **J**).
+    """``(fn(*primals), ∂fn(primals)[tangents])`` (forward mode).
 
     Args:
         fn: a function of the primals returning one tensor.

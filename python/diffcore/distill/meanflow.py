@@ -1,4 +1,5 @@
-"""MeanFlow, distillation.md §8 (book §11.5, eq. 11.5.2–11.5.3, with the one-step sign fix of §11 item 8).
+"""MeanFlow (Geng et al. 2025; book §11.5, eq. 11.5.2–11.5.3, with the one-step sign fix of
+docs/errata.md D8).
 
 Book notation throughout: ``h(x_s, s, t)`` is the AVERAGE velocity from the start ``s`` (noisier) to the
 end ``t ≤ s``; the MeanFlow paper's ``u(z_t, r, t)`` is ``h(z, s = t_paper, t = r_paper)``.
@@ -195,7 +196,8 @@ def meanflow_loss(net: Callable, x0: torch.Tensor, schedule="rf", s=None, t=None
 
 @torch.no_grad()
 def meanflow_sample(net: Callable, x: torch.Tensor, times, model_kwargs: Optional[dict] = None) -> torch.Tensor:
-    """Few-step MeanFlow sampling (§8.3, book §11.5.2 with §11 item 8): ``x ← x − (τ_k − τ_{k+1}) h(x, τ_k, τ_{k+1})``
+    """Few-step MeanFlow sampling (book §11.5.2, docs/errata.md D8):
+    ``x ← x − (τ_k − τ_{k+1}) h(x, τ_k, τ_{k+1})``
     on decreasing ``times`` ``τ_0 = T > … > τ_M`` (one step: ``x0 = x_T − T h(x_T, T, 0)``)."""
     ts = torch.as_tensor(times, dtype=torch.float64).reshape(-1)
     if ts.numel() < 2 or not bool((ts[1:] < ts[:-1]).all()):

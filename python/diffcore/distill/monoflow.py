@@ -1,8 +1,8 @@
-"""MonoFlow: GAN generator training as a particle ODE in training time (distillation.md §9, seed
-``[S-Mono]`` = ``001_01b79c68ab2150da.txt``).
+"""MonoFlow: GAN generator training as a particle ODE in training time (Yi et al. 2023,
+"MonoFlow: Rethinking divergence GANs via the perspective of Wasserstein gradient flows", ICML).
 
 The Wasserstein gradient flow ``∂_τ q_τ = −∇·(q_τ ∇ log r_τ)``, ``r_τ = p/q_τ``, decreases
-``KL(q_τ ‖ p)`` (§11 item 18); its particles follow ``dx/dτ = ∇_x log r_τ(x)``. A logistic
+``KL(q_τ ‖ p)`` (docs/errata.md D18); its particles follow ``dx/dτ = ∇_x log r_τ(x)``. A logistic
 discriminator estimates ``log r`` and the generator is regressed onto particles moved one explicit
 Euler step along the field ``∇_x h(D(x))`` for a monotonically increasing ``h``.
 

@@ -1,5 +1,5 @@
-"""Progressive distillation (PD) and guided PD, distillation.md §4.2–§4.3 (book §10.3, Lemma 10.3.1,
-eq. 10.3.1–10.3.2; the halving grid of §11 item 4).
+"""Progressive distillation (PD; Salimans & Ho 2022) and guided PD (Meng et al. 2023) (book §10.3,
+Lemma 10.3.1, eq. 10.3.1–10.3.2; the halving grid of docs/errata.md D4).
 
 Two deterministic teacher DDIM steps ``s → u → t`` (through :func:`diffcore.solvers.ddim_step`, the
 fused kernel) give ``x̃_t``; the student's target is the unique clean estimate ``x̃`` for which ONE DDIM
@@ -9,7 +9,7 @@ step ``s → t`` lands on ``x̃_t`` (eq. 10.3.2):
 
 Grids: the teacher grid has ``2N + 1`` decreasing times ``g_0 = T > … > g_{2N}``; the student grid is
 ``g[::2]`` and a training pair uses ``(s, u, t) = (g_{2k}, g_{2k+1}, g_{2k+2})``, ``k ~ U{0..N−1}``
-(only even triplets, §11 item 4). After a round the student becomes the teacher and ``N ← N/2``.
+(only even triplets, docs/errata.md D4). After a round the student becomes the teacher and ``N ← N/2``.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ WEIGHTINGS = ("snr_trunc", "snr_plus_one", "none")
 
 def pd_target(teacher: Callable, x_s: torch.Tensor, s, u, t, schedule, prediction="eps",
               model_kwargs: Optional[dict] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The PD target of book Lemma 10.3.1 / eq. (10.3.2) (distillation.md §4.2), without gradient.
+    """The PD target of book Lemma 10.3.1 / eq. (10.3.2) without gradient.
 
     Args:
         teacher: ``teacher(x, t, **model_kwargs)`` returning a ``prediction`` (any head).
@@ -125,7 +125,7 @@ def guided_teacher(teacher: Callable, x: torch.Tensor, t, schedule, labels: torc
     """Stage-1 target of guided PD (§4.3, book §10.3.4): ``x^w = (1 + w) x_φ(x, t, c) − w x_φ(x, t, ∅)``.
 
     ``w`` is the SHIFTED guidance weight (w = 0: conditional model); the library's CFG scale is
-    ``ω = w + 1`` (``diffcore.CFG.from_w``, §11 item 1). Returned in x-prediction, without gradient.
+    ``ω = w + 1`` (``diffcore.CFG.from_w``, docs/errata.md D1). Returned in x-prediction, without gradient.
     The teacher is called ``teacher(x, t, labels=...)``; ``null_label`` is its unconditional token.
     """
     sched = _sched(schedule)

@@ -1,5 +1,5 @@
-"""Continuous-time consistency models on the TrigFlow path (sCM / sCT / sCD), distillation.md §6
-(book §11.3.3, Alg. 10, with the tangent fix of §11 item 6 and the time-proposal fix of item 7).
+"""Continuous-time consistency models on the TrigFlow path (sCM / sCT / sCD; Lu & Song 2025)
+(book §11.3.3, Alg. 10, with the tangent fix of docs/errata.md D6 and the time-proposal fix D7).
 
 TrigFlow time ``s ∈ [0, π/2]``: ``x_s = cos(s) x0 + sin(s) z``, ``z ~ N(0, σ_d² I)`` — the library's
 ``schedules.get("trig", sigma_data=σ_d)`` under ``s = πt/2`` (:meth:`~diffcore.schedules.Trig.to_trigflow_time`).
@@ -55,7 +55,7 @@ class TrigConsistency(nn.Module):
 
 def scm_times(B: int, p_mean: float = -1.0, p_std: float = 1.4, sigma_data: float = 0.5,
               generator: Optional[torch.Generator] = None, dtype=torch.float32) -> torch.Tensor:
-    """``s = arctan(e^τ/σ_d)``, ``τ ~ N(P_mean, P_std²)`` (§6.2 [Fix] of §11 item 7: ``log(σ_d tan s) ~ N``)."""
+    """``s = arctan(e^τ/σ_d)``, ``τ ~ N(P_mean, P_std²)`` (docs/errata.md D7: ``log(σ_d tan s) ~ N``)."""
     if not p_std > 0 or not sigma_data > 0:
         raise ValueError(f"p_std, sigma_data: expected positive numbers, got {p_std!r}, {sigma_data!r}")
     dev = generator.device if generator is not None else "cpu"

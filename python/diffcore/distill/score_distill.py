@@ -1,5 +1,6 @@
 """Distribution-level (score) distillation of a one-step generator: VSD / DMD, SiD and FGM
-(distillation.md §3, seeds ``[B §10.2]`` and ``[S-SiD]`` = ``000_4716bc537841fee0.txt``).
+(book §10.2; Zhou et al. 2024, "Score identity Distillation", ICML; Huang et al. 2024, "Flow Generator
+Matching").
 
 A one-step generator ``G_θ(z)`` is trained so that its noised marginals ``p^θ_t`` (law of
 ``x̂_t = α_t G_θ(z) + σ_t ε``) match the teacher's marginals ``p_t``. Three networks take part
@@ -69,7 +70,7 @@ def _alpha_sigma(schedule, t: torch.Tensor, x: torch.Tensor):
 
 
 def add_noise(x0: torch.Tensor, eps: torch.Tensor, t, schedule) -> torch.Tensor:
-    """``x_t = α_t x0 + σ_t ε`` (distillation.md §0.3 ``add_noise``) with per-sample ``t``; differentiable in ``x0``."""
+    """``x_t = α_t x0 + σ_t ε`` with per-sample ``t``; differentiable in ``x0``."""
     _check_x(x0, "x0")
     if not isinstance(eps, torch.Tensor) or eps.shape != x0.shape:
         raise ValueError(f"eps: expected a tensor of shape {tuple(x0.shape)}, got "
@@ -81,7 +82,7 @@ def add_noise(x0: torch.Tensor, eps: torch.Tensor, t, schedule) -> torch.Tensor:
 def sample_times(n: int, schedule, t_range: Sequence[float] = (0.02, 0.98), generator=None,
                  device=None, dtype=torch.float32) -> torch.Tensor:
     """``t ~ U[t_lo, t_hi]`` with ``(t_lo, t_hi)`` given as fractions of the schedule's range
-    ``[t_end, t_start]`` (distillation.md §3.1 "Time sampling": strictly inside the range)."""
+    ``[t_end, t_start]`` (strictly inside the range)."""
     sched = _schedule(schedule)
     lo, hi = (float(v) for v in t_range)
     if not 0.0 <= lo < hi <= 1.0:
@@ -105,7 +106,7 @@ def _reduce(per_sample: torch.Tensor, sample_weight: Optional[torch.Tensor]) -> 
 
 def _eps(model: Model, x: torch.Tensor, t: torch.Tensor, schedule, prediction: str, name: str,
          model_kwargs: Optional[dict] = None) -> torch.Tensor:
-    """ε-prediction of ``model`` at ``(x, t)`` (converted from its native ``prediction``, distillation.md §0.2)."""
+    """ε-prediction of ``model`` at ``(x, t)`` (converted from its native ``prediction``, book Prop. 6.3.1)."""
     if not callable(model):
         raise TypeError(f"{name}: expected a callable model(x, t), got {type(model).__name__}")
     out = model(x, t, **(model_kwargs or {}))
@@ -122,7 +123,7 @@ def _eps(model: Model, x: torch.Tensor, t: torch.Tensor, schedule, prediction: s
 def frozen(*modules):
     """Temporarily ``requires_grad_(False)`` on the parameters of every ``nn.Module`` given (others are
     ignored): the network's *parameters* get no gradient while gradients still flow through its input
-    (``net_{sg θ}(x)`` of distillation.md §0.4). Flags are restored on exit."""
+    (the stop-gradient network ``net_{sg θ}(x)``). Flags are restored on exit."""
     saved = []
     for m in modules:
         if isinstance(m, nn.Module):
@@ -150,9 +151,9 @@ def _prep(x_g, t, eps, schedule):
 
 # ---- networks ------------------------------------------------------------------------------------
 class OneStepGenerator(nn.Module):
-    """One-step generator ``G_θ(z)``: a small MLP from latent ``z ∈ R^latent_dim`` to ``x ∈ R^dim``
-    (distillation.md §3 "Goal"). A linear skip ``x = Az + MLP(z)`` keeps the initial map close to a
-    Gaussian push-forward, which makes early fake-score targets well conditioned."""
+    """One-step generator ``G_θ(z)``: a small MLP from latent ``z ∈ R^latent_dim`` to ``x ∈ R^dim``.
+    A linear skip ``x = Az + MLP(z)`` keeps the initial map close to a Gaussian push-forward, which makes early
+    fake-score targets well conditioned."""
 
     def __init__(self, dim: int, latent_dim: Optional[int] = None, width: int = 64, depth: int = 2):
         latent_dim = dim if latent_dim is None else latent_dim
@@ -179,8 +180,8 @@ class OneStepGenerator(nn.Module):
 def fake_score_loss(fake: Model, x_g: torch.Tensor, t, eps: torch.Tensor, schedule, *,
                     fake_prediction: str = "eps", weight: Weight = None,
                     sample_weight: Optional[torch.Tensor] = None, model_kwargs: Optional[dict] = None) -> torch.Tensor:
-    """Fake-score (student denoiser) DSM loss on generator samples (distillation.md §3.1 step 1, §3.2
-    "Fake update"): ``L_ψ = E w(t) ‖ε_ψ(sg[α_t x_g + σ_t ε], t) − ε‖²`` (sum over features, mean over
+    """Fake-score (student denoiser) DSM loss on generator samples (book §10.2.1; Zhou et al.
+    2024): ``L_ψ = E w(t) ‖ε_ψ(sg[α_t x_g + σ_t ε], t) − ε‖²`` (sum over features, mean over
     the batch). ``x_g`` is detached: only ``ψ`` is trained."""
     sched, tb, eps, a, s = _prep(x_g, t, eps, schedule)
     xt = a * x_g.detach() + s * eps
@@ -193,7 +194,7 @@ def vsd_generator_loss(x_g: torch.Tensor, t, eps: torch.Tensor, teacher: Model, 
                        omega: Weight = None, teacher_prediction: str = "eps", fake_prediction: str = "eps",
                        sample_weight: Optional[torch.Tensor] = None, model_kwargs: Optional[dict] = None,
                        dmd_normalize: bool = False) -> torch.Tensor:
-    """VSD / DMD generator surrogate (distillation.md §3.1; book Prop. 10.2.1, eq. 10.2.2, §11 item 3).
+    """VSD / DMD generator surrogate (book Prop. 10.2.1, eq. 10.2.2, docs/errata.md D3).
 
     ``g = sg[ω(t) α_t (s_ψ(x_t,t) − s_φ(x_t,t))]`` with ``s − s = (ε_φ − ε_ψ)/σ_t`` and
     ``x_t = α_t sg[x_g] + σ_t ε``; the loss is ``E Σ g · x_g``, whose θ-gradient is exactly the plug-in
@@ -231,7 +232,7 @@ def sid_generator_loss(x_g: torch.Tensor, t, eps: torch.Tensor, teacher: Model, 
                        lam: float = 1.2, weight: Weight = None, teacher_prediction: str = "eps",
                        fake_prediction: str = "eps", sample_weight: Optional[torch.Tensor] = None,
                        model_kwargs: Optional[dict] = None) -> torch.Tensor:
-    """SiD generator loss (distillation.md §3.2; ``[S-SiD]`` ``L2 − λ L1``):
+    """SiD generator loss (Zhou et al. 2024; ``L2 − λ L1``):
 
     ``L(θ; λ) = E w(t)(⟨ε_φ(x_t) − ε_{sg ψ}(x_t), ε_φ(x_t) − ε⟩ − λ ‖ε_φ(x_t) − ε_{sg ψ}(x_t)‖²)``,
     ``x_t = α_t G_θ(z) + σ_t ε`` **with** gradient. Stop-gradients exactly as in the seed: the teacher
@@ -256,7 +257,7 @@ def sid_generator_loss(x_g: torch.Tensor, t, eps: torch.Tensor, teacher: Model, 
 def fgm_generator_loss(x_g: torch.Tensor, t, eps: torch.Tensor, teacher: Model, fake: Model, schedule, *,
                        weight: Weight = None, teacher_prediction: str = "eps", fake_prediction: str = "eps",
                        sample_weight: Optional[torch.Tensor] = None, model_kwargs: Optional[dict] = None) -> torch.Tensor:
-    """FGM generator loss ``L4^{(sg)}`` (distillation.md §3.2; ``[S-SiD]`` "FGM"):
+    """FGM generator loss ``L4^{(sg)}`` (Huang et al. 2024, FGM):
 
     ``L4 = E w(t)[‖ε_φ‖² − 2⟨ε_φ, ε⟩ + 2⟨ε_{sg ψ}, ε⟩ − ‖ε_{sg ψ}‖²]`` at ``x_t = α_t G_θ(z) + σ_t ε``
     (same stop-gradients as :func:`sid_generator_loss`). Pointwise ``L4 = 2L2^{sg} − L1^{sg}``, i.e.
@@ -273,7 +274,7 @@ def fgm_generator_loss(x_g: torch.Tensor, t, eps: torch.Tensor, teacher: Model, 
 # ---- trainer ---------------------------------------------------------------------------------------
 class ScoreDistillTrainer:
     """Alternating fake-score / generator training of a one-step generator with a frozen teacher
-    (distillation.md §3.1 and §3.2 "Training iteration"; data-free: only the teacher is queried).
+    (book §10.2.1; Zhou et al. 2024; data-free: only the teacher is queried).
 
     Args:
         generator: ``G_θ`` mapping ``(B, latent_dim)`` → ``(B, D)`` (e.g. :class:`OneStepGenerator`).

@@ -1,4 +1,4 @@
-"""Few-step samplers of distilled students behind one API (distillation.md §10.3 "samplers").
+"""Few-step samplers of distilled students behind one API.
 
 Every student exposes ``few_step_sample(x, schedule, steps, model_kwargs=None, generator=None)`` and
 is accepted by :func:`diffcore.sample` (which dispatches to it), so

@@ -1,7 +1,7 @@
 """Networks for the trainer: :class:`MLP` (low-dimensional data) and :class:`UNet` (8×8 – 32×32 images).
 
-All follow the model contract ``net(x, t, labels=None) -> tensor shaped like x`` (INTERFACES.md; see
-:mod:`diffcore.models.base`), embed ``t`` through a documented time transform
+All follow the model contract ``net(x, t, labels=None) -> tensor shaped like x`` (docs/design.md,
+"Model contract"; see :mod:`diffcore.models.base`), embed ``t`` through a documented time transform
 (:mod:`diffcore.models.embedding`: ``"identity"`` for t ∈ [0, 1], ``"log"`` for EDM's σ), and are
 optionally class-conditional with a null label for classifier-free guidance.
 

@@ -1,6 +1,6 @@
 """Time and label embeddings shared by the networks in :mod:`diffcore.models`.
 
-The model contract (INTERFACES.md, DESIGN.md "model contract"): ``net(x, t, labels=None)`` with ``t`` a
+The model contract (docs/design.md, "Model contract"): ``net(x, t, labels=None)`` with ``t`` a
 ``[B]`` tensor of the schedule's continuous diffusion time. That time lives on very different scales:
 ``t ∈ [0, 1]`` for VP / sub-VP / cosine / rectified-flow / trig schedules, ``t = σ ∈ [0.002, 80]`` for
 EDM. A sinusoidal code needs its argument on a known scale, so the embedding first maps ``t`` through
@@ -8,7 +8,7 @@ a *time transform* ``c = τ(t)`` chosen by the user, then embeds ``c``:
 
 - ``"identity"``: ``c = t`` (schedules on ``[0, 1]``);
 - ``"log"`` (alias ``"edm"``): ``c = ¼ ln t``, EDM's ``c_noise`` (Karras et al. 2022, App. D.6 of the
-  book; training.md §4.6), which maps ``σ ∈ [0.002, 80]`` to ``c ∈ [−1.55, 1.10]``; ``t`` is clamped
+  book), which maps ``σ ∈ [0.002, 80]`` to ``c ∈ [−1.55, 1.10]``; ``t`` is clamped
   below at ``1e−5`` (``c = −2.88``) because a sampler may evaluate the model at ``σ = 0``;
 - any callable ``t ↦ c`` (elementwise).
 

@@ -1,4 +1,4 @@
-"""Deterministic PF-ODE solvers (solvers.md §6) and stochastic samplers (§5, :mod:`.sde`) behind one
+"""Deterministic PF-ODE solvers (book Ch. 9) and stochastic samplers (:mod:`.sde`) behind one
 plan / execute engine (:mod:`.base`).
 
 ``diffcore.solvers.get(name, **options)`` returns an immutable solver; ``available()`` lists the

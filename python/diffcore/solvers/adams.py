@@ -1,4 +1,4 @@
-"""Exponential Adams–Bashforth solvers on noise predictions (solvers.md §6.4, §12.1; book §9.3).
+"""Exponential Adams–Bashforth solvers on noise predictions (book §9.3; Zhang & Chen 2023, DEIS).
 
 * ``deis_1..3`` — DEIS tAB with k model outputs: ε̂ is extrapolated by the Lagrange polynomial
   (degree k − 1) in t through the last k outputs and integrated exactly against dρ; the integrals

@@ -1,4 +1,4 @@
-"""Adaptive DPM-Solver-12 / -23 (solvers.md §6.5 "Adaptive step size"; Lu et al. 2022, App. C).
+"""Adaptive DPM-Solver-12 / -23 (Lu et al. 2022, App. C).
 
 An embedded pair in λ: the lower-order update (DPM-Solver-1, resp. DPM-Solver-2 with r₁ = ⅓) and the
 higher-order one (DPM-Solver-2 with r₁ = ½, resp. DPM-Solver-3 with r = ⅓, ⅔) share model

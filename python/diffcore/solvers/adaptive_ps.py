@@ -1,5 +1,5 @@
-"""Adaptive DPM-Solver with per-sample step sizes (``"dpm_adaptive_ps"``; solvers.md §6.5 "Adaptive
-step size" for the embedded pair, error control below).
+"""Adaptive DPM-Solver with per-sample step sizes (``"dpm_adaptive_ps"``; the embedded pair of
+Lu et al. 2022, App. C, error control below).
 
 The embedded pair is that of :class:`~diffcore.solvers.DPMAdaptive` — DPM-Solver-1/-2 (order 2) or
 DPM-Solver-2 (r₁ = ⅓)/-3 (order 3) in λ, sharing model evaluations — but every sample carries its own

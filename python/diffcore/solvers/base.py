@@ -1,4 +1,4 @@
-"""The plan / execute engine shared by every deterministic solver (DESIGN.md, "Plan / execute protocol").
+"""The plan / execute engine shared by every deterministic solver (docs/design.md, "Plan / execute protocol").
 
 A :class:`Solver` is immutable: its options and its method structure (stages per step, history size,
 native prediction, per-step orders). :meth:`Solver.plan` turns a schedule and a time grid into a
@@ -30,7 +30,7 @@ from ..thresholding import dynamic_threshold
 
 __all__ = ["Solver", "Plan", "State", "SOLVER_TYPES"]
 
-#: Accepted spellings of the two second-order variants (solvers.md §6.5, §6.7):
+#: Accepted spellings of the two second-order variants (book §9.4.3 and docs/errata.md S3; §9.5.3):
 #: A = midpoint / the reference "dpmsolver" form, B = heun / the reference "taylor" form.
 SOLVER_TYPES = {"midpoint": 0, "dpmsolver": 0, "a": 0, "heun": 1, "taylor": 1, "b": 1}
 
@@ -39,7 +39,7 @@ SOLVER_TYPES = {"midpoint": 0, "dpmsolver": 0, "a": 0, "heun": 1, "taylor": 1, "
 NCOEF_BASE, LAYOUT = 12, 5
 _NOISE_KIND = {"philox": 1, "tensor": 2, "generator": 2, "provider": 2, "brownian": 3}
 
-_QUAD_NODES = 16  # Gauss–Legendre nodes per step for DEIS (solvers.md §6.4: ≥ 16 suffices in float64)
+_QUAD_NODES = 16  # Gauss–Legendre nodes per step for DEIS (≥ 16 reach float64 accuracy on these integrands)
 
 
 def _check_bool(name: str, v) -> bool:
@@ -55,7 +55,7 @@ def _check_order(order, allowed: Sequence[int]) -> int:
 
 
 class Solver:
-    """Base class of the deterministic PF-ODE solvers (solvers.md §6).
+    """Base class of the deterministic PF-ODE solvers (book Ch. 9).
 
     Subclasses set the class attributes and, where needed, override :meth:`_orders`,
     :meth:`_stage_lams` and :meth:`_core_options`.
@@ -105,8 +105,8 @@ class Solver:
         """Order of each step: warm-up (step i of a multistep method has the outputs of steps
         ``first … i``; nodes before ``first`` sit at α = 0, λ = −∞, and carry no derivative
         information), ``lower_order_final`` (the reference's rule, applied below 15 steps) and order 1
-        for a final step to σ = 0, where higher-order λ-terms are infinite (solvers.md §6.7, §10
-        "Endpoints")."""
+        for a final step to σ = 0, where higher-order λ-terms are infinite (book §9.5;
+        docs/design.md, "Coefficient plans")."""
         p = self.max_order
         orders = []
         for i in range(M):

@@ -1,4 +1,4 @@
-"""Exponential integrators in log-SNR time λ = log(α/σ) (solvers.md §6.3, §6.5, §6.7; book §9.2–9.5).
+"""Exponential integrators in log-SNR time λ = log(α/σ) (book §9.2–9.5).
 
 =====================  ==================================================  ========  ===============
 name                   method                                              native    order
@@ -37,7 +37,7 @@ def _fraction(name: str, v) -> float:
 
 
 class DDIM(Solver):
-    """DDIM with η = 0 (solvers.md §6.3; book Prop. 9.2.1, Eq. (9.2.2)): ``x_t = α_t x̂_s + σ_t ε̂_s``,
+    """DDIM with η = 0 (book Prop. 9.2.1, Eq. (9.2.2)): ``x_t = α_t x̂_s + σ_t ε̂_s``,
     first order, one model call per step; = DPM-Solver-1 = DPM-Solver++(1) = DEIS with one output.
     Supports dynamic thresholding of x̂ (§2.5)."""
 
@@ -48,7 +48,7 @@ class DDIM(Solver):
 
 
 class DPMSolver(Solver):
-    """Single-step DPM-Solver of order 1, 2 or 3 on noise predictions (solvers.md §6.5; book §9.4,
+    """Single-step DPM-Solver of order 1, 2 or 3 on noise predictions (book §9.4,
     Eq. (9.4.8)–(9.4.11), Alg. 5).
 
     Args:
@@ -89,8 +89,8 @@ class DPMSolver(Solver):
 
 
 class DPMSolverPPSingle(DPMSolver):
-    """Single-step DPM-Solver++ (2S, and 3S as ``order=3``) on data predictions (solvers.md §6.7;
-    book §9.5.3, Alg. 6; 3S from Lu et al. 2022b). Supports dynamic thresholding (§2.5). Options as
+    """Single-step DPM-Solver++ (2S, and 3S as ``order=3``) on data predictions (book §9.5.3,
+    Alg. 6; 3S from Lu et al. 2022b). Supports dynamic thresholding (:mod:`diffcore.thresholding`). Options as
     :class:`DPMSolver`."""
 
     native = "x0"
@@ -104,7 +104,7 @@ class DPMSolverPPSingle(DPMSolver):
 
 
 def fast_orders(nfe: int, order: int = 3) -> List[int]:
-    """DPM-Solver-fast's order allocation for an NFE budget (solvers.md §4, Lu et al. 2022 §3.4)."""
+    """DPM-Solver-fast's order allocation for an NFE budget (Lu et al. 2022 §3.4)."""
     if not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"steps: expected a positive NFE budget, got {nfe!r}")
     if order == 3:
@@ -120,7 +120,7 @@ def fast_orders(nfe: int, order: int = 3) -> List[int]:
 
 
 class DPMSolverFast(DPMSolver):
-    """DPM-Solver-fast (solvers.md §4; Lu et al. 2022, §3.4): single-step DPM-Solver with orders 3, 2
+    """DPM-Solver-fast (Lu et al. 2022, §3.4): single-step DPM-Solver with orders 3, 2
     and 1 mixed so that a grid of ``M`` steps costs exactly ``M`` model calls (orders from
     :func:`fast_orders`; a final step to σ = 0 takes one stage). The outer steps are the given grid's
     points at cumulative-order indices.
@@ -150,7 +150,7 @@ class DPMSolverFast(DPMSolver):
 
 
 class DPMSolverPPMulti(Solver):
-    """Multistep DPM-Solver++ 2M / 3M on data predictions (solvers.md §6.7; book §9.5.4, Alg. 7).
+    """Multistep DPM-Solver++ 2M / 3M on data predictions (book §9.5.4, Alg. 7).
 
     Args:
         order: 1 (= DDIM), 2 (2M) or 3 (3M).

@@ -2,7 +2,7 @@
 times ``t`` to ``s`` (either direction: ``s < t`` denoises, ``s > t`` inverts data → noise).
 
 Both call ``model(x, t, **model_kwargs)`` with a ``[B]`` tensor of times, convert its output with the
-exact affine maps of solvers.md §2.1 and are differentiable (eager torch under autograd; the fused
+exact affine maps of book Prop. 6.3.1 and are differentiable (eager torch under autograd; the fused
 kernel otherwise).
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _out(model, x, tb, model_kwargs):
 
 def ddim_step(model: Callable, x: torch.Tensor, t, s, schedule: Schedule, prediction="eps",
               model_kwargs: Optional[dict] = None) -> torch.Tensor:
-    """One DDIM (η = 0) step ``x_s = α_s x̂(x_t, t) + σ_s ε̂(x_t, t)`` (solvers.md §6.3; book
+    """One DDIM (η = 0) step ``x_s = α_s x̂(x_t, t) + σ_s ε̂(x_t, t)`` (book
     Eq. (9.2.2)). ``t``, ``s``: scalars or ``[B]`` per-sample times; ``s > t`` is DDIM inversion."""
     tb, _, vt, vs = _prep(x, t, s, schedule)
     pred = canonical_prediction(prediction)
@@ -58,7 +58,7 @@ def ddim_step(model: Callable, x: torch.Tensor, t, s, schedule: Schedule, predic
 
 def heun_step(model: Callable, x: torch.Tensor, t, s, schedule: Schedule, prediction="eps",
               model_kwargs: Optional[dict] = None, variable: Optional[str] = None) -> torch.Tensor:
-    """One Heun step from ``t`` to ``s`` (solvers.md §6.1, §6.10): two model calls, second order.
+    """One Heun step from ``t`` to ``s`` (Karras et al. 2022, Alg. 1): two model calls, second order.
 
     ``variable``: ``"rho"`` (dy/dρ = ε̂, y = x/α; EDM's Algorithm 1), ``"t"`` (dx/dt = v̂) or
     ``None`` (the schedule's natural variable, :func:`~diffcore.solvers.natural_variable`). Samples

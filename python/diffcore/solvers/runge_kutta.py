@@ -1,4 +1,4 @@
-"""Euler and Heun in the schedule's natural variable (solvers.md §6.1, §6.10).
+"""Euler and Heun in the schedule's natural variable (book §4.2.2, App. A.1.4; Heun as in Karras et al. 2022, Alg. 1).
 
 ``variable="t"``: on ``dx/dt = v̂`` in the schedule's own time (native prediction: velocity) — the
 usual flow-matching sampler. ``variable="rho"``: on ``dy/dρ = ε̂`` with ``y = x/α``, ``ρ = σ/α`` —

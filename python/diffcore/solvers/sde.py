@@ -1,4 +1,4 @@
-"""Stochastic samplers (solvers.md §5; book §2.2, §3.1–3.4, §4.2, §9.2.3) on the plan / execute
+"""Stochastic samplers (book §2.2, §3.1–3.4, §4.2, §9.2.3) on the plan / execute
 engine of :mod:`.base`: every update is ``x_t = a·x_s + Σ b_k·m_k + c·z`` and the noise ``z`` is
 drawn inside the fused step kernel (Philox, a pre-drawn tensor or the Brownian tree, see
 :mod:`diffcore.noise`). The coefficient formulas live in ``csrc/core/plans/stochastic.h``.
@@ -64,7 +64,7 @@ class _Stochastic(Solver):
 
 
 class DDPM(_Stochastic):
-    """Ancestral DDPM sampling (solvers.md §5.3; book §2.2.6 Eq. (2.2.14), general grids Eq. (4.4.8)):
+    """Ancestral DDPM sampling (book §2.2.6 Eq. (2.2.14), general grids Eq. (4.4.8)):
     each step draws from the Gaussian posterior ``q(x_t | x_s, x̂)``,
 
         x_t = (σ_t/σ_s) e^{−h} x_s + α_t (1 − e^{−2h}) x̂ + σ̃ z,
@@ -93,8 +93,8 @@ class DDPM(_Stochastic):
 
 
 class DDIMEta(_Stochastic):
-    """DDIM with stochasticity η (solvers.md §5.6; book Lemma 9.2.2, Eq. (9.2.6)–(9.2.10) with the
-    corrected noise scale of §13 item 1):
+    """DDIM with stochasticity η (book Lemma 9.2.2, Eq. (9.2.6)–(9.2.10) with the
+    corrected noise scale of docs/errata.md S1):
 
         x_t = α_t x̂ + √(σ_t² − c²) ε̂ + c z,   c = η σ_t √(1 − e^{−2h}).
 
@@ -150,7 +150,7 @@ def _drift_extra(schedule: Schedule, grid_t: torch.Tensor) -> torch.Tensor:
 
 
 class EulerMaruyama(_Stochastic):
-    """Euler–Maruyama on the reverse-time SDE family (solvers.md §3, §5.4; book Eq. (4.1.6), (4.2.4)):
+    """Euler–Maruyama on the reverse-time SDE family (book Eq. (4.1.6), (4.2.4)):
 
         x_t = x_s − [f(s) x_s − ((1 + η²)/2) g²(s) ŝ(x_s, s)] Δt + η g(s) √Δt z,   Δt = s − t.
 
@@ -176,7 +176,7 @@ class EulerMaruyama(_Stochastic):
 
 
 class PC(_Stochastic):
-    """Predictor–corrector sampling (Std: Song et al. 2021, Alg. 2–5; solvers.md §5.5), in the
+    """Predictor–corrector sampling (Song et al. 2021, Alg. 2–5), in the
     reference code's order: at every grid time ``n_corrector`` Langevin corrector steps, then one
     predictor step to the next grid time. NFE = steps · (1 + n_corrector).
 
@@ -258,7 +258,7 @@ class PC(_Stochastic):
 
 
 class Langevin(Solver):
-    """Unadjusted Langevin dynamics at one noise level (solvers.md §5.1; book Eq. (3.1.5), (3.2.3)):
+    """Unadjusted Langevin dynamics at one noise level (book Eq. (3.1.5), (3.2.3)):
 
         x ← x + η ŝ(x, t) + √(2η) z,
 
@@ -291,7 +291,7 @@ class Langevin(Solver):
 
 
 class AnnealedLangevin(Solver):
-    """Annealed Langevin dynamics (NCSN; solvers.md §5.2, book §3.4.3 Alg. 1): ``n_steps_each``
+    """Annealed Langevin dynamics (NCSN; book §3.4.3 Alg. 1, docs/errata.md S9): ``n_steps_each``
     Langevin steps at every noise level of the grid (the grid's times with σ > 0, noisiest first), with
 
         η_ℓ = δ σ_ℓ² / σ₁²     (σ₁ the smallest level),
@@ -348,7 +348,7 @@ class AnnealedLangevin(Solver):
 
 
 class EDMChurn(Solver):
-    """EDM's stochastic sampler (Std: Karras et al. 2022, Alg. 2; solvers.md §5.8), for any schedule in
+    """EDM's stochastic sampler (Karras et al. 2022, Alg. 2), for any schedule in
     ``y = x/α``, ``ρ = σ/α`` (EDM Alg. 1's general form with s(t) = α, σ(t) = ρ). At step i:
 
         γ_i = min(S_churn/M, √2 − 1) if S_tmin ≤ ρ_i ≤ S_tmax else 0,   ρ̂_i = (1 + γ_i) ρ_i,
@@ -418,7 +418,7 @@ class EDMChurn(Solver):
 
 
 class DPMSolverPP2MSDE(_Stochastic):
-    """DPM-Solver++(2M) SDE (Std: Lu et al. 2022b; k-diffusion ``sample_dpmpp_2m_sde``; solvers.md §5.7):
+    """DPM-Solver++(2M) SDE (Lu et al. 2022b; k-diffusion ``sample_dpmpp_2m_sde``):
 
         x_t = (σ_t/σ_s) e^{−ηh} x_s + α_t (1 − e^{−(1+η)h}) x̂_s + α_t C (x̂_s − x̂_{s'})/r
               + σ_t √(1 − e^{−2ηh}) s_noise z,

@@ -1,4 +1,4 @@
-"""UniPC: unified predictor–corrector (solvers.md §6.8; Zhao et al. 2023).
+"""UniPC: unified predictor–corrector (Zhao et al. 2023).
 
 UniP-p (multistep predictor, order p) plus UniC-p, a corrector that reuses the next step's model
 evaluation (no extra NFE) and raises the order to p + 1. One model call per step; the last step is

@@ -1,4 +1,5 @@
-"""DPM-Solver-v3 (solvers.md §6.9; book §9.7, Eq. (9.7.1)–(9.7.17); update formulas of the reference).
+"""DPM-Solver-v3 (book §9.7, Eq. (9.7.1)–(9.7.17); update formulas of the reference code of
+Zheng et al. 2023; docs/errata.md S7).
 
 With empirical model statistics ``(ℓ, s, b)`` (:class:`diffcore.EMS`) and, on their λ grid, the
 cumulative integrals ``L = ∫ℓ``, ``S = ∫s``, ``B = ∫e^{−S} b``, the transformed model at a node ``n``
@@ -126,7 +127,7 @@ def step_integrals(tab: _Tables, a: int, b: int, kmax: int):
 
 
 class DPMSolverV3:
-    """DPM-Solver-v3, multistep, one model call per step (module docstring; solvers.md §6.9).
+    """DPM-Solver-v3, multistep, one model call per step (module docstring; Zheng et al. 2023).
 
     Args:
         statistics: the :class:`~diffcore.EMS` of the model and schedule (required).

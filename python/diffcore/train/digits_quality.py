@@ -1,4 +1,4 @@
-"""Quality figures for 8×8 digits samples (issue 7, distillation.md §0.6: the image-scale check of
+"""Quality figures for 8×8 digits samples (the image-scale check of
 guidance and few-step students): a small classifier trained on the clean train split of
 :class:`~diffcore.data.Digits`, and three figures computed with it —
 

@@ -1,5 +1,5 @@
 """The quality figure of the demo, the CLI and the trainer's evaluations for 2-D data: the
-sliced-Wasserstein distance (training.md §5.5: exact 1-D W2 per direction by sorted matching) of
+sliced-Wasserstein distance (exact 1-D W2 per direction by sorted matching) of
 samples to held-out data, next to the same distance between two independent data draws of that size
 (the noise floor a perfect sampler would show) and of the prior (what an untrained flow gives).
 

@@ -1,6 +1,6 @@
 """The training loop: AdamW + EMA + gradient clipping + mixed precision + exact resume + DDP.
 
-One step (training.md §4.1: the loss is a batch mean of ``w(t)·‖pred − target‖²``):
+One step (book Eq. (6.2.5): the loss is a batch mean of ``w(t)·‖pred − target‖²``):
 
 1. draw a batch from the data stream (:mod:`diffcore.train.batches`) and validate it (shape, labels,
    finite values);
