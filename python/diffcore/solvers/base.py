@@ -203,6 +203,28 @@ def _grid(timesteps) -> torch.Tensor:
     return t.contiguous()
 
 
+def _brownian_unit_times(coefs: torch.Tensor, grid_t: torch.Tensor, K: int) -> None:
+    """Rewrite the ``(ta, tb)`` columns of the rows (in place) as ``u = (t − lo_b)/(hi_b − lo_b)``
+    with ``[lo_b, hi_b]`` sample b's own grid range, so that one Brownian tree over ``[0, 1]`` serves
+    every sample of the batch as if each had a tree over its own range.
+
+    Why: the tree's span enters every value it returns (root ``W(T1) = √(T1 − T0)·N₀``, then the
+    dyadic midpoints of ``[T0, T1]``), so a span shared by the batch (its min/max time) would make a
+    sample's noise depend on the other samples' grids, breaking the batch-split invariance the
+    sample ids promise. Mapping time affinely is exact rather than an approximation: a Brownian
+    motion on ``[lo, hi]`` is ``√(hi − lo)·B((t − lo)/(hi − lo))`` with B a Brownian motion on
+    ``[0, 1]`` (Brownian scaling), the tree's dyadic nodes map onto each other, and the normalized
+    increment ``(W(ta) − W(tb))/√|ta − tb|`` the step uses is invariant under the map. A sample
+    whose grid has no range (Langevin at one noise level) only has zero-length rows, which keep
+    their Philox draws."""
+    c = NCOEF_BASE - 2 + 2 * K
+    lo = grid_t.min(1).values.reshape(-1, 1, 1, 1)
+    width = grid_t.max(1).values.reshape(-1, 1, 1, 1) - lo
+    iv = coefs[..., c:c + 2]
+    u = torch.where(width > 0, (iv - lo) / torch.where(width > 0, width, 1.0), 0.0).clamp_(0.0, 1.0)
+    coefs[..., c:c + 2] = u
+
+
 def _nodes(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
     """(t, α, σ, λ) float64 at times ``t``; λ = +∞ where σ = 0."""
     v = schedule.eval(t)
@@ -286,7 +308,10 @@ class Plan:
         self.nstages = nstages
         self.draws = [[layout[(i * S + s) * LAYOUT + 4] for s in range(S)] for i in range(M)]
         self.noise_draws = sum(d >= 0 for row in self.draws for d in row) + (pre is not None)
-        self.noise_span = (float(grid_t.min()), float(grid_t.max()))
+        if self.noise_draws:
+            _brownian_unit_times(coefs, grid_t, K)
+        # every sample's tree spans its own grid, in unit time (see _brownian_unit_times)
+        self.noise_span = (0.0, 1.0)
         self.nfe = int(sum(nstages))
         # fuse the model-output conversion: native = cu·(model input) + co·(model output)
         active = torch.tensor([[[s < nstages[i] for s in range(S)] for i in range(M)]])
@@ -456,6 +481,9 @@ class State:
         self.noise = noise if noise is not None else Noise()
         self._seed, self._ids, self._host_noise, self._znoise = 0, None, False, None
         if not plan.noise_draws:
+            # a deterministic plan draws nothing, but ids that do not match the batch are still a
+            # caller's bug (the same call with a stochastic solver would refuse them)
+            self.noise.ids(B, "cpu")
             return
         kind = self.noise.kind
         if kind in ("philox", "brownian"):
