@@ -93,7 +93,7 @@ def test_checkpoint_is_atomic_and_refuses_non_finite_weights(tmp_path, monkeypat
     assert path.read_bytes() == good
     assert train.checkpoint.load(path)["step"] == 2
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable torch checkpoint"):
+    with pytest.raises(ValueError, match="junk.pt: not a diffcore checkpoint"):
         train.checkpoint.load(tmp_path / "junk.pt")
     with pytest.raises(FileNotFoundError):
         train.checkpoint.load(tmp_path / "missing.pt")

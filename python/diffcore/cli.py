@@ -127,7 +127,7 @@ def _train(args) -> int:
     if resume == "auto":
         resume = out / "checkpoint.pt" if (out / "checkpoint.pt").is_file() else None
     if resume is not None:
-        trainer.load(resume)
+        trainer.load(resume, allow_config_change=args.allow_config_change)
         _say(trainer, f"resumed from {resume} at step {trainer.step}")
     t0 = time.perf_counter()
     trainer.fit(args.steps)
@@ -157,11 +157,15 @@ def _sample(args) -> int:
     state = checkpoint.load(args.checkpoint)
     cfg = state.get("config") or {}
     if "loss" not in cfg or state.get("model_config") is None:
-        raise ValueError(f"--checkpoint: {args.checkpoint} was not written by `diffcore train` (no build config); "
-                         "sample it from Python with Trainer.load(...).sample(...)")
+        raise checkpoint.CheckpointError(args.checkpoint, "was not written by `diffcore train` (no build config); "
+                                                          "sample it from Python with Trainer.load(...).sample(...)")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net = models.from_config(state["model_config"])
-    net.load_state_dict(state["model"] if args.no_ema else state["ema"]["module"])
+    try:
+        net.load_state_dict(state["model"] if args.no_ema else state["ema"]["module"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise checkpoint.CheckpointError(args.checkpoint,
+                                         f"its weights do not fit the model it describes ({e})") from None
     net.to(device).eval()
     loss = build_loss(cfg["loss"]["name"], cfg["loss"].get("schedule"), cfg["loss"].get("options"))
     dataset = build_data(cfg["data"]["name"], cfg["data"].get("options"))
@@ -240,6 +244,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/diffcore", help="output directory")
     t.add_argument("--resume", help="checkpoint to resume from, or 'auto' (OUT/checkpoint.pt if present)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue with the current flags where they differ from the checkpoint's "
+                        "training configuration (refused otherwise)")
     t.add_argument("--ckpt-every", type=int, default=1000)
     t.add_argument("--log-every", type=int, default=100)
     t.add_argument("--sample-every", type=int, help="write a sample figure (PNG) every N steps")
@@ -266,11 +273,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Entry point of the ``diffcore`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    from .train import NonFiniteLossError  # noqa: PLC0415
+    from .train import CheckpointError, NonFiniteLossError  # noqa: PLC0415
 
     try:
         return _train(args) if args.command == "train" else _sample(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, NonFiniteLossError) as e:
+    except (CheckpointError, OSError) as e:  # a file that cannot be used: status 2, as for a bad argument
+        print(f"diffcore {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, ImportError, NonFiniteLossError) as e:
         print(f"diffcore {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -29,8 +29,8 @@ reduced from per-sample values of ``f`` (never by expanding ``Var(u − ℓw)``:
 10⁻⁹ of the terms that would cancel); ``ℓ′`` (fourth-order differences of ``ℓ`` on the grid,
 :func:`grid_derivative`) enters only afterwards, so one pass over the grid suffices.
 
-Statistics are saved with :meth:`EMS.save` (one small ``torch.save`` file per model and schedule,
-with the schedule's description) and read back with :meth:`EMS.load`.
+Statistics are saved with :meth:`EMS.save` (one small checksummed file per model and schedule, with
+the schedule's description) and read back with :meth:`EMS.load`.
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ __all__ = ["EMS", "grid_derivative"]
 _EXACT_DIAG_MAX = 16      # dimensions up to which the Jacobian diagonal is computed exactly (one JVP each)
 _QUAD_NODES = {1: 48, 2: 20, 3: 10}
 _RIDGE = 1e-16
+_FORMAT = "diffcore.ems/2"  # the header format of the statistics file (diffcore.train.checkpoint)
 
 
 def _lam_grid(schedule: Schedule, K: int, t_start, t_end):
@@ -131,18 +132,33 @@ class EMS:
 
     # -- persistence ---------------------------------------------------------------------------------
     def save(self, path) -> None:
-        """Write the statistics to ``path`` (``torch.save`` of plain tensors and strings)."""
-        torch.save({"format": "diffcore.ems/1", "lam": self.lam, "l": self.l, "s": self.s, "b": self.b,
-                    "schedule": self.schedule, "info": {k: str(v) for k, v in self.info.items()}}, path)
+        """Write the statistics to ``path``: plain tensors and strings in the checksummed, atomically
+        written file format of :mod:`diffcore.train.checkpoint` (format ``diffcore.ems/2``)."""
+        from .train import checkpoint as _ckpt  # noqa: PLC0415 - diffcore.train imports the samplers, which import this
+
+        _ckpt.save({"lam": self.lam, "l": self.l, "s": self.s, "b": self.b, "schedule": self.schedule,
+                    "info": {k: str(v) for k, v in self.info.items()}}, path, format=_FORMAT)
 
     @classmethod
     def load(cls, path, schedule: Optional[Schedule] = None) -> "EMS":
         """Read statistics written by :meth:`save`; with ``schedule`` given, check they were computed
-        for it (``ValueError`` otherwise)."""
-        d = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(d, dict) or d.get("format") != "diffcore.ems/1":
-            raise ValueError(f"path: {path!r} is not a diffcore EMS file")
-        ems = cls(d["lam"], d["l"], d["s"], d["b"], d.get("schedule"), d.get("info"))
+        for it (``ValueError`` otherwise). A truncated, damaged (checksum) or foreign file, or one whose
+        arrays do not form valid statistics, raises :class:`diffcore.train.CheckpointError` naming the file."""
+        from .train import checkpoint as _ckpt  # noqa: PLC0415
+
+        d = _ckpt.read(path, _FORMAT)
+        if not isinstance(d, dict):
+            raise _ckpt.CheckpointError(path, f"the payload is a {type(d).__name__}, expected a dict")
+        for k in ("lam", "l", "s", "b"):
+            if not isinstance(d.get(k), torch.Tensor):
+                raise _ckpt.CheckpointError(path, f"missing key {k!r}" if k not in d else
+                                            f"{k!r} is a {type(d[k]).__name__}, expected a tensor")
+        if not isinstance(d.get("schedule"), (str, type(None))) or not isinstance(d.get("info", {}), dict):
+            raise _ckpt.CheckpointError(path, "'schedule' must be a string or None and 'info' a dict")
+        try:
+            ems = cls(d["lam"], d["l"], d["s"], d["b"], d.get("schedule"), d.get("info"))
+        except ValueError as e:
+            raise _ckpt.CheckpointError(path, f"invalid statistics: {e}") from None
         if schedule is not None:
             ems.check_schedule(schedule)
         return ems

@@ -15,7 +15,8 @@ x = trainer.sample(1000, solver="heun", steps=10)
 from __future__ import annotations
 
 from . import checkpoint, distributed, plots, quality
+from .checkpoint import CheckpointError
 from .ema import EMA
 from .trainer import NonFiniteLossError, Trainer
 
-__all__ = ["Trainer", "EMA", "NonFiniteLossError", "checkpoint", "distributed", "plots", "quality"]
+__all__ = ["Trainer", "EMA", "NonFiniteLossError", "CheckpointError", "checkpoint", "distributed", "plots", "quality"]

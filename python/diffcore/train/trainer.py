@@ -167,6 +167,8 @@ class Trainer:
             raise ValueError(f"batch_size: {batch_size} is not divisible by the world size {self.dist.world_size}")
         self.batch_size = batch_size
         self.local_batch = batch_size // self.dist.world_size
+        # described before the DDP wrapping of its coupling, so a resume under another world size compares alike
+        self._loss_desc = _ckpt.describe(loss)
         if self.dist.enabled and global_coupling:
             _make_coupling_global(loss)
         self.seed = seed
@@ -478,15 +480,25 @@ class Trainer:
                 "ranks": _dist.gather_objects(self._rank_state()),
                 "history": self.history, "config": self.config,
                 "model_config": getattr(self.model, "config", None),
-                "trainer": {"batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
-                            "precision": self.precision, "label_dropout": self.label_dropout}}
+                "trainer": _ckpt.trainer_config(self)}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
+    def load_state_dict(self, state: dict, allow_config_change: bool = False, *, _source="state") -> None:
+        """Restore :meth:`state_dict` output. All or nothing: the whole state is checked against this
+        trainer (keys, shapes, dtypes, generator states, counters) before anything is assigned, and a
+        state written under another training configuration (loss and its options, optimizer
+        hyperparameters, batch size, seed, EMA decay, precision, label dropout, model config) is refused
+        with each differing field listed, unless ``allow_config_change=True`` (then this trainer's
+        settings apply from here on). :class:`~diffcore.train.CheckpointError` otherwise."""
+        _ckpt.check_trainer_state(self, state, _source, allow_config_change)
+        # torch's own loaders first: should one still object, nothing of this trainer has changed yet
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the current hyperparameters (equal unless allow_config_change)
+            for k in ("betas", "eps", "weight_decay"):
+                group[k] = self.optimizer.defaults[k]
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
         self.step = int(state["step"])
         self.history = {k: list(v) for k, v in state["history"].items()}
         ranks = state["ranks"]
@@ -529,11 +541,13 @@ class Trainer:
         _dist.barrier()
         return out
 
-    def load(self, path: Union[str, os.PathLike]) -> "Trainer":
-        """Restore a checkpoint written by :meth:`save` (every rank reads the file)."""
+    def load(self, path: Union[str, os.PathLike], allow_config_change: bool = False) -> "Trainer":
+        """Restore a checkpoint written by :meth:`save` (every rank reads the file). The file's checksum,
+        structure and training configuration are checked before anything is assigned (see
+        :meth:`load_state_dict`); :class:`~diffcore.train.CheckpointError` names the file and the defect."""
         # on the CPU: RNG states must stay CPU byte tensors; load_state_dict moves the rest
         state = _ckpt.load(path, map_location="cpu")
-        self.load_state_dict(state)
+        self.load_state_dict(state, allow_config_change, _source=pathlib.Path(path))
         self.last_checkpoint = pathlib.Path(path)
         self._write_metrics()
         return self
