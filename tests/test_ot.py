@@ -463,7 +463,9 @@ def test_sinkhorn_cuda_matches_cpu(dtype, tol):
     assert gpu.plan.is_cuda and bool(gpu.converged.all())
     assert float((gpu.plan.cpu().double() - cpu.plan.double()).abs().sum(dim=(1, 2)).max()) <= 20 * tol
     assert torch.allclose(gpu.value.cpu().double(), cpu.value.double(), rtol=10 * tol, atol=0)
-    assert float((gpu.plan.double().sum(1) - a.cuda().double()).abs().sum(-1).max()) <= 2 * tol
+    # plan [6, 70, 50]: the row marginals (sums over the last axis) are the weights a, the columns uniform
+    assert float((gpu.plan.double().sum(-1) - a.cuda().double()).abs().sum(-1).max()) <= 2 * tol
+    assert float((gpu.plan.double().sum(-2) - 1 / 50).abs().sum(-1).max()) <= 2 * tol
 
 
 @cuda

@@ -27,6 +27,8 @@ __all__ = ["build_info", "set_num_threads", "get_num_threads", "lincomb", "linco
 _peek_interpreter = torch._C._functorch.peek_interpreter_stack
 _is_compiling = torch.compiler.is_compiling
 _num_threads: Optional[int] = None
+#: The most dimensions a tensor handed to a compiled kernel may have (csrc/bind/dlpack_view.h).
+MAX_DIMS: int = _core.MAX_DIMS
 _tls = threading.local()
 
 

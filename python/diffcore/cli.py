@@ -24,6 +24,8 @@ from typing import Optional
 
 import torch
 
+from ._device import as_device
+
 __all__ = ["main", "build_data", "build_model", "build_loss"]
 
 
@@ -159,7 +161,7 @@ def _sample(args) -> int:
     if "loss" not in cfg or state.get("model_config") is None:
         raise checkpoint.CheckpointError(args.checkpoint, "was not written by `diffcore train` (no build config); "
                                                           "sample it from Python with Trainer.load(...).sample(...)")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = as_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), "--device")
     net = models.from_config(state["model_config"])
     try:
         net.load_state_dict(state["model"] if args.no_ema else state["ema"]["module"])

@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 
 from . import schedules as _schedules
+from ._device import as_device
 from .param import ModelWrapper, canonical_prediction, conversion_coefs, convert
 from .paths import _check_data
 
@@ -639,7 +640,7 @@ def ddpm_coefficients(schedule, timesteps=None, device=None) -> DDPMCoefficients
     Raises ``ValueError`` naming ``timesteps`` for a missing, non-increasing or out-of-range grid, or a
     first time with σ = 0."""
     schedule = _schedules.get(schedule)
-    ts = _check_timesteps(schedule, timesteps, device if device is not None else "cpu")
+    ts = _check_timesteps(schedule, timesteps, as_device(device))
     v = schedule.eval(ts)
     a, s, lam = v.alpha.to(_F64), v.sigma.to(_F64), v.lam.to(_F64)
     if not float(s[0]) > 0:

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import _ops
+from ._device import as_device
 
 __all__ = ["philox_normal", "BrownianTree", "Noise", "philox4x32", "philox4x32_reference",
            "philox_normal_reference", "DOMAIN_STEP", "DOMAIN_PRIOR", "DOMAIN_BROWNIAN", "default_seed"]
@@ -140,7 +141,7 @@ def philox_normal(shape: Sequence[int], seed: int, sample_ids=None, draw: int = 
     draw = _check_int("draw", draw, 0, 2 ** 32)
     domain = _check_int("domain", domain, 0, DOMAIN_BROWNIAN + 1)
     ids = _as_ids(sample_ids)
-    out = torch.empty(shape, device=device, dtype=dtype)
+    out = torch.empty(shape, device=as_device(device, default=None), dtype=dtype)
     ids = _check_ids(ids, shape[0], out.device)
     return _ops.noise_fill(out, seed, ids, draw, domain)
 
@@ -175,7 +176,7 @@ class BrownianTree:
         self.t0, self.t1, self.depth = t0, t1, depth
         self.shape = _check_shape(shape)
         self.seed = _check_seed(default_seed() if seed is None else seed)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = as_device(device)
         self.dtype = _check_dtype(dtype)
         self.sample_ids = _check_ids(sample_ids, self.shape[0], self.device)
 

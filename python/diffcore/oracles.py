@@ -38,6 +38,7 @@ from typing import Dict, Optional
 import torch
 
 from . import schedules as _schedules
+from ._device import as_device
 from ._softmax import softmax_mean, softmax_weights
 from .param import _ab, canonical_prediction, edm_precond_coefs
 
@@ -197,7 +198,7 @@ class GaussianMixture:
         self._dev: Dict[str, _Params] = {}
 
     def _p(self, device) -> _Params:
-        device = torch.device(device)
+        device = as_device(device)
         if device.type == "cpu":
             return self._cpu
         key = str(device)
@@ -590,7 +591,7 @@ class EmpiricalData:
         return f"EmpiricalData(N={self.n_points}, D={self.dim})"
 
     def _p(self, device):
-        key = str(torch.device(device))
+        key = str(as_device(device))
         if key not in self._pts:
             pts, lw = self._pts["cpu"]
             self._pts[key] = (pts.to(device), lw.to(device))

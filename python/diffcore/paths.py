@@ -29,6 +29,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import schedules as _schedules
+from ._device import as_device
 from ._softmax import softmax_mean
 from .param import _ab, canonical_prediction, edm_precond_coefs
 
@@ -398,6 +399,7 @@ def poisson_prior_sample(shape, T: float, generator: Optional[torch.Generator] =
     shape = tuple(shape)
     if len(shape) < 2:
         raise ValueError(f"shape: expected (B, *S) with at least one feature dimension, got {shape}")
+    device = as_device(device, default=None)
     if device is None and generator is not None:
         device = generator.device
     return float(T) * _poisson_z(shape, generator, device, dtype)

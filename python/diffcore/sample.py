@@ -7,12 +7,15 @@ coefficients once) → per step: model call → one fused step (history ring inc
 from __future__ import annotations
 
 import collections
+import threading
 import weakref
 from typing import Callable, Optional, Union
 
 import torch
 
+from . import _ops
 from . import schedules as _schedules
+from ._device import as_device
 from .grids import timesteps as _timesteps
 from .guidance import CFG
 from .noise import DOMAIN_PRIOR, Noise, philox_normal
@@ -34,6 +37,7 @@ def prior_sample(schedule, shape, generator: Optional[torch.Generator] = None, d
     ``sample_ids`` (default ``arange(shape[0])``): a sample's start then does not depend on the batch
     it is drawn in, on the device or on the dtype (beyond rounding)."""
     schedule = _schedules.get(schedule)
+    device = as_device(device, default=None)  # None: torch's default device (or the generator's)
     shape = _prior_shape(shape)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype: expected a floating torch dtype for Gaussian noise, got {dtype!r}")
@@ -67,13 +71,38 @@ def _prior_shape(shape) -> tuple:
     return dims
 
 
+def _check_steps(steps):
+    """``steps`` validated and in the one form that keys the plan cache: a positive int or a float64
+    CPU tensor of times. It runs before the cache lookup because ``2.0 == 2`` and ``True == 1`` as
+    dictionary keys, so a value the plan would refuse could otherwise hit a plan built for another."""
+    if isinstance(steps, (list, tuple)) or type(steps).__module__ == "numpy":
+        if type(steps).__module__ == "numpy" and getattr(steps, "ndim", 1) == 0:  # a numpy integer: a count
+            steps = steps.item()
+        else:
+            try:  # a sequence of times means what a tensor of them means
+                steps = torch.as_tensor(steps, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError("steps: expected a positive int or a sequence of times (one flat list of numbers, "
+                                f"or one per sample of equal length), got the {type(steps).__name__} {steps!r}"[:300]) \
+                    from None
+    if isinstance(steps, torch.Tensor):
+        if steps.dtype == torch.bool or steps.is_complex() or not (steps.is_floating_point() or steps.dtype in (
+                torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)):
+            raise TypeError(f"steps: expected a tensor of real times, got dtype {steps.dtype}")
+        if steps.dim() not in (1, 2) or steps.shape[-1] < 2:
+            raise ValueError("steps: expected times of shape [M + 1] or per-sample [B, M + 1] with M >= 1, got shape "
+                             f"{tuple(steps.shape)}")
+        return steps.detach().to("cpu", torch.float64)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps: expected a positive int, or the times as a tensor or list, got {steps!r}")
+    return steps
+
+
 def _grid(schedule, steps, spacing, t_start, t_end):
     if isinstance(steps, torch.Tensor):
         if spacing is not None or t_start is not None or t_end is not None:
             raise ValueError("steps: with an explicit tensor of times, spacing/t_start/t_end must not be given")
-        return steps.detach().to("cpu", torch.float64)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps: expected a positive int or a tensor of times, got {steps!r}")
+        return steps
     if t_start is not None and t_end is not None and float(t_start) < float(t_end):
         # inversion (data -> noise): the sampling grid between the same end points, reversed
         return _timesteps(schedule, steps, spacing=spacing, t_start=t_end, t_end=t_start, final_zero=False).flip(0)
@@ -132,6 +161,10 @@ def _loop(plan, fn, state, times, callback, trajectory, progress):
 
 _PLANS: "collections.OrderedDict" = collections.OrderedDict()
 _PLAN_CACHE_SIZE = 32
+#: batch sizes whose expanded model times one plan keeps (a server sees a few sizes again and again;
+#: a sweep over thousands of sizes must not grow without bound)
+_BATCH_TIMES_SIZE = 8
+_CACHE_LOCK = threading.Lock()  # sample() runs from several threads; LRU reordering is not atomic
 
 
 def _primitive(v) -> bool:
@@ -148,33 +181,54 @@ def _cached_plan(solver_arg, solver_options, schedule, steps, spacing, t_start, 
             for k, v in solver_options.items())))
     else:
         skey = ("obj", id(solver_arg))
+    steps = _check_steps(steps)
     if isinstance(steps, torch.Tensor):
-        gkey = ("times", tuple(steps.shape), tuple(steps.detach().cpu().double().flatten().tolist()))
+        gkey = ("times", tuple(steps.shape), tuple(steps.flatten().tolist()))
     else:
         gkey = ("n", steps, spacing, t_start, t_end)
     key = (skey, id(schedule), gkey, prediction, str(device), dtype)
-    hit = _PLANS.get(key)
-    if (hit is not None and hit[0] is schedule and (skey[0] == "name" or hit[1] is solver_arg)
-            and all(hit[3].get(k) is v for k, v in solver_options.items() if not _primitive(v))):
-        return hit[2]
+    with _CACHE_LOCK:
+        hit = _PLANS.get(key)
+        if (hit is not None and hit[0] is schedule and (skey[0] == "name" or hit[1] is solver_arg)
+                and all(hit[3].get(k) is v for k, v in solver_options.items() if not _primitive(v))):
+            _PLANS.move_to_end(key)  # least recently used goes first, so a hot plan survives a sweep
+            return hit[2]
     solver = _get_solver(solver_arg, **solver_options)
     if getattr(solver, "adaptive", False):
         return solver
-    plan = solver.plan(schedule, _grid(schedule, steps, spacing, t_start, t_end), device=device, dtype=dtype,
-                       prediction=prediction)
-    _PLANS[key] = (schedule, solver_arg, plan, dict(solver_options))  # the references keep the ids in the key valid
-    while len(_PLANS) > _PLAN_CACHE_SIZE:
-        _PLANS.popitem(last=False)
+    grid = _grid(schedule, steps, spacing, t_start, t_end)
+    try:
+        plan = solver.plan(schedule, grid, device=device, dtype=dtype, prediction=prediction)
+    except ValueError as e:  # the plan names its own argument; here the user's is `steps`
+        msg = str(e)
+        if isinstance(steps, torch.Tensor) and msg.startswith("timesteps:"):
+            raise ValueError("steps:" + msg[len("timesteps:"):]) from None
+        raise
+    with _CACHE_LOCK:
+        _PLANS[key] = (schedule, solver_arg, plan, dict(solver_options))  # the references keep the key's ids valid
+        _PLANS.move_to_end(key)
+        while len(_PLANS) > _PLAN_CACHE_SIZE:
+            _PLANS.popitem(last=False)
     return plan
 
 
 def _batch_times(plan, B):
-    """The model times of every (step, stage), expanded to the batch once per plan and batch size."""
-    cache = plan.__dict__.setdefault("_expanded", {})
-    times = cache.get(B)
-    if times is None:
-        times = [[plan.model_time(i, s).expand(B) for s in plan.stages(i)] for i in range(plan.num_steps)]
+    """The model times of every (step, stage), expanded to the batch once per plan and batch size
+    (the last few sizes are kept, least recently used dropped first)."""
+    with _CACHE_LOCK:
+        cache = plan.__dict__.get("_expanded")
+        if cache is None:
+            cache = plan.__dict__["_expanded"] = collections.OrderedDict()
+        times = cache.get(B)
+        if times is not None:
+            cache.move_to_end(B)
+            return times
+    times = [[plan.model_time(i, s).expand(B) for s in plan.stages(i)] for i in range(plan.num_steps)]
+    with _CACHE_LOCK:
         cache[B] = times
+        cache.move_to_end(B)
+        while len(cache) > _BATCH_TIMES_SIZE:
+            cache.popitem(last=False)
     return times
 
 
@@ -236,8 +290,8 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
         schedule: a :class:`~diffcore.schedules.Schedule` or its name.
         solver: a name from ``diffcore.solvers.available()`` or a solver object; ``**solver_options``
             go to :func:`diffcore.solvers.get`.
-        steps: number of steps, or an explicit tensor of times ``[M + 1]`` / per-sample ``[B, M + 1]``
-            (then ``spacing``, ``t_start`` and ``t_end`` must be left out).
+        steps: number of steps, or explicit times ``[M + 1]`` / per-sample ``[B, M + 1]`` as a tensor,
+            a list or a NumPy array (then ``spacing``, ``t_start`` and ``t_end`` must be left out).
         prediction: ``"eps"``, ``"x0"``, ``"score"``, ``"velocity"``, ``"v"`` or an alias.
         spacing, t_start, t_end: grid options of :func:`diffcore.timesteps` (default: the schedule's).
             ``t_start < t_end`` inverts (data → noise).
@@ -300,6 +354,13 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
         with torch.no_grad():
             out, _ = plan.solve(eps_fn, x, schedule, ts, te, callback)
         return out
+    if getattr(plan, "batch", 1) not in (1, x.shape[0]):
+        raise ValueError(f"steps: per-sample times for {plan.batch} samples, but x has batch {x.shape[0]}; expected "
+                         "a grid [M + 1] shared by the batch or one row per sample [x.shape[0], M + 1]")
+    if parallel is not None and x.dim() >= _ops.MAX_DIMS:
+        raise ValueError(f"x: expected at most {_ops.MAX_DIMS - 1} dimensions (batch included) with parallel=, got "
+                         f"{x.dim()}: the Picard window stacks x-shaped states into one {_ops.MAX_DIMS}-dimensional "
+                         "kernel argument at most; flatten the per-sample dimensions and restore them in the model")
     if parallel is not None:
         if isinstance(plan, V3Plan):
             raise ValueError("parallel: dpm_solver_v3's per-dimension steps are not available to the Picard "

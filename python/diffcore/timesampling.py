@@ -35,6 +35,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import schedules as _schedules
+from ._device import as_device
 
 __all__ = ["TimeLaw", "Uniform", "Discrete", "Stratified", "LogNormalSigma", "LogitNormal", "UniformLambda",
            "training_range", "get", "available"]
@@ -73,7 +74,7 @@ def _rand(B: int, generator, device) -> torch.Tensor:
 
 def _device(generator, device):
     if device is not None:
-        return torch.device(device)
+        return as_device(device)
     return generator.device if generator is not None else torch.device("cpu")
 
 

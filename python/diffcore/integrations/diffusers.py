@@ -80,6 +80,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
 from .. import solvers as _solvers
+from .._device import as_device
 from ..noise import Noise
 from ..param import conversion_coefs
 from ..schedules import VPDiscrete
@@ -355,7 +356,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         host = self._build_plan(torch.device("cpu"), torch.float64)
         self._entries, model_t = self._list_entries(host, grid)
         ts = np.asarray(model_t, dtype=np.float64)
-        dev = torch.device(device) if device is not None else torch.device("cpu")
+        dev = as_device(device)
         if grid.integral and np.all(ts == np.round(ts)):
             self.timesteps = torch.from_numpy(ts.astype(np.int64)).to(dev)
         elif np.all(ts.astype(np.float32).astype(np.float64) == ts) or dev.type == "mps":
@@ -447,7 +448,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         diffcore times; :meth:`model_timestep` converts them for the network."""
         if self.diffcore_times is None:
             raise RuntimeError("make_plan: call set_timesteps first")
-        return self._build_plan(torch.device(device) if device is not None else torch.device("cpu"), dtype)
+        return self._build_plan(as_device(device), dtype)
 
     def copy(self) -> "DiffcoreScheduler":
         """A scheduler with this configuration and grid (sharing the immutable plans) and a fresh run

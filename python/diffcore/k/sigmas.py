@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 from ..grids import timesteps
+from .._device import as_device
 from ..schedules import EDM, VPLinear
 
 __all__ = ["get_sigmas_karras", "get_sigmas_exponential", "get_sigmas_polyexponential", "get_sigmas_vp",
@@ -40,7 +41,7 @@ def _range(sigma_min, sigma_max):
 
 
 def _out(grid: torch.Tensor, device, dtype) -> torch.Tensor:
-    return grid.to(device=device, dtype=torch.get_default_dtype() if dtype is None else dtype)
+    return grid.to(device=as_device(device), dtype=torch.get_default_dtype() if dtype is None else dtype)
 
 
 def append_zero(x: torch.Tensor) -> torch.Tensor:

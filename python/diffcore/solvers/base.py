@@ -23,6 +23,7 @@ import torch
 from torch.utils.dlpack import to_dlpack as _to_dlpack
 
 from .. import _ops
+from .._device import as_device
 from ..param import canonical_prediction, conversion_coefs
 from ..schedules import Schedule
 from ..noise import DOMAIN_STEP, Noise, default_seed
@@ -247,7 +248,7 @@ class Plan:
     def __init__(self, solver: Solver, schedule: Schedule, timesteps, device, dtype, prediction: str):
         self.solver, self.schedule, self.prediction = solver, schedule, prediction
         self._thresholding = solver.thresholding
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = as_device(device)
         self.dtype = dtype if dtype is not None else torch.float32
         if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
             raise TypeError(f"dtype: expected a floating torch dtype, got {dtype!r}")
@@ -452,8 +453,14 @@ class State:
             raise TypeError(f"x: expected a floating-point tensor, got {x.dtype}")
         if x.dim() < 1:
             raise ValueError("x: expected a batch dimension")
-        if x.device != plan.device:
+        if as_device(x.device, "x") != plan.device:
             raise ValueError(f"x: the plan lives on {plan.device} but x is on {x.device}; pass device= to plan()")
+        top = _ops.MAX_DIMS - (1 if plan.solver.history else 0)  # the ring [K, *x.shape] adds one
+        if x.dim() > top:
+            raise ValueError(f"x: expected at most {top} dimensions (batch included) for {plan.solver.name}, got "
+                             f"{x.dim()}: the compiled step takes tensors of up to {_ops.MAX_DIMS} dimensions"
+                             + (" and keeps a history ring [K, *x.shape]" if plan.solver.history else "")
+                             + "; flatten the per-sample dimensions and restore them in the model")
         if plan.batch not in (1, x.shape[0]):
             raise ValueError(f"x: the plan has per-sample grids for {plan.batch} samples, x has batch {x.shape[0]}")
         if noise is not None and not isinstance(noise, Noise):

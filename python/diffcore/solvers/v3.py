@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from .. import _ops
+from .._device import as_device
 from ..ems import EMS, grid_derivative
 from ..param import canonical_prediction, conversion_coefs
 from ..schedules import Schedule
@@ -189,7 +190,7 @@ class V3Plan:
         ems = solver.statistics
         ems.check_schedule(schedule)
         self.solver, self.schedule, self.prediction = solver, schedule, prediction
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = as_device(device)
         self.dtype = dtype if dtype is not None else torch.float32
         given = _grid(timesteps)
         if given.shape[0] != 1:
@@ -327,7 +328,7 @@ class V3State:
         if tuple(x.shape[1:]) != plan.solver.statistics.shape:
             raise ValueError(f"x: per-sample shape {tuple(x.shape[1:])} does not match the statistics' "
                              f"{plan.solver.statistics.shape}")
-        if x.device != plan.device:
+        if as_device(x.device, "x") != plan.device:
             raise ValueError(f"x: on {x.device}, the plan's weights are on {plan.device} (plan(..., device=))")
         self.x = x.detach().clone().contiguous()
         self.y = torch.empty_like(self.x)

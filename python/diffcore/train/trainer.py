@@ -47,6 +47,7 @@ from torch import nn
 
 from .. import coupling as _coupling
 from .. import data as _data
+from .._device import as_device
 from ..metrics import sliced_wasserstein
 from ..sample import prior_sample, sample as _sample
 from . import checkpoint as _ckpt
@@ -159,7 +160,7 @@ class Trainer:
         if device is None:
             local = int(os.environ.get("LOCAL_RANK", "0"))
             device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = as_device(device)
         if self.device.type == "cuda" and self.device.index is not None:
             torch.cuda.set_device(self.device)
         self.dist = _dist.setup(self.device)
