@@ -1,5 +1,5 @@
-"""Adaptive DPM-Solver with per-sample steps (``dpm_adaptive_ps``; solvers.md §6.5, error control in
-:mod:`diffcore.solvers.adaptive_ps`), on the reference problem of §12 in float64.
+"""Adaptive DPM-Solver with per-sample steps (``dpm_adaptive_ps``; Lu et al. 2022, App. C, error control in
+:mod:`diffcore.solvers.adaptive_ps`), on the reference problem of :mod:`diffcore.convergence` in float64.
 
 Asserted: the global error stays within C·tol over three tolerances, with NFE rising as tol falls;
 a batch mixing easy and hard samples spends fewer model evaluations in total (counted per sample)

@@ -1,4 +1,4 @@
-"""Tests of Diffusion-DPO (distillation.md §2.4, §11 item 2)."""
+"""Tests of Diffusion-DPO (book §8.5.4; Wallace et al. 2024; docs/errata.md D2)."""
 import copy
 import itertools
 import math

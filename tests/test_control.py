@@ -1,4 +1,4 @@
-"""Guidance beyond CFG (distillation.md §1.1, §1.2, §1.4, §1.5 and §11): classifier guidance, inverse
+"""Guidance beyond CFG (book Ch. 8, §8.2, §8.4; docs/errata.md D11): classifier guidance, inverse
 problems (score projection, ILVR, DPS, the exact Gaussian likelihood) and training-free loss
 guidance. Ground truth: the two-class mixture (M) and Gaussian (G) oracles of §0.6, closed-form
 posteriors, exact flow maps, and plain DDIM."""

@@ -1,4 +1,4 @@
-"""Minibatch couplings (training.md §7.7 oracles) and the DDP-aware global coupling."""
+"""Minibatch couplings (Tong et al. 2024) and the DDP-aware global coupling."""
 import math
 import os
 

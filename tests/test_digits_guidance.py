@@ -1,5 +1,5 @@
 """Classifier-free guidance and progressive distillation on the 8×8 digits (issue 7 Done-when;
-distillation.md §0.6 image-scale checks, book §8.3.2 eq. 8.3.3 and §10.3).
+image-scale checks, book §8.3.2 eq. 8.3.3 and §10.3).
 
 Default run: the CFG plumbing on digits shapes against a float64 hand-written guided DDIM loop, the
 ω = 1 / ω = 0 identities, the Fréchet feature distance against its closed form and scipy, and the

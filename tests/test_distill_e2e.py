@@ -1,5 +1,5 @@
 """End-to-end few-step students on 2-D data with the exact Gaussian-mixture teacher (issue 7 criterion,
-distillation.md §0.6 oracles): VSD/DMD (§3.1), FGM (§3.2), sCD (§6, TrigFlow) and CTM (§7) each train a
+closed-form oracles): VSD/DMD (book §10.2), FGM, sCD (book §11.3, TrigFlow) and CTM (§11.4) each train a
 1–2-step student whose sliced Wasserstein distance to held-out data is at most
 2 × (50-step teacher SW + held-out-vs-held-out noise floor), a bound the exact teacher itself misses
 with DDIM at the student's NFE (asserted too).
@@ -66,7 +66,7 @@ SD_TRIG = 1.0  # σ_d of the TrigFlow path (the mixture's per-axis std is ≈ 1.
 
 
 def _trigflow_teacher(u, s):
-    """Exact TrigFlow ``F_pre(u, s) = (dx/ds)/σ_d`` (distillation.md §6.2): on ``trig`` (σ_d) the library
+    """Exact TrigFlow ``F_pre(u, s) = (dx/ds)/σ_d`` (book §11.3.3): on ``trig`` (σ_d) the library
     time is ``t = 2s/π``, so ``dx/ds = (2/π)·v(x, t)`` with the oracle's velocity at ``x = σ_d u``."""
     trig = schedules.get("trig", sigma_data=SD_TRIG)
     v = GM.predict((SD_TRIG * u).double(), (2 / math.pi) * s.double(), trig, "velocity")

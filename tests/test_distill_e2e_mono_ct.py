@@ -1,5 +1,5 @@
-"""End to end on 2-D data (issue 7 criterion): MonoFlow (distillation.md §9, seed ``[S-Mono]``) and
-consistency training without a teacher (CT, §5.2 with the improved-CT recipe) each train a 1–2-step
+"""End to end on 2-D data (issue 7 criterion): MonoFlow (Yi et al. 2023) and
+consistency training without a teacher (CT, book §11.2 with the improved-CT recipe) each train a 1–2-step
 generator whose sliced Wasserstein distance to held-out data of ``oracles.toy_2d_mixture()`` is at most
 2 × (SW of the exact Gaussian-mixture teacher with a 50-step DPM-Solver++(2M) + the held-out-vs-held-out
 noise floor), the bound of tests/test_distill_e2e.py (same evaluation set, projections and teacher run;

@@ -1,4 +1,4 @@
-"""Guided progressive distillation (distillation.md §4.3, book §10.3.4): the exact class-conditional
+"""Guided progressive distillation (book §10.3.4): the exact class-conditional
 mixture teacher obeys Bayes' rule, the w-conditioned network reduces to its MLP at initialisation,
 and the stage-2 target of a w-conditioned model at fixed w lands on two DDIM steps of the guided
 sampler (the classifier-free-guided teacher, ω = w + 1). Fast tests (default run)."""

@@ -1,4 +1,4 @@
-"""Guided progressive distillation end to end on 2-D data (issue 7 criterion; distillation.md §4.3,
+"""Guided progressive distillation end to end on 2-D data (issue 7 criterion;
 book §10.3.4, Meng et al. 2023): the exact class-conditional Gaussian-mixture teacher
 (:class:`~diffcore.distill.guided.ClassMixtureTeacher`, toy_2d_mixture components grouped into three
 classes, null label = the full mixture) under CFG with shifted weight w (ω = w + 1).

@@ -1,4 +1,4 @@
-"""Tests of VSD/DMD, SiD and FGM (distillation.md §3.1, §3.2; seed 000 for SiD/FGM).
+"""Tests of VSD/DMD, SiD and FGM (book §10.2; Zhou et al. 2024, SiD; Huang et al. 2024, FGM).
 
 Gradient oracles use Gaussian data, an affine generator ``G(z) = a ⊙ z + b`` (so ``p^θ_t`` is Gaussian)
 and the EXACT fake score of the generator's law. The integrands are polynomials of degree ≤ 3 in
@@ -341,7 +341,7 @@ def test_sid_end_to_end_mixture_sliced_wasserstein():
     assert sw <= 2 * (sw_teacher + floor), (sw, sw_teacher, floor)
 
 
-# ---- MonoFlow (distillation.md §9) -----------------------------------------------------------------
+# ---- MonoFlow (Yi et al. 2023) --------------------------------------------------------------------
 from diffcore.distill.monoflow import (H_FUNCTIONS, MonoFlowTrainer, direct_generator_loss,  # noqa: E402
                                        discriminator_loss, get_h, particle_field, particle_step,
                                        regression_loss)

@@ -1,4 +1,4 @@
-"""Trajectory distillation, consistency models and MeanFlow (distillation.md §4, §5, §8, §0.5–§0.6):
+"""Trajectory distillation, consistency models and MeanFlow (book §10.3, §11.2, §11.5):
 the PD target lands exactly on the two-step teacher result, the CM boundary condition is exact, the CD
 loss vanishes for the exact consistency function and shrinks at the teacher's order, the exact average
 velocity of Gaussian data is a fixed point of the MeanFlow target, MeanFlow at t = s is flow matching,

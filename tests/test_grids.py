@@ -1,4 +1,4 @@
-"""Time grids (solvers.md §4 test oracles)."""
+"""Time grids (book §9.4.3; Karras et al. 2022)."""
 import math
 
 import pytest

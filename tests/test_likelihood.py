@@ -1,4 +1,4 @@
-"""diffcore.likelihood: PF-ODE log-likelihood (solvers.md §9), bits/dim, the DDPM bound (training.md §3.2).
+"""diffcore.likelihood: PF-ODE log-likelihood (book §4.2.2), bits/dim, the DDPM bound (book Thm. 2.2.3).
 
 Ground truth is closed form: the Gaussian / Gaussian-mixture oracles give the exact marginal log p_t,
 so with the exact model and the exact p_T as prior the ODE result must equal log p_ε up to the
@@ -122,7 +122,7 @@ def test_default_prior_vp_is_standard_normal():
 @pytest.mark.parametrize("pred", ["eps", "x0", "score", "velocity", "v"])
 def test_divergence_of_converted_field_equals_oracle(pred):
     """One right-hand-side evaluation: the exact trace of ∂v/∂x for every prediction type equals the
-    oracle's closed-form ∇·v* (training.md §5.2)."""
+    oracle's closed-form ∇·v* (:mod:`diffcore.oracles`)."""
     sched = schedules.get("vp_linear")
     gm = _mixture16()
     x = gm.sample_marginal(5, 0.3, sched, generator=_gen(4))
@@ -338,7 +338,7 @@ def _ddpm(L=1000, lo=1e-4, hi=0.02):
 
 
 def test_ddpm_coefficients_both_ways():
-    """training.md §3.2 oracle (2): w^ε_i = β_i/(2(1 − β_i)(1 − ᾱ_{i−1})) = ½(SNR_{i−1}/SNR_i − 1), and the
+    """The DDPM ELBO weights (Ho et al. 2020): w^ε_i = β_i/(2(1 − β_i)(1 − ᾱ_{i−1})) = ½(SNR_{i−1}/SNR_i − 1), and the
     x0-weight ½(SNR_{i−1} − SNR_i) = coef_x0²/(2σ̃²), on the linear DDPM schedule."""
     sched, b = _ddpm()
     co = ddpm_coefficients(sched)
@@ -384,7 +384,7 @@ def _closed_prior_nats(x, co):
 
 @pytest.mark.parametrize("pred", ["x0", "eps"])
 def test_ddpm_bound_point_mass_exact_denoiser(pred):
-    """training.md §3.2 oracle (3): for p_data = δ_x̄ and the exact denoiser every diffusion KL term is 0
+    """For p_data = δ_x̄ and the exact denoiser every diffusion KL term is 0
     (variance σ̃²), so the bound is L_prior + L_recon in closed form, for any noise."""
     sched, _ = _ddpm()
     B, D = 4, 6

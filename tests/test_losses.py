@@ -1,4 +1,4 @@
-"""Training objectives (python/diffcore/losses.py, timesampling.py; training.md §1.3, §3, §4, §5).
+"""Training objectives (python/diffcore/losses.py, timesampling.py; book Ch. 2–6).
 
 Oracles: the closed-form minimal per-t losses of Gaussian data (§5.1) reached by every preset with the
 exact predictor (Monte-Carlo, 4.5 standard errors, fixed seeds), also integrated over the time law

@@ -1,5 +1,5 @@
 """The fused linear-combination kernel: equality with its torch reference, interop, autograd
-fallback and input validation (DESIGN.md "The one idea", "Arrays across the boundary")."""
+fallback and input validation (docs/design.md "The one idea", "Arrays across the boundary")."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Exact Gaussian / Gaussian-mixture oracles and the reference PF-ODE (training.md §5).
+"""Exact Gaussian / Gaussian-mixture oracles and the reference PF-ODE.
 
 Statistical tests use fixed seeds; each one's false-failure probability (had the seed been random) is
 bounded below 1e-4 in a comment next to it.

@@ -1,5 +1,5 @@
-"""Entropic OT (Sinkhorn) and exact assignment (training.md §5.5, §7.1, §7.3, §7.7): POT and scipy as
-independent references, the optimality certificates of §7.3, the ε-limits, and the sorted / identity
+"""Entropic OT (Sinkhorn) and exact assignment (book Sec. 7.2.1–7.2.2): POT and scipy as
+independent references, the optimality certificates of entropic OT, the ε-limits, and the sorted / identity
 oracles of §7.7."""
 import math
 import warnings
@@ -113,7 +113,7 @@ def test_overrelaxation_reaches_the_same_optimum_in_fewer_iterations():
 
 
 # ------------------------------------------------------------------------------------------------
-# Certificates and limits (training.md §7.3 test oracles)
+# Certificates and limits of entropic OT (Peyré & Cuturi 2019, Ch. 4)
 
 def test_gibbs_form_certificate_and_duality():
     n, m, eps = 60, 45, 0.02

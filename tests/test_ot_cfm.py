@@ -1,4 +1,4 @@
-"""OT-CFM vs independent-coupling CFM (training.md §7.7): minibatch OT straightens the learned flow.
+"""OT-CFM vs independent-coupling CFM (Tong et al. 2024): minibatch OT straightens the learned flow.
 
 Both runs train the same MLP from the same initialisation, data stream and time/noise draws on 8
 Gaussians; only the coupling of noise and data inside each batch differs. The flow of an exactly

@@ -1,4 +1,4 @@
-"""Picard / ParaDiGMS parallel-in-time sampling (solvers.md §8; book §9.8, Alg. 8): the window update
+"""Picard / ParaDiGMS parallel-in-time sampling (Shih et al. 2023; book §9.8, Alg. 8): the window update
 against Eq. (9.8.4) written out in float64, window 1 = the sequential solver bit for bit, τ = 0 = the
 sequential solver, error ≤ C·τ with C measured, round counts, stochastic samplers with fixed noise,
 per-sample grids, model kwargs and argument errors."""

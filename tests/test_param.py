@@ -1,6 +1,6 @@
 """Prediction-type conversions, the fused convert op and the model wrapper (diffcore.param).
 
-Spec: solvers.md §2.1–2.4, training.md §4.2, §4.6 (book Prop. 6.3.1; App. D.6).
+Book Prop. 6.3.1 (conversions), Eq. (8.3.3) (CFG), App. D.6 (EDM preconditioning).
 """
 import itertools
 import math
@@ -124,7 +124,7 @@ def test_identity_returns_input():
 
 
 # ------------------------------------------------------------------------------------------------
-# explicit table entries (solvers.md §2.1, training.md §4.2)
+# explicit table entries (book Prop. 6.3.1, Table 6.1 with docs/errata.md B11)
 
 
 @pytest.mark.parametrize("name", ["vp_linear", "ve", "edm", "subvp", "trig_0.5", "rf_shift3"])
@@ -217,7 +217,7 @@ def test_gaussian_oracle_heads(name):
     kinds = types_for(sch)
     for p, q in itertools.permutations(kinds, 2):
         assert_rel(convert(heads[p], x, t, sch, p, q), heads[q], 1e-11)
-    # and the velocity head is the PF-ODE drift f x - ½ g² s (solvers.md §2.2)
+    # and the velocity head is the PF-ODE drift f x - ½ g² s (book Prop. 6.3.2)
     v = sch.eval(t)
     drift = bview(v.f, x) * x - 0.5 * bview(v.g2, x) * heads["score"]
     assert_rel(heads["velocity"], drift, 1e-11)
@@ -311,7 +311,7 @@ def test_jvp_matches_analytic(name, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------
-# CFG commutes with conversion (solvers.md §2.4)
+# CFG commutes with conversion (book Eq. (8.3.3))
 
 
 @pytest.mark.parametrize("name", ["vp_cosine", "ve", "rf_shift3"])
@@ -437,7 +437,7 @@ def test_edm_precond_nonzero_net():
 
 def test_edm_precond_coefs_properties():
     sd = 0.5
-    # limits (training.md §4.6 oracle 3): σ → 0 and σ → ∞ with α = 1
+    # limits (book App. D.6): σ → 0 and σ → ∞ with α = 1
     small = torch.tensor([1e-2, 1e-4, 1e-6, 1e-9], dtype=torch.float64)
     c_skip, c_out, _, _ = edm_precond_coefs(S.EDM().eval(small), sd)
     assert bool(((1 - c_skip) <= small ** 2 / sd ** 2).all()) and bool((c_out <= small).all())

@@ -1,4 +1,4 @@
-"""Probability paths (python/diffcore/paths.py; training.md §2) and the OT-σ_min schedule (§1.2 S8).
+"""Probability paths (python/diffcore/paths.py; book Ch. 5) and the OT-σ_min schedule (Lipman et al. 2023).
 
 Oracles: the §4.1 target table and §4.6 F_tgt in closed form; the finite-difference continuity
 residual of every conditional path P1–P6 (§2.2); targets = d/dτ of the sampled trajectory by
@@ -24,7 +24,7 @@ def _gen(seed):
 # ---------------------------------------------------------------------------------- affine path ----
 @pytest.mark.parametrize("name", ["vp_linear", "vp_cosine", "ve", "edm", "rf", "trig", "ot_sigma_min"])
 def test_affine_targets_follow_the_table(name):
-    # training.md §4.1 table (score row corrected, §8 B11) and §4.6 F_tgt = (σ x0 − α σ_d² ε)/(σ_d √R)
+    # book Table 6.1 (score row corrected, docs/errata.md B11) and App. D.6 F_tgt = (σ x0 − α σ_d² ε)/(σ_d √R)
     sched = S.get(name)
     g = _gen(0)
     B = 6

@@ -1,4 +1,4 @@
-"""The fused Picard window update (csrc/core/picard.h; solvers.md §8 steps b, c, e, book Eq. (9.8.4))
+"""The fused Picard window update (csrc/core/picard.h; book Eq. (9.8.4))
 against its pure-torch reference :func:`diffcore.parallel.window_update_reference` on random data."""
 import pytest
 import torch

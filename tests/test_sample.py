@@ -121,7 +121,7 @@ def test_cfg_batches_branches_and_matches_manual_guidance():
 
 
 def test_cfg_commutes_with_prediction_conversion():
-    """Guidance applied to ε̂ then converted equals guidance applied to x̂ (solvers.md §2.4)."""
+    """Guidance applied to ε̂ then converted equals guidance applied to x̂ (book Eq. (8.3.3))."""
     x = torch.randn(5, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
 
     def two(kind):

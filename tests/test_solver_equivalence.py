@@ -1,5 +1,5 @@
-"""Exact identities between solvers (solvers.md §6.3–§6.8, §7 "identities to keep as regression
-tests"), in float64 on the same grid with the Gaussian-mixture oracle as the model, to
+"""Exact identities between solvers (book Ch. 9, Table 9.1, with
+docs/errata.md S3–S5), in float64 on the same grid with the Gaussian-mixture oracle as the model, to
 1e-12·max|x|; and bit-compatibility of DPM-Solver++(3M) w = 1 with an independent transcription of
 the reference code's update."""
 import math

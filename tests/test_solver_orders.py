@@ -1,4 +1,4 @@
-"""Observed global orders on the reference problem of solvers.md §12 / §12.1 (float64, the
+"""Observed global orders on the reference problem of :mod:`diffcore.convergence` (float64, the
 Gaussian-mixture oracle as the model, VP-linear, λ-uniform grids from t = 1 to t_end = 1e-3 > 0, so
 the final σ = 0 step is excluded; RMS error over pinned start points without the near-separatrix
 ones; least-squares slope over N ∈ {128, 256, 512, 1024}; lower_order_final off).

@@ -1,4 +1,4 @@
-"""Stochastic samplers (solvers.md §5): exact identities with the deterministic solvers, exact moment
+"""Stochastic samplers (book §2.2, §3–4, §9.2.3): exact identities with the deterministic solvers, exact moment
 propagation on Gaussian data, weak order of Euler–Maruyama, Langevin's stationary law, the
 distribution of every sampler on the 1-D mixture oracle (Kolmogorov–Smirnov), 2-D sliced
 Wasserstein, and the Brownian source's convergence in the step count. Fixed seeds throughout."""
@@ -47,7 +47,7 @@ def test_zero_noise_limits_are_the_ode_solvers(stoch, kw, det, dkw, sched):
 
 
 def test_ddim_eta_one_and_euler_ancestral_are_the_ddpm_posterior_step():
-    # solvers.md §5.3 oracle (c): DDIM with η = 1 equals the ancestral step with σ̃² = β̃, same noise;
+    # DDIM with η = 1 equals the ancestral step with σ̃² = β̃, same noise;
     # DDPM's last step is noise-free, so compare the states before it
     sch = schedules.get("vp_linear")
     x = _start(sch)
@@ -88,7 +88,7 @@ def _nodes(sch, t):
 
 
 def test_ddpm_posterior_has_exact_marginals_for_point_mass_data():
-    # solvers.md §5.3 oracle (a): x̂ ≡ c, σ̃² = β̃ ⇒ x_t ~ N(α_t c, σ_t²) at every step
+    # x̂ ≡ c, σ̃² = β̃ ⇒ x_t ~ N(α_t c, σ_t²) at every step
     sch, c = schedules.get("vp_cosine"), 0.7
     plan = solvers.get("ddpm").plan(sch, diffcore.timesteps(sch, 12), dtype=F64, prediction="x0")
     a, s = _nodes(sch, plan.timesteps[0])
@@ -100,7 +100,7 @@ def test_ddpm_posterior_has_exact_marginals_for_point_mass_data():
 
 
 def test_ddpm_beta_variance_is_stationary_for_standard_normal_data():
-    # solvers.md §5.3 oracle (b): N(0, I) data, σ̃² = b ⇒ x_t ~ N(0, 1) exactly (α² + σ² = 1)
+    # N(0, I) data, σ̃² = b ⇒ x_t ~ N(0, 1) exactly (α² + σ² = 1)
     sch = schedules.get("vp_linear")
     plan = solvers.get("ddpm", variance="beta").plan(sch, diffcore.timesteps(sch, 12), dtype=F64)
     m, v = convergence.gaussian_moments(plan, oracles.Gaussian([0.0], [[1.0]]), 0.0, 1.0, trajectory=True)
@@ -122,7 +122,7 @@ def test_euler_maruyama_weak_order_one():
 
 
 def test_langevin_reaches_the_discretized_chains_stationary_law():
-    # solvers.md §5.1: for p = N(μ, v) and exact score the chain's law is N(μ, v/(1 − η/(2v)))
+    # book Eq. (3.1.5): for p = N(μ, v) and exact score the chain's law is N(μ, v/(1 − η/(2v)))
     sch, mu, s2 = schedules.get("vp_linear"), 0.4, 0.6
     g = oracles.Gaussian([mu], [[s2]])
     t, eta, M = 0.4, 0.3, 200
@@ -142,7 +142,7 @@ def test_langevin_reaches_the_discretized_chains_stationary_law():
 
 
 def test_annealed_langevin_follows_the_variance_recursion():
-    # solvers.md §5.2: v ← (1 − η_ℓ/v_ℓ)² v + 2η_ℓ per step at level ℓ, v_ℓ = s² + σ_ℓ²
+    # annealed Langevin (book Alg. 1): v ← (1 − η_ℓ/v_ℓ)² v + 2η_ℓ per step at level ℓ, v_ℓ = s² + σ_ℓ²
     sch, s2 = schedules.get("ve", sigma_min=0.05, sigma_max=3.0), 0.5
     g = oracles.Gaussian([0.0], [[s2]])
     solver = solvers.get("annealed_langevin", n_steps_each=7, delta=0.01)

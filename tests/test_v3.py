@@ -1,4 +1,4 @@
-"""DPM-Solver-v3 and its empirical model statistics (solvers.md §6.9; book §9.7).
+"""DPM-Solver-v3 and its empirical model statistics (book §9.7; Zheng et al. 2023).
 
 Oracles: (a) statistics (1, 0, 0) give DDIM / DPM-Solver++(2M, variant B) / DPM-Solver++(3M, w = 2);
 (b) (0, −1, 0) gives DDIM in noise form; (c) with b = 0 and constant ℓ, s the step integrals E_k
