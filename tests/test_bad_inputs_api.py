@@ -219,3 +219,200 @@ SCHEDULES = [
 @pytest.mark.parametrize("fn,exc,words", [r[1:] for r in SCHEDULES], ids=[r[0] for r in SCHEDULES])
 def test_schedules_bad_input(fn, exc, words):
     _check(fn, exc, words)
+
+
+# ---- thresholding ----------------------------------------------------------------------------------
+
+from diffcore import thresholding as TH  # noqa: E402
+
+THRESHOLD = [
+    ("dyn_max_inf", lambda: TH.dynamic_threshold(X, max_value=INF), ValueError, ["max_value"]),
+    ("dyn_max_nan", lambda: TH.dynamic_threshold(X, max_value=NAN), ValueError, ["max_value"]),
+    ("dyn_ratio_str", lambda: TH.dynamic_threshold(X, ratio="0.9"), ValueError, ["ratio"]),
+    ("dyn_int", lambda: TH.dynamic_threshold(X.long()), TypeError, ["x0"]),
+    ("static_neg", lambda: TH.static_threshold(X, max_value=-1.0), ValueError, ["max_value"]),
+    ("static_nan", lambda: TH.static_threshold(X, max_value=NAN), ValueError, ["max_value"]),
+    ("static_list", lambda: TH.static_threshold([1.0, 2.0]), TypeError, ["x0"]),
+]
+
+
+@pytest.mark.parametrize("fn,exc,words", [r[1:] for r in THRESHOLD], ids=[r[0] for r in THRESHOLD])
+def test_thresholding_bad_input(fn, exc, words):
+    _check(fn, exc, words)
+
+
+def test_dynamic_threshold_empty_batch_is_identity():
+    assert TH.dynamic_threshold(torch.empty(0, 3)).shape == (0, 3)
+
+
+# ---- time laws -------------------------------------------------------------------------------------
+
+from diffcore import timesampling as TS  # noqa: E402
+
+TIMELAWS = [
+    ("density_nan", lambda: TS.get("uniform").density(NAN, "vp_linear"), ValueError, ["t:", "nan"]),
+    ("density_logit_nan", lambda: TS.get("logit_normal").density(torch.tensor([0.5, NAN]), "rectified_flow"),
+     ValueError, ["t:"]),
+    ("density_complex", lambda: TS.get("uniform").density(torch.tensor([0.5j]), "vp_linear"), TypeError, ["t:"]),
+    ("density_str", lambda: TS.get("uniform").density("a", "vp_linear"), TypeError, ["t:"]),
+    ("sample_generator", lambda: TS.get("uniform").sample(4, "vp_linear", generator=3), TypeError, ["generator"]),
+    ("sample_B", lambda: TS.get("uniform").sample(-1, "vp_linear"), ValueError, ["B:"]),
+    ("p_std_inf", lambda: TS.get("lognormal_sigma", p_std=INF), ValueError, ["p_std"]),
+    ("t_min_nan", lambda: TS.get("uniform", t_min=NAN), ValueError, ["t_min"]),
+    ("unknown", lambda: TS.get("foo"), ValueError, ["time"]),
+]
+
+
+@pytest.mark.parametrize("fn,exc,words", [r[1:] for r in TIMELAWS], ids=[r[0] for r in TIMELAWS])
+def test_timesampling_bad_input(fn, exc, words):
+    _check(fn, exc, words)
+
+
+def test_uniform_density_outside_range_is_zero_inside_is_inverse_width():
+    lo, hi = TS.training_range("vp_linear")
+    d = TS.get("uniform").density(torch.tensor([0.5, 2.0], dtype=torch.float64), "vp_linear")
+    assert d[0].item() == pytest.approx(1 / (hi - lo), rel=1e-15) and d[1].item() == 0.0
+
+
+# ---- metrics ---------------------------------------------------------------------------------------
+
+from diffcore import metrics as M  # noqa: E402
+
+_U = torch.eye(3, dtype=torch.float64)
+METRICS = [
+    ("sw_nan", lambda: M.sliced_wasserstein(X * NAN, X), ValueError, ["x:", "nan"]),
+    ("sw_inf_y", lambda: M.sliced_wasserstein(X, X * INF), ValueError, ["y:"]),
+    ("sw_p_inf", lambda: M.sliced_wasserstein(X, X, p=INF), ValueError, ["p:"]),
+    ("sw_p_nan", lambda: M.sliced_wasserstein(X, X, p=NAN), ValueError, ["p:"]),
+    ("sw_p_str", lambda: M.sliced_wasserstein(X, X, p="2"), ValueError, ["p:"]),
+    ("sw_nproj_float", lambda: M.sliced_wasserstein(X, X, n_projections=2.5), ValueError, ["n_projections"]),
+    ("sw_generator", lambda: M.sliced_wasserstein(X, X, generator=3), TypeError, ["generator"]),
+    ("sw_zero_proj", lambda: M.sliced_wasserstein(X, X, projections=torch.zeros(2, 3)), ValueError, ["projections", "unit"]),
+    ("sw_complex", lambda: M.sliced_wasserstein(X + 0j, X + 0j), TypeError, ["x:"]),
+    ("sw_str", lambda: M.sliced_wasserstein(X, "a"), TypeError, ["y:"]),
+    ("ks_cdf_nan", lambda: M.ks_statistic(X[:, 0], lambda v: v * NAN), ValueError, ["cdf"]),
+    ("ks_cdf_range", lambda: M.ks_statistic(X[:, 0], lambda v: v * 0 + 5), ValueError, ["cdf", "[0, 1]"]),
+    ("ks_cdf_len", lambda: M.ks_statistic(X[:, 0], lambda v: v[:2]), ValueError, ["cdf"]),
+    ("ks_cdf_type", lambda: M.ks_statistic(X[:, 0], 3), TypeError, ["cdf"]),
+    ("ks_complex", lambda: M.ks_statistic(X[:, 0] + 1j, torch.special.ndtr), TypeError, ["samples"]),
+]
+
+
+@pytest.mark.parametrize("fn,exc,words", [r[1:] for r in METRICS], ids=[r[0] for r in METRICS])
+def test_metrics_bad_input(fn, exc, words):
+    _check(fn, exc, words)
+
+
+def test_sliced_wasserstein_integer_points_equal_float():
+    """Integer point clouds are their float values: along the coordinate axes the 1-D matching of
+    {0, 1} with {1, 2} moves every point by 1, so SW_2 over the three axes (x·e_k) is 1 in each of the two
+    shifted coordinates and 0 in the third: sqrt((1 + 1 + 0)/3)."""
+    a = torch.tensor([[0, 0, 0], [1, 1, 0]])
+    b = a + torch.tensor([1, 1, 0])
+    assert M.sliced_wasserstein(a, b, projections=_U).item() == pytest.approx(math.sqrt(2 / 3), rel=1e-15)
+
+
+# ---- coupling --------------------------------------------------------------------------------------
+
+from diffcore import coupling as C  # noqa: E402
+
+COUPLING = [
+    ("eps_bool", lambda: C.get("sinkhorn", eps=True), ValueError, ["eps"]),
+    ("eps_inf", lambda: C.get("sinkhorn", eps=INF), ValueError, ["eps"]),
+    ("tol_nan", lambda: C.get("sinkhorn", tol=NAN), ValueError, ["tol"]),
+    ("max_iters_float", lambda: C.get("sinkhorn", max_iters=2.5), ValueError, ["max_iters"]),
+    ("max_iters_str", lambda: C.get("sinkhorn", max_iters="a"), ValueError, ["max_iters"]),
+    ("sb_sigma_bool", lambda: C.get("sb", sigma=True), ValueError, ["sigma"]),
+    ("sb_sigma_inf", lambda: C.get("sb", sigma=INF), ValueError, ["sigma"]),
+    ("unknown_option", lambda: C.get("independent", foo=1), TypeError, ["options", "foo"]),
+    ("distributed_str", lambda: C.get("exact", distributed="yes"), TypeError, ["distributed"]),
+    ("pair_cost_features", lambda: C.pair_cost(X, X[:, :2]), ValueError, ["y0, y1"]),
+    ("pair_cost_str", lambda: C.pair_cost("a", X), TypeError, ["y0"]),
+    ("pair_cost_nan", lambda: C.pair_cost(X * NAN, X), ValueError, ["y0", "nan"]),
+    ("pair_cost_scalar", lambda: C.pair_cost(torch.tensor(1.0), torch.tensor(2.0)), TypeError, ["y0"]),
+    ("couple_nan", lambda: C.get("exact")(X, X * NAN), ValueError, ["y1"]),
+    ("couple_sizes", lambda: C.get("exact")(X, X[:3]), ValueError, ["batch sizes"]),
+    ("couple_labels", lambda: C.get("exact")(X, X, labels=torch.tensor([0, 1])), ValueError, ["labels"]),
+]
+
+
+@pytest.mark.parametrize("fn,exc,words", [r[1:] for r in COUPLING], ids=[r[0] for r in COUPLING])
+def test_coupling_bad_input(fn, exc, words):
+    _check(fn, exc, words)
+
+
+# ---- paths -----------------------------------------------------------------------------------------
+
+from diffcore import paths as P  # noqa: E402
+
+_VP = P.AffinePath("vp_linear")
+_BRIDGE = P.fm_path("bridge", sigma=0.5)
+PATHS = [
+    ("score_t0", lambda: _VP.conditional_score(X, X, 0.0), ValueError, ["t:", "std"]),
+    ("log_prob_t0", lambda: _VP.log_prob(X, X, 0.0), ValueError, ["t:"]),
+    ("score_target_t0", lambda: _VP.target(X, X, 0.0, "score"), ValueError, ["t:", "score"]),
+    ("cscore_str", lambda: _VP.conditional_score("a", X, 0.5), TypeError, ["x:"]),
+    ("tau_out", lambda: P.fm_path("linear").sample(X, X, 1.5), ValueError, ["tau", "[0, 1]"]),
+    ("tau_nan", lambda: P.fm_path("linear").target(X, X, NAN), ValueError, ["tau"]),
+    ("tau_str", lambda: P.fm_path("linear").coefs("a"), TypeError, ["tau"]),
+    ("bridge_target_end", lambda: _BRIDGE.target(X, X, 0.0, xi=X), ValueError, ["tau", "bridge"]),
+    ("bridge_log_prob_end", lambda: _BRIDGE.log_prob(X, X, X, 1.0), ValueError, ["tau"]),
+    ("poisson_t0", lambda: P.poisson_velocity(X, X, 0.0), ValueError, ["t:", "t > 0"]),
+    ("poisson_t_neg", lambda: P.poisson_field(X, -1.0, X), ValueError, ["t:"]),
+    ("poisson_t_nan", lambda: P.poisson_log_prob(X, X, NAN), ValueError, ["t:"]),
+    ("poisson_t_inf", lambda: P.poisson_sample(X, INF), ValueError, ["t:"]),
+    ("poisson_xt_str", lambda: P.poisson_velocity("a", X, 1.0), TypeError, ["x_t"]),
+    ("poisson_chunk0", lambda: P.poisson_field(X, 1.0, X, chunk=0), ValueError, ["chunk"]),
+    ("poisson_chunk_neg", lambda: P.poisson_field(X, 1.0, X, chunk=-1), ValueError, ["chunk"]),
+    ("poisson_weights_inf", lambda: P.poisson_field(X, 1.0, X, weights=torch.tensor([1.0, INF, 1, 1])),
+     ValueError, ["weights"]),
+    ("poisson_prior_int", lambda: P.poisson_prior_sample((2, 3), 1.0, dtype=torch.int64), TypeError, ["dtype"]),
+    ("poisson_prior_shape", lambda: P.poisson_prior_sample(3, 1.0), TypeError, ["shape"]),
+    ("poisson_prior_neg", lambda: P.poisson_prior_sample((-1, 3), 1.0), ValueError, ["shape"]),
+    ("poisson_prior_gen", lambda: P.poisson_prior_sample((2, 3), 1.0, generator=3), TypeError, ["generator"]),
+]
+
+
+@pytest.mark.parametrize("fn,exc,words", [r[1:] for r in PATHS], ids=[r[0] for r in PATHS])
+def test_paths_bad_input(fn, exc, words):
+    _check(fn, exc, words)
+
+
+# ---- losses ----------------------------------------------------------------------------------------
+
+from diffcore import losses as LS  # noqa: E402
+
+
+def _net(x, t, labels=None):
+    return 0.5 * x
+
+
+LOSSES = [
+    ("noise_nan", lambda: LS.get("eps").per_sample(_net, X, noise=X * NAN), ValueError, ["noise", "nan"]),
+    ("labels_len", lambda: LS.get("eps")(_net, X, labels=torch.tensor([0, 1])), ValueError, ["labels"]),
+    ("generator", lambda: LS.get("eps")(_net, X, generator=3), TypeError, ["generator"]),
+    ("score_t0", lambda: LS.get("score").per_sample(_net, X, t=0.0), ValueError, ["t:", "score"]),
+    ("likelihood_t0", lambda: LS.get("likelihood").per_sample(_net, X, t=0.0), ValueError, ["t:", "weight"]),
+    ("ddpm_off_grid", lambda: LS.get("ddpm_simple").per_sample(_net, X, t=0.5005), ValueError, ["t:", "grid"]),
+    ("ddpm_elbo_t0", lambda: LS.get("ddpm_elbo").per_sample(_net, X, t=0.0), ValueError, ["t:", "levels"]),
+    ("ddpm_schedule_steps", lambda: LS.ddpm_schedule(num_train_timesteps=0), ValueError, ["num_train_timesteps"]),
+    ("ddpm_schedule_float", lambda: LS.ddpm_schedule(num_train_timesteps=2.5), ValueError, ["num_train_timesteps"]),
+    ("ddpm_schedule_beta", lambda: LS.ddpm_schedule(beta_end=NAN), ValueError, ["beta_end"]),
+    ("unknown", lambda: LS.get("foo"), ValueError, ["name"]),
+    ("unknown_option", lambda: LS.get("eps", foo=1), TypeError, ["foo"]),
+    ("reduction", lambda: LS.get("eps", reduction="max"), ValueError, ["reduction"]),
+]
+
+
+@pytest.mark.parametrize("fn,exc,words", [r[1:] for r in LOSSES], ids=[r[0] for r in LOSSES])
+def test_losses_bad_input(fn, exc, words):
+    _check(fn, exc, words)
+
+
+def test_ddpm_loss_on_grid_time_matches_closed_form():
+    """At a grid time t_i = i/N of the DDPM schedule the ε-loss of the net ε̂ = 0 is ‖ε‖² (sum over
+    features) whatever α, σ: the on-grid check must accept the grid itself."""
+    loss = LS.get("ddpm_simple")
+    t = torch.full((4,), 500 / 1000, dtype=torch.float64)
+    per = loss.per_sample(lambda x, tt, labels=None: torch.zeros_like(x), X, t=t, noise=X)
+    assert torch.allclose(per, (X * X).sum(1), rtol=1e-14, atol=0)

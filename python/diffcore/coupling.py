@@ -24,6 +24,7 @@ share, so it can only return tensors, not local indices).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -60,6 +61,7 @@ def pair_cost(y0: torch.Tensor, y1: torch.Tensor, normalize: Optional[str] = Non
     ``normalize="max"|"mean"`` divides by the max or mean entry (a zero cost matrix is left as it is)."""
     if normalize not in _NORMALIZE:
         raise ValueError(f"normalize: expected one of {_NORMALIZE}, got {normalize!r}")
+    _check_batches(y0, y1, None, False)
     a = y0.reshape(y0.shape[0], -1).double()
     b = y1.reshape(y1.shape[0], -1).double()
     c = torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
@@ -155,8 +157,12 @@ class EntropicOT(Coupling):
 
     def __init__(self, eps: float = 0.05, normalize: Optional[str] = "max", tol: Optional[float] = 1e-4,
                  max_iters: int = 2000):
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"eps: expected a positive number, got {eps!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+            raise ValueError(f"eps: expected a finite positive number, got {eps!r}")
+        if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < math.inf):
+            raise ValueError(f"tol: expected a finite nonnegative number or None, got {tol!r}")
+        if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
+            raise ValueError(f"max_iters: expected a positive int, got {max_iters!r}")
         if normalize not in _NORMALIZE:
             raise ValueError(f"normalize: expected one of {_NORMALIZE}, got {normalize!r}")
         self.eps = float(eps)
@@ -184,8 +190,8 @@ class SchrodingerBridge(EntropicOT):
     the same σ (``diffcore.losses.get("cfm", path="bridge", sigma=σ, coupling=...)``)."""
 
     def __init__(self, sigma: float = 0.5, tol: Optional[float] = 1e-4, max_iters: int = 2000):
-        if not (isinstance(sigma, (int, float)) and sigma > 0):
-            raise ValueError(f"sigma: expected a positive number, got {sigma!r}")
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 < sigma < math.inf:
+            raise ValueError(f"sigma: expected a finite positive number, got {sigma!r}")
         super().__init__(eps=2.0 * float(sigma) ** 2, normalize=None, tol=tol, max_iters=max_iters)
         self.sigma = float(sigma)
 
@@ -262,7 +268,14 @@ def get(name, distributed: bool = False, **options) -> Coupling:
         key = name.lower()
         if key not in _REGISTRY:
             raise ValueError(f"coupling: unknown name {name!r}; expected one of {sorted(_REGISTRY)}")
-        c = _REGISTRY[key](**options)
+        try:
+            c = _REGISTRY[key](**options)
+        except TypeError as e:
+            if "argument" not in str(e):  # a check of ours, already naming its argument
+                raise
+            raise TypeError(f"options: the {key!r} coupling does not take {sorted(options)} ({e})") from None
     else:
         raise TypeError(f"coupling: expected a name or a Coupling, got {type(name).__name__}")
+    if not isinstance(distributed, bool):
+        raise TypeError(f"distributed: expected True or False, got {distributed!r}")
     return Distributed(c) if distributed and not isinstance(c, Distributed) else c

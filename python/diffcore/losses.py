@@ -152,6 +152,12 @@ def _pos(v, name: str) -> float:
     return float(v)
 
 
+def _singular_t(t64: torch.Tensor, ok: torch.Tensor, what: str) -> None:
+    bad = t64.detach()[~ok.reshape(-1)]
+    raise ValueError(f"t: {what} is infinite or NaN at t = {float(bad[0])} (σ or α is 0 there); pass times inside "
+                     "the loss's training range")
+
+
 def _call_net(net, x, t, labels):
     out = net(x, t) if labels is None else net(x, t, labels=labels)
     if not isinstance(out, torch.Tensor):
@@ -271,6 +277,8 @@ class Loss:
             raise TypeError(f"{name}: expected a floating-point tensor shaped like x0")
         if noise.shape != x0.shape:
             raise ValueError(f"{name}: expected shape {tuple(x0.shape)} (like x0), got {tuple(noise.shape)}")
+        if noise.device.type == "cpu" and not bool(torch.isfinite(noise.detach()).all()):  # host check, no sync
+            raise ValueError(f"{name}: contains NaN or inf")
         return noise.to(device=x0.device, dtype=x0.dtype)
 
     def _reduce(self, sq: torch.Tensor) -> torch.Tensor:
@@ -306,6 +314,10 @@ class Loss:
 
     def _finish(self, err, t64, values):
         w, add = self._weights(t64, values, err.dtype)
+        if t64.device.type == "cpu":  # weights come from t alone: a non-finite one is a bad t, not a bad net
+            for part in (w, add):
+                if part is not None and not bool(torch.isfinite(part.detach()).all()):
+                    _singular_t(t64, torch.isfinite(part.detach()), f"the {self.weighting!r} weight")
         per = err if w is None else w * err
         if add is not None:
             per = per + add
@@ -325,6 +337,15 @@ class Loss:
         if not callable(net):
             raise TypeError(f"net: expected a callable net(x, t, labels=None), got {type(net).__name__}")
         x0 = self._check_x0(x0)
+        if t is not None and isinstance(self.time_law, _ts.Discrete) and x0.device.type == "cpu":
+            j = self.time_law.index(self._times(x0.shape[0], t, None, x0.device), self.schedule)
+            if bool((j < self.time_law.first).any()):  # t_0 is on the grid but never drawn (no loss term there)
+                raise ValueError(f"t: expected times among the drawn levels t_{self.time_law.first} … t_L of "
+                                 f"{self.time_law!r}")
+        if isinstance(labels, torch.Tensor) and (labels.dim() == 0 or labels.shape[0] != x0.shape[0]):
+            raise ValueError(f"labels: expected one label per sample ({x0.shape[0]}), got shape {tuple(labels.shape)}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
         t64 = self._times(x0.shape[0], t, generator, x0.device)
         err, values = self._errors(net, x0, labels, generator, t64, noise)
         return self._finish(err, t64, values)
@@ -385,6 +406,10 @@ class DiffusionLoss(Loss):
         eps = self._noise(x0, noise, generator)
         x_t = _col(v.alpha, x0) * x0 + _col(v.sigma, x0) * eps
         A, Bc = self.path.coefficients_at(v, self._target_kind, self.sigma_data)
+        if A.device.type == "cpu":
+            ok = torch.isfinite(A.detach()) & torch.isfinite(Bc.detach())
+            if not bool(ok.all()):
+                _singular_t(t64, ok, f"the {self._target_kind!r} target")
         target = _col(A, x0) * x0 + _col(Bc, x0) * eps
         if self.edm:
             _, _, c_in, c_noise = edm_precond_coefs(v, self.sigma_data)
@@ -714,6 +739,11 @@ def reflow_pairs(model, n: int, schedule="rectified_flow", shape=None, solver: s
 def ddpm_schedule(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
     """The DDPM training schedule (§1.2 S2): ``β^var = linspace(1e-4, 0.02, L)`` as a
     :class:`~diffcore.schedules.VPDiscrete` (step i at ``t_i = i/L``)."""
+    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
+        raise ValueError(f"num_train_timesteps: expected a positive int, got {num_train_timesteps!r}")
+    for name, b in (("beta_start", beta_start), ("beta_end", beta_end)):
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b < 1:
+            raise ValueError(f"{name}: expected a number in (0, 1), got {b!r}")
     return _schedules.VPDiscrete(betas=torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=_F64))
 
 

@@ -74,6 +74,22 @@ def _times(t, B: int, device, name: str = "t") -> torch.Tensor:
     return t
 
 
+def _poisson_times(t, B: int, device) -> torch.Tensor:
+    """Poisson-kernel times: the kernel's scale, so t > 0 and finite (t = 0 divides by zero, t < 0 and NaN
+    give NaN densities). Read on the host only for CPU tensors (no device sync)."""
+    t = _times(t, B, device)
+    if t.device.type == "cpu" and not bool(((t > 0) & (t < math.inf)).all()):
+        raise ValueError(f"t: expected finite Poisson times t > 0, got values in [{float(t.min())}, {float(t.max())}]")
+    return t
+
+
+def _nonzero_sigma(sigma: torch.Tensor, what: str, name: str = "t") -> None:
+    """σ_t = 0 (e.g. t = 0 of a VP schedule) makes the Gaussian degenerate: the score and the density are
+    infinite there. Checked for CPU values only (no device sync)."""
+    if sigma.device.type == "cpu" and not bool((sigma > 0).all()):
+        raise ValueError(f"{name}: {what} needs a positive std, but it is 0 at some of the given times")
+
+
 def _col(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Per-sample coefficient ``(B,)`` → ``(B, 1, …, 1)`` in ``like``'s dtype."""
     return c.to(like.dtype).reshape((-1,) + (1,) * (like.dim() - 1))
@@ -136,12 +152,17 @@ class AffinePath:
         _same(x0, noise, "x0", "noise")
         v = self.values(t, x0.shape[0], x0.device)
         A, Bc = self.coefficients_at(v, prediction, sigma_data)
+        if A.device.type == "cpu" and not bool((torch.isfinite(A) & torch.isfinite(Bc)).all()):
+            raise ValueError(f"t: the {prediction!r} target is infinite at some of the given times (σ_t or α_t is 0 "
+                             "there); draw times inside the open range")
         return _col(A, x0) * x0 + _col(Bc, x0) * noise
 
     def conditional_score(self, x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
         """``∇_x log p_t(x|x0) = −(x − α_t x0)/σ_t²`` (Lemma D.2.1; = −ε/σ at the sample)."""
+        x = _check_data(x, "x")
         _same(x, x0, "x", "x0")
         v = self.values(t, x.shape[0], x.device)
+        _nonzero_sigma(v.sigma, "the conditional score")
         return -(x - _col(v.alpha, x) * x0) / _col(v.sigma * v.sigma, x)
 
     def conditional_velocity(self, x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
@@ -154,8 +175,10 @@ class AffinePath:
 
     def log_prob(self, x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
         """``log N(x; α_t x0, σ_t² I)`` ``(B,)``."""
+        x = _check_data(x, "x")
         _same(x, x0, "x", "x0")
         v = self.values(t, x.shape[0], x.device)
+        _nonzero_sigma(v.sigma, "the log-density")
         D = x[0].numel()
         r = _flat_sq(x - _col(v.alpha, x) * x0).to(_F64)
         return -0.5 * r / v.sigma ** 2 - D * (torch.log(v.sigma) + 0.5 * math.log(2 * math.pi))
@@ -206,7 +229,14 @@ class InterpolantPath:
 
     def coefs(self, tau) -> Tuple[torch.Tensor, ...]:
         """``(a, b, c, a', b', c')`` at FM times ``tau`` (float64, d/dτ)."""
-        tau = tau.to(_F64) if isinstance(tau, torch.Tensor) else torch.as_tensor(tau, dtype=_F64)
+        if isinstance(tau, torch.Tensor) and (tau.is_complex() or tau.dtype == torch.bool):
+            raise TypeError(f"tau: expected real FM times, got {tau.dtype}")
+        try:
+            tau = tau.to(_F64) if isinstance(tau, torch.Tensor) else torch.as_tensor(tau, dtype=_F64)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"tau: expected a float or a tensor of FM times, got {type(tau).__name__}") from None
+        if tau.device.type == "cpu" and not bool(((tau >= 0) & (tau <= 1)).all()):  # NaN fails too
+            raise ValueError(f"tau: expected FM times in [0, 1], got values in [{float(tau.min())}, {float(tau.max())}]")
         v = self.schedule.eval(1 - tau)
         if self.bridge_sigma is not None:
             s = self.bridge_sigma
@@ -235,6 +265,9 @@ class InterpolantPath:
     def target(self, y0: torch.Tensor, y1: torch.Tensor, tau, xi: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``d x_τ/dτ = a'_τ y0 + b'_τ y1 + c'_τ ξ`` (FM time; the CFM regression target)."""
         y0, tau, (_, _, _, da, db, dc) = self._prep(y0, y1, tau, xi)
+        if self.noisy and dc.device.type == "cpu" and not bool(torch.isfinite(dc).all()):
+            raise ValueError("tau: the Brownian-bridge target is singular at τ = 0 and τ = 1 (c'_τ is infinite); "
+                             "draw τ inside (0, 1)")
         u = _col(da, y0) * y0 + _col(db, y0) * y1
         return u + _col(dc, y0) * xi if xi is not None and self.noisy else u
 
@@ -266,6 +299,7 @@ class InterpolantPath:
                  one_sided: bool = False) -> torch.Tensor:
         """``log p_τ(x|z)`` ``(B,)`` of the Gaussian conditional path (needs ``s_τ > 0``)."""
         x, mu, _, s, _ = self._mean_std(x, y0, y1, tau, one_sided)
+        _nonzero_sigma(s, "the log-density of the conditional path", "tau")
         D = x[0].numel()
         return -0.5 * _flat_sq(x - mu).to(_F64) / s ** 2 - D * (torch.log(s) + 0.5 * math.log(2 * math.pi))
 
@@ -316,7 +350,7 @@ def poisson_log_prob(x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
     x = _check_data(x, "x")
     _same(x, x0, "x", "x0")
     d = x[0].numel()
-    t = _times(t, x.shape[0], x.device)
+    t = _poisson_times(t, x.shape[0], x.device)
     r2 = _flat_sq(x - x0).to(_F64)
     return poisson_log_normalizer(d) + torch.log(t) - 0.5 * (d + 1) * torch.log(t * t + r2)
 
@@ -333,7 +367,9 @@ def poisson_sample(x0: torch.Tensor, t, generator: Optional[torch.Generator] = N
     ``g ~ N(0, I_d)``, ``h ~ N(0, 1)`` (§2.4; the ``ε_x/|ε_t|`` ratio of the post is exact only at fixed
     t, §8 P1). Returns ``(x_t, z)``; ``z`` may be given."""
     x0 = _check_data(x0, "x0")
-    t = _times(t, x0.shape[0], x0.device)
+    t = _poisson_times(t, x0.shape[0], x0.device)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     if z is None:
         z = _poisson_z(tuple(x0.shape), generator, x0.device, x0.dtype)
     else:
@@ -343,8 +379,9 @@ def poisson_sample(x0: torch.Tensor, t, generator: Optional[torch.Generator] = N
 
 def poisson_velocity(x_t: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
     """Conditional velocity ``G_{>1}/G_1 = (x_t − x0)/t`` (= ``z`` at the sample; §2.4)."""
+    x_t = _check_data(x_t, "x_t")
     _same(x_t, x0, "x_t", "x0")
-    t = _times(t, x_t.shape[0], x_t.device)
+    t = _poisson_times(t, x_t.shape[0], x_t.device)
     return (x_t - x0) / _col(t, x_t)
 
 
@@ -364,9 +401,11 @@ def poisson_field(x: torch.Tensor, t, points: torch.Tensor, weights: Optional[to
         raise ValueError(f"points: expected feature shape {tuple(x.shape[1:])}, got {tuple(points.shape[1:])}")
     if points.shape[0] == 0:
         raise ValueError("points: expected at least one point")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"chunk: expected a positive int number of points per block or None, got {chunk!r}")
     B = x.shape[0]
     d = x[0].numel()
-    t = _times(t, B, x.device)
+    t = _poisson_times(t, B, x.device)
     xf = x.reshape(B, -1).to(_F64)
     pf = points.reshape(points.shape[0], -1).to(device=x.device, dtype=_F64)
     if weights is None:
@@ -374,8 +413,8 @@ def poisson_field(x: torch.Tensor, t, points: torch.Tensor, weights: Optional[to
     else:
         w = weights.to(device=x.device, dtype=_F64) if isinstance(weights, torch.Tensor) else \
             torch.as_tensor(weights, dtype=_F64, device=x.device)
-        if w.shape != (pf.shape[0],) or not bool((w > 0).all()):
-            raise ValueError(f"weights: expected {pf.shape[0]} positive weights")
+        if w.shape != (pf.shape[0],) or not bool(((w > 0) & (w < math.inf)).all()):
+            raise ValueError(f"weights: expected {pf.shape[0]} finite positive weights")
         lw = torch.log(w)
     t2 = (t * t)[:, None]
     mean, _ = softmax_mean(xf, pf, lw, lambda r2: -0.5 * (d + 1) * torch.log(t2 + r2), chunk=chunk)
@@ -396,9 +435,17 @@ def poisson_prior_sample(shape, T: float, generator: Optional[torch.Generator] =
     it approximates ``p_T`` up to a relative O(data radius/T), §2.4, §8 P4)."""
     if isinstance(T, bool) or not isinstance(T, (int, float)) or not (0 < T < math.inf):
         raise ValueError(f"T: expected a finite positive number, got {T!r}")
-    shape = tuple(shape)
-    if len(shape) < 2:
-        raise ValueError(f"shape: expected (B, *S) with at least one feature dimension, got {shape}")
+    try:
+        shape = tuple(int(d.__index__()) for d in shape)
+    except (TypeError, AttributeError):
+        raise TypeError(f"shape: expected a sequence of ints (B, *S), got {shape!r}") from None
+    if len(shape) < 2 or min(shape) < 0:
+        raise ValueError(f"shape: expected (B, *S) of non-negative sizes with at least one feature dimension, "
+                         f"got {shape}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype: expected a floating torch dtype, got {dtype!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     device = as_device(device, default=None)
     if device is None and generator is not None:
         device = generator.device

@@ -73,6 +73,8 @@ def _rand(B: int, generator, device) -> torch.Tensor:
 
 
 def _device(generator, device):
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     if device is not None:
         return as_device(device)
     return generator.device if generator is not None else torch.device("cpu")
@@ -122,8 +124,21 @@ class TimeLaw:
         return f"{type(self).__name__}({opts})"
 
 
-def _t64(t) -> torch.Tensor:
-    return t.to(_F64) if isinstance(t, torch.Tensor) else torch.as_tensor(t, dtype=_F64)
+def _t64(t, name: str = "t") -> torch.Tensor:
+    if isinstance(t, torch.Tensor):
+        if t.is_complex():  # the cast would drop the imaginary part with only a warning
+            raise TypeError(f"{name}: expected real times, got a {t.dtype} tensor")
+        t = t.to(_F64)
+    else:
+        try:
+            t = torch.as_tensor(t, dtype=_F64)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name}: expected a float, a sequence of floats or a tensor, got {type(t).__name__}") \
+                from None
+    # p_time(NaN) would read as a zero density; checked on the host only (no device sync)
+    if t.device.type == "cpu" and bool(torch.isnan(t).any()):
+        raise ValueError(f"{name}: contains NaN")
+    return t
 
 
 def _inside(t: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -142,7 +157,8 @@ class Uniform(TimeLaw):
     def density(self, t, schedule):
         lo, hi = self.range(schedule)
         t = _t64(t)
-        return torch.where(_inside(t, lo, hi), 1.0 / (hi - lo), 0.0).to(_F64)
+        # full float64 tensors: torch.where of two Python floats computes in the default dtype (float32)
+        return torch.where(_inside(t, lo, hi), torch.full_like(t, 1.0 / (hi - lo)), torch.zeros_like(t))
 
 
 class Stratified(Uniform):
@@ -178,7 +194,7 @@ class Discrete(TimeLaw):
         if L is not None and (isinstance(L, bool) or not isinstance(L, int) or L < 1):
             raise ValueError(f"L: expected a positive int, got {L!r}")
         if times is not None:
-            tt = _t64(times).flatten().cpu()
+            tt = torch.as_tensor(times, dtype=_F64).flatten().cpu()
             if tt.numel() < 1 or not bool(torch.isfinite(tt).all()) or \
                     (tt.numel() > 1 and not bool((tt[1:] > tt[:-1]).all())):
                 raise ValueError("times: expected a non-empty, finite, strictly increasing sequence of times")
