@@ -13,25 +13,25 @@ student is compared with a perfectly trained diffusion model):
 * students, one network size for all: MLP width 128, depth 3 (``models.MLP``, ``TwoTimeMLP`` for
   two-time students, ``OneStepGenerator(2, 2, 128, 3)`` + an MLP fake score for score distillation),
   Adam, batch 256, ``--iters`` optimizer iterations each (default 2000, ``--quick`` 300):
-  - PD (§4): exact x0 teacher on 32 DDIM steps (vp_cosine) → 16 → 8 → 4 → 2 → 1 steps, v-prediction
+  - PD (book §10.3): exact x0 teacher on 32 DDIM steps (vp_cosine) → 16 → 8 → 4 → 2 → 1 steps, v-prediction
     student, ``--iters``/5 iterations per halving round (students at 4, 2, 1 steps reported; a PD
     student inherits its teacher's discretisation error, so the 32-step DDIM teacher is a row too);
-  - CD (§5): edm, Heun steps of the exact teacher on an 18-point Karras grid, EMA target μ = 0.95;
-  - sCD (§6): TrigFlow (``trig``, σ_d = 1) with the exact teacher velocity as ``F_pre``, sCM tangent
+  - CD (book §11.2): edm, Heun steps of the exact teacher on an 18-point Karras grid, EMA target μ = 0.95;
+  - sCD (book §11.3): TrigFlow (``trig``, σ_d = 1) with the exact teacher velocity as ``F_pre``, sCM tangent
     normalisation c = 0.1, no adaptive weighting, lr 1e-3, sampled from an evaluation EMA (0.99);
-  - CTM (§7): edm, local consistency (one Heun step of the exact teacher from s to the previous
+  - CTM (book §11.4): edm, local consistency (one Heun step of the exact teacher from s to the previous
     Karras point u, N = 18), t drawn on the grid below u, + DSM term, EMA target μ = 0.95, lr 2e-3,
     γ = 0 sampling;
-  - MeanFlow (§8.2, teacher-velocity variant): rf, exact velocity as v, 50 % of pairs with t = s;
-  - SiD (λ = 1), FGM, VSD/DMD (§3): vp_linear, one-step ``OneStepGenerator``, 2 fake-score updates
+  - MeanFlow (book §11.5, teacher-velocity variant): rf, exact velocity as v, 50 % of pairs with t = s;
+  - SiD (λ = 1), FGM, VSD/DMD (book §10.2): vp_linear, one-step ``OneStepGenerator``, 2 fake-score updates
     per generator update (Adam lr 2e-3), generator lr 5e-4, evaluation EMA of the generator with
     decay 1 − 10/iters; FGM with time weight w(t) = σ_t² and generator lr 1e-3 (unweighted FGM
     stalled at SW ≈ 0.35 in 3000 iterations: its generator gradient through ε_φ(x_t) carries
     ∂ε/∂x ~ 1/σ_t, so small-t draws dominate its variance).
-  - CT (§5.2, no teacher, improved-CT recipe): edm, θ⁻ = sg[θ], doubling curriculum s₀ = 10 capped at
+  - CT (book §11.2, no teacher, improved-CT recipe): edm, θ⁻ = sg[θ], doubling curriculum s₀ = 10 capped at
     s₁ = 160, lognormal index law, pseudo-Huber distance, 1/Δs weight, Adam lr 2e-4 (β₂ = 0.99),
     sampled from an evaluation EMA (decay 1 − 10/iters);
-  - MonoFlow (§9, data only, no teacher): one-step ``OneStepGenerator``, logistic density-ratio
+  - MonoFlow (Yi et al. 2023, data only, no teacher): one-step ``OneStepGenerator``, logistic density-ratio
     discriminator (MLP width 128, depth 3, SiLU; 2 updates per generator update), h(d) = e^d (the
     forward-KL flow, mass covering; h = id, the reverse-KL flow, starved a mode in the tests' runs),
     Adam lr 1e-3 with β = (0.5, 0.9) for both, evaluation EMA 0.99 of the generator.

@@ -3,7 +3,7 @@
 Configuration: exact Gaussian-mixture models (:mod:`diffcore.oracles`) as the network, float64,
 ``VPLinear`` from t = 1 to t_end = 1e-3 (σ > 0; no final denoising step), λ-uniform grids,
 ``lower_order_final`` on for every solver. Error: RMS over the samples against the PF-ODE solution
-(DOP853, ~1e-12). Problems: the 1-D reference mixture of §12 (pinned starts) and a 2-D ring of 8
+(DOP853, ~1e-12). Problems: the 1-D reference mixture of diffcore.convergence (pinned starts) and a 2-D ring of 8
 Gaussians (std 0.2, radius 2; 256 prior draws, seed 0). v3 uses order 3, the full-order predictor,
 corrector on and off, with statistics from ``EMS.from_oracle`` (K = 1200, quadrature) and from
 ``EMS.estimate`` on 4000 data samples (K = 240), and DPM-Solver++(3M) runs with the reference weight
@@ -80,7 +80,7 @@ def main():
     print(f"# DPM-Solver-v3 vs DPM-Solver++(3M) and UniPC-3 — {common.machine()}")
     print("# command: python bench/bench_v3.py" + (" --quick" if args.quick else ""))
     o1 = reference_mixture()
-    problem("1-D reference mixture (§12), pinned starts", o1, pinned_starts(o1, SCHED, SCHED.t_start, SCHED.t_end),
+    problem("1-D reference mixture, pinned starts", o1, pinned_starts(o1, SCHED, SCHED.t_start, SCHED.t_end),
             *(((5, 10), 300, 120, 1000) if args.quick else ()))
     if args.quick:
         return

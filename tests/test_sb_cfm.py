@@ -1,6 +1,6 @@
 """SB-CFM: ``losses.get("cfm", coupling="sb")`` is Schrödinger-bridge conditional flow matching (Tong et al.
 2024, "Improving and generalizing flow-based generative models with minibatch optimal transport", TMLR,
-§3.4 / Eq. (20)–(21)): the entropic-OT coupling with ε = 2σ² AND the Brownian-bridge path of the same σ,
+Eq. (20)–(21)): the entropic-OT coupling with ε = 2σ² AND the Brownian-bridge path of the same σ,
 
     x_τ = (1 − τ) y0 + τ y1 + σ √(τ(1 − τ)) ξ,   u_τ = (1 − 2τ)/(2τ(1 − τ)) (x_τ − μ_τ) + y1 − y0
 

@@ -6,9 +6,9 @@
 //   C_0 = 0,   G_j = C_j (or, with a carry table, G_j[k] = C_j[carry[j, k]], 0 for −1),
 //   y_j = phi_j + G_j,   C_{j+1} = (phi_j − x_{j+1}) + G_j,
 //
-// which is algebraically X_ℓ + Σ_{i≤j} Δ_{ℓ+i} but keeps y_0 = phi_0 exactly (spec §8 oracle (c)).
+// which is algebraically X_ℓ + Σ_{i≤j} Δ_{ℓ+i} but keeps y_0 = phi_0 exactly (book §9.8).
 // The residual of node ℓ+j is e_j = ‖C_j‖² / (D·σ̃²_j) (row 0 is 0; 0/0 = 0, r/0 = ∞) and the stride is
-// min({j ≥ 1 : max_b e_j > τ²} ∪ {J}) (§8 step e). This is python/diffcore/parallel.py's
+// min({j ≥ 1 : max_b e_j > τ²} ∪ {J}) (book §9.8). This is python/diffcore/parallel.py's
 // window_update_reference operation for operation, except the squared norms, which are summed in
 // float64 per tile and then over the tiles in a fixed order (deterministic on CPU and CUDA for any thread
 // count; the reference's float32 sum is pairwise, so float32 residuals agree to rounding, not bitwise).

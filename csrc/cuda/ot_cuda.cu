@@ -6,7 +6,7 @@
 // Layout: a warp per row for K̃β (coalesced along the row), a thread per column for K̃ᵀα (coalesced
 // across the warp), a thread per row/column for the O(n + m) updates; block reductions in a fixed
 // order, so every thread takes the same branches. One block per problem suits the minibatch sizes of
-// §7.7 (n ≤ a few thousand, many problems); a single huge problem uses one SM.
+// OT-CFM (Tong et al. 2024; n ≤ a few thousand, many problems); a single huge problem uses one SM.
 #include <cuda_runtime.h>
 
 #include <type_traits>

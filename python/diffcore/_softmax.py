@@ -6,7 +6,7 @@ Both exact fields of a finite dataset ``{x_k}`` with weights ``π_k`` have the f
 
 with ``h(d²) = −d²/(2σ²)``, ``c = α`` for the Dirac-mixture diffusion oracle
 (:class:`diffcore.oracles.EmpiricalData`) and
-``h(d²) = −(d+1)/2·log(t² + d²)``, ``c = 1`` for the Poisson-flow field (§2.4 (iv)). The reduction over
+``h(d²) = −(d+1)/2·log(t² + d²)``, ``c = 1`` for the Poisson-flow field (Xu et al. 2022). The reduction over
 the ``N`` points runs in chunks with a running maximum, so memory is ``O(B·chunk·D)`` instead of
 ``O(B·N·D)`` and no raw density is ever formed (the weights span hundreds of orders of magnitude as
 σ → 0). Differentiable in ``x`` (plain torch ops).

@@ -1,7 +1,7 @@
 """Preference alignment of diffusion models: Diffusion-DPO (book §8.5.4; Wallace et al. 2024; docs/errata.md D2).
 
-Derivation summary (§2.4): the path-level implicit reward of DPO, bounded by Jensen and factorised over
-the reverse Markov chain, gives a one-timestep estimator in which each Gaussian reverse-kernel
+Derivation summary (Wallace et al. 2024; book §8.5.4): the path-level implicit reward of DPO, bounded by
+Jensen and factorised over the reverse Markov chain, gives a one-timestep estimator in which each Gaussian reverse-kernel
 log-ratio becomes an ε-MSE difference. With winner/loser ``x^w_0, x^l_0`` noised with the **same**
 ``t`` and ``ε`` (variance reduction),
 
@@ -11,7 +11,7 @@ log-ratio becomes an ε-MSE difference. With winner/loser ``x^w_0, x^l_0`` noise
 (``= −log σ(−βT w(t)[…])``). The reference branch runs under ``no_grad`` (frozen ``ε_ref``); ``βT`` is a
 single hyperparameter ``beta``. The book's last display drops the ``−log σ`` and is the *linear*,
 unbounded surrogate ``E βT w(t)[ΔMSE(x^w_t) − ΔMSE(x^l_t)]`` (same gradient direction at θ = ref);
-it is offered only as ``linear=True`` (§11 item 2). MSEs are the per-sample mean over features, the
+it is offered only as ``linear=True`` (docs/errata.md D2). MSEs are the per-sample mean over features, the
 same reduction for all four terms.
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ def pinned_starts(oracle, schedule: Schedule, t_start: float, t_end: float, n: i
                   max_derivative: float = 10.0) -> torch.Tensor:
     """Start points ``(B, 1)`` at ``t_start``: normal quantiles times the marginal's scale, without
     those whose reference flow-map derivative ``∂x_end/∂x_start`` exceeds ``max_derivative`` (they end
-    near a separatrix and dominate any error metric; §12.1)."""
+    near a separatrix and dominate any error metric)."""
     v = schedule.eval(torch.tensor([float(t_start)], dtype=torch.float64))
     scale = float(torch.sqrt(v.alpha ** 2 + v.sigma ** 2)[0])
     q = (torch.arange(n, dtype=torch.float64) + 0.5) / n

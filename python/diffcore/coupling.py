@@ -56,7 +56,7 @@ def _check_batches(y0, y1, labels, square: bool):
 
 
 def pair_cost(y0: torch.Tensor, y1: torch.Tensor, normalize: Optional[str] = None) -> torch.Tensor:
-    """``C_ij = ‖y0_i − y1_j‖²`` over flattened features ([B, B'], spec §7.7 step 2), computed in float64
+    """``C_ij = ‖y0_i − y1_j‖²`` over flattened features ([B, B']), computed in float64
     from the differences (not the ‖a‖² + ‖b‖² − 2ab expansion, which cancels for close points).
     ``normalize="max"|"mean"`` divides by the max or mean entry (a zero cost matrix is left as it is)."""
     if normalize not in _NORMALIZE:
@@ -101,7 +101,7 @@ class Coupling:
         """Return the paired batches ``(y0p, y1p, labelsp)`` (``labelsp`` is None without labels).
 
         With labels (one per target sample), the pairs are formed within each class: the targets of
-        class c are coupled with the source samples at the same batch positions (spec §7.7)."""
+        class c are coupled with the source samples at the same batch positions."""
         _check_batches(y0, y1, labels, self.square or labels is not None)
         i, j = _pairs(self, y0, y1, labels, generator)
         return y0[i], y1[j], (labels[j] if labels is not None else None)
@@ -125,7 +125,7 @@ class Independent(Coupling):
 
 
 class ExactOT(Coupling):
-    """Exact minibatch OT (OT-CFM, spec §7.7): the optimal assignment for ``C = ‖y0_i − y1_j‖²``
+    """Exact minibatch OT (OT-CFM, Tong et al. 2024): the optimal assignment for ``C = ‖y0_i − y1_j‖²``
     (:func:`diffcore.ot.exact_assignment`); every sample is used once, no resampling."""
 
     square = True
@@ -142,7 +142,7 @@ class ExactOT(Coupling):
 
 
 class EntropicOT(Coupling):
-    """Entropic minibatch OT (spec §7.7 step 4): Sinkhorn plan for ``C`` with regularization ``eps``
+    """Entropic minibatch OT (Tong et al. 2024): Sinkhorn plan for ``C`` with regularization ``eps``
     (:func:`diffcore.ot.sinkhorn`, objective ⟨P, C⟩ + ε KL(P ‖ abᵀ)), then ``B`` index pairs drawn
     i.i.d. from ``P/ΣP``. Non-square batches are allowed.
 
@@ -185,7 +185,7 @@ class EntropicOT(Coupling):
 
 
 class SchrodingerBridge(EntropicOT):
-    """The static Schrödinger-bridge coupling of SB-CFM (spec §7.4, §7.7 step 5): the entropic plan on
+    """The static Schrödinger-bridge coupling of SB-CFM (Tong et al. 2024; book §7.2.3): the entropic plan on
     the absolute cost ``‖y0 − y1‖²`` with ``reg = 2σ²``, to be used with the Brownian-bridge path P6 of
     the same σ (``diffcore.losses.get("cfm", path="bridge", sigma=σ, coupling=...)``)."""
 

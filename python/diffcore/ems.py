@@ -20,7 +20,7 @@ every expectation over ``x_λ`` distributed as the model's marginal, one number 
   model's own trajectories, a DPM-Solver++(2M) run over the grid), with ``f′`` and the Jacobian
   diagonal by Jacobian-vector products (``torch.func.jvp``, or central differences);
 * :meth:`EMS.constant`: the degenerate statistics — ``(ℓ, s, b) = (1, 0, 0)`` is DPM-Solver++ and
-  ``(0, −1, 0)`` is DPM-Solver (§9.7.6).
+  ``(0, −1, 0)`` is DPM-Solver (book §9.7.6).
 
 How the moments combine. With ``u = σε̂/α`` and ``w = x/α`` one has ``f = u − ℓw`` and, along the ODE,
 ``w′ = −u`` and ``u′ = (σ/α)(ε̂′ − ε̂)`` (as σ/α = e^{−λ}), so ``f′ = r − ℓ′w`` with ``r = u′ + ℓu``.

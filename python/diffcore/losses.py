@@ -1,6 +1,6 @@
 """Training objectives: one family ``ω(t)·‖prediction − target‖²`` (book Ch. 2–6).
 
-Every diffusion/flow regression loss under an affine path is an instance of (eq. 6.2.5, §4.1)
+Every diffusion/flow regression loss under an affine path is an instance of (book Eq. (6.2.5))
 
     L(φ) = E_{x0, ε, t∼p_time} [ ω(t) ‖NN_φ(x_t, t) − (A_t x0 + B_t ε)‖² ],   x_t = α_t x0 + σ_t ε,
 
@@ -24,8 +24,8 @@ The network is called as ``net(x, t)`` or ``net(x, t, labels=labels)`` (labels o
 
 Weighting. ``weighting`` is ``None``/``"unit"`` (ω ≡ 1 on the native head), a callable ``ω(t)`` in
 native units (``t`` in the data's dtype) — or a callable returning ``(weight, additive_term)`` for
-learned weights (EDM2-style ``e^{−u(t)}‖·‖² + u(t)``, §4.5) — or a named *objective* defined by its
-canonical ε-weight ``w_ε(t)`` (§4.3/§4.4), applied to any head through the conversion
+learned weights (EDM2-style ``e^{−u(t)}‖·‖² + u(t)``, Karras et al. 2024) — or a named *objective* defined by its
+canonical ε-weight ``w_ε(t)`` (book §6.2–6.3, Eq. (6.3.6)), applied to any head through the conversion
 ``ω = w_ε / f_head`` (:func:`eps_weight_factor`), so the same name gives the same objective (value
 and gradient, per sample) whatever the head:
 
@@ -37,15 +37,15 @@ name                ``w_ε(t)``                                             nati
 ``score``           ``1/σ²``                                               score-MSE, ω = 1
 ``velocity``        ``σ²λ'² = (Δ/α)²``                                     FM/RF velocity, ω = 1
 ``v``               ``1/α²``                                               angular v (VP), ω = 1
-``score_sde``       ½ (alias ``ncsn``)                                     ½σ²‖s − s_c‖² (§3.3, §3.4)
-``likelihood``      ``−λ'`` (alias ``vdm``)                                ½g²‖s − s_c‖² (§3.4)
+``score_sde``       ½ (alias ``ncsn``)                                     ½σ²‖s − s_c‖² (book §3.3, §4.2)
+``likelihood``      ``−λ'`` (alias ``vdm``)                                ½g²‖s − s_c‖² (book §4.2, §6.2.2)
 ``min_snr``         ``min(1, γ/SNR)``                                      x0, ω = min(SNR, γ)
 ``edm``             ``1 + e^{−2λ}/σ_d²``                                   EDM F-loss with ω_F = 1
-``elbo``            ``½(SNR_{i−1}/SNR_i − 1)`` (discrete law only)         DDPM ELBO (§3.2)
+``elbo``            ``½(SNR_{i−1}/SNR_i − 1)`` (discrete law only)         DDPM ELBO (book §2.2)
 ==================  =====================================================  ===========================
 
 ``importance=True`` divides by ``p_time(t)`` so that the estimator targets ``∫ ω(t) mse(t) dt`` (or
-the sum over levels for a discrete law), §1.3/§4.5.
+the sum over levels for a discrete law), book §6.2.2.
 
 Validation: ``x0`` must be a floating tensor ``(B, *S)`` with ``B ≥ 1`` and finite values (checked for
 CPU tensors; on CUDA only with ``check_finite=True``, since the check synchronizes); bad option names
@@ -72,7 +72,7 @@ _F64 = torch.float64
 _BRIDGE_EDGE = 1e-5  # the bridge target's c'_t ξ has E‖·‖² ∝ 1/(t(1 − t)): keep t away from 0 and 1
 
 
-# ---- canonical ε-weights (§4.3) ------------------------------------------------------------------
+# ---- canonical ε-weights (book Eq. (6.3.6)) -------------------------------------------------------
 def _head(prediction) -> str:
     if isinstance(prediction, str) and prediction.lower() == "edm":
         return "edm"
@@ -80,9 +80,9 @@ def _head(prediction) -> str:
 
 
 def eps_weight_factor(prediction, values, sigma_data: float = 0.5) -> torch.Tensor:
-    """The factor ``f`` with ``ω‖NN − target‖² = ω·f·‖ε̂ − ε‖²`` for heads tied by §4.2 (eq. 6.3.6),
+    """The factor ``f`` with ``ω‖NN − target‖² = ω·f·‖ε̂ − ε‖²`` for heads tied by book Prop. 6.3.1 (eq. 6.3.6),
     i.e. ``w_ε = ω·f``: eps 1, x0 ``e^{−2λ} = σ²/α²``, score ``1/σ²``, velocity ``σ²λ'² = (Δ/α)²``
-    (Δ = α'σ − ασ'), v ``1/α²`` (Salimans, VP), ``"edm"`` (raw F of §4.6) ``σ²/(α² c_out²) =
+    (Δ = α'σ − ασ'), v ``1/α²`` (Salimans, VP), ``"edm"`` (raw F of book App. D.6) ``σ²/(α² c_out²) =
     1 + e^{−2λ}/σ_d²``. ``values``: ``schedule.eval(t)``. Float64."""
     head = _head(prediction)
     a, s = values.alpha.to(_F64), values.sigma.to(_F64)
@@ -102,12 +102,12 @@ def eps_weight_factor(prediction, values, sigma_data: float = 0.5) -> torch.Tens
 
 
 def eps_weight(omega, prediction, values, sigma_data: float = 0.5) -> torch.Tensor:
-    """Canonical ε-weight ``w_ε = ω·f_head`` of a native weight ``ω`` (§4.3)."""
+    """Canonical ε-weight ``w_ε = ω·f_head`` of a native weight ``ω`` (book Eq. (6.3.6))."""
     return torch.as_tensor(omega, dtype=_F64) * eps_weight_factor(prediction, values, sigma_data)
 
 
 def native_weight(w_eps, prediction, values, sigma_data: float = 0.5) -> torch.Tensor:
-    """Native weight ``ω = w_ε/f_head`` that gives a head the objective with ε-weight ``w_ε`` (§4.3)."""
+    """Native weight ``ω = w_ε/f_head`` that gives a head the objective with ε-weight ``w_ε`` (book Eq. (6.3.6))."""
     return torch.as_tensor(w_eps, dtype=_F64) / eps_weight_factor(prediction, values, sigma_data)
 
 
@@ -117,7 +117,7 @@ def _w_elbo(v, t, loss):
     return 0.5 * torch.expm1(2 * (lam_prev - v.lam.to(_F64)))  # ½(SNR_{i−1}/SNR_i − 1), Sec. 2.2.5
 
 
-#: canonical ε-weights of the named objectives (§4.4); each maps (values, t, loss) to w_ε (float64)
+#: canonical ε-weights of the named objectives (book §6.2–6.3); each maps (values, t, loss) to w_ε (float64)
 WEIGHTINGS = {
     "eps": lambda v, t, loss: torch.ones_like(v.alpha, dtype=_F64),
     "x0": lambda v, t, loss: eps_weight_factor("x0", v),
@@ -226,7 +226,7 @@ class Loss:
                 lam_prev = float(self.schedule.eval(g[law.first - 1:law.first]).lam[0])
                 if not math.isfinite(lam_prev):
                     raise ValueError("weighting: 'elbo' is infinite for the first level (σ = 0 before it: that "
-                                     "term is the reconstruction term, §3.2); use time_options={'first': 2}")
+                                     "term is the reconstruction term, book Thm. 2.2.3); use time_options={'first': 2}")
             self._wkind = key
         elif callable(weighting):
             self._wkind = "callable"
@@ -367,14 +367,14 @@ class Loss:
                 f"reduction={self.reduction!r})")
 
 
-# ---- the affine-path template (§4.1) ------------------------------------------------------------
+# ---- the affine-path template (book Eq. (6.2.5)) -------------------------------------------------
 class DiffusionLoss(Loss):
     """The §4.1 template on the affine path of ``schedule`` (book eq. 6.2.5).
 
     Args:
         schedule: a :class:`~diffcore.schedules.Schedule` or name (default ``"vp_linear"``).
         prediction: the head: ``"eps"``, ``"x0"``, ``"score"``, ``"velocity"`` (dx/dt, diffusion time),
-            ``"v"`` (Salimans, VP only), aliases, or ``"edm"``: EDM preconditioning (§4.6, App. D.6): the
+            ``"v"`` (Salimans, VP only), aliases, or ``"edm"``: EDM preconditioning (book App. D.6): the
             network is the raw ``F`` called as ``net(c_in·x_t, c_noise(t))`` with ``c_noise = −λ/4``
             (``¼ ln σ`` on EDM), regressed on ``F_tgt = ((1 − c_skip α)x0 − c_skip σ ε)/c_out``; then
             :attr:`prediction` is ``"x0"`` and :meth:`sampling_model` wraps ``F`` into the denoiser
@@ -429,8 +429,8 @@ class DiffusionLoss(Loss):
 
 
 class ReflowLoss(DiffusionLoss):
-    """Reflow / rectified-flow regression on given pairs (§3.7, eq. 5.4.1–5.4.2 with the corrected
-    interpolant, §8 B10): in diffusion time on the linear path (default ``"rectified_flow"``),
+    """Reflow / rectified-flow regression on given pairs (book §5.4, eq. 5.4.1–5.4.2 with the corrected
+    interpolant, docs/errata.md B10): in diffusion time on the linear path (default ``"rectified_flow"``),
     ``x_t = (1 − t) ẑ1 + t z0`` with target ``z0 − ẑ1`` (= ``α' x0 + σ' ε``, the ``velocity`` head),
     where ``(z0, ẑ1)`` come from :func:`reflow_pairs` (``z0`` the noise end, ``ẑ1`` the data end).
 
@@ -453,9 +453,9 @@ class ReflowLoss(DiffusionLoss):
         return super().per_sample(net, x0, labels=labels, generator=generator, t=t, noise=noise)
 
 
-# ---- conditional flow matching (§3.6) -----------------------------------------------------------
+# ---- conditional flow matching (book §5.2) --------------------------------------------------------
 class CFMLoss(Loss):
-    """Conditional flow matching (§3.6, eq. 5.2.9) on a path of §2.2, trained in diffusion time.
+    """Conditional flow matching (book §5.2, eq. 5.2.9) on a path of book §5.3, trained in diffusion time.
 
     With ``y0 = ε`` (noise, the source) and ``y1 = x0`` (data), paired by ``coupling``, and
     ``t = 1 − τ``: ``x_t = α_t y1 + σ_t y0 (+ c ξ)`` and the target is the diffusion-time velocity
@@ -476,7 +476,7 @@ class CFMLoss(Loss):
 
             ``"sb"`` (:class:`~diffcore.coupling.SchrodingerBridge`, also inside
             :class:`~diffcore.coupling.Distributed`) is SB-CFM (Tong et al. 2024, "Improving and
-            generalizing flow-based generative models with minibatch optimal transport", §3.4): the
+            generalizing flow-based generative models with minibatch optimal transport", TMLR): the
             entropic plan with ε = 2σ² is the static Schrödinger bridge of the Brownian motion σW only
             when the pairs are joined by that motion's bridge, ``x = (1 − τ) y0 + τ y1 + σ√(τ(1 − τ)) ξ``
             with target ``(1 − 2τ)/(2τ(1 − τ))·(x − μ_τ) + y1 − y0`` (FM time τ = 1 − t). So the SB
@@ -577,14 +577,14 @@ class CFMLoss(Loss):
         return self._reduce((out - target) ** 2), v
 
 
-# ---- Poisson flow (§2.4) ------------------------------------------------------------------------
+# ---- Poisson flow (Xu et al. 2022) --------------------------------------------------------------
 class PoissonFlowLoss(Loss):
     """Poisson-flow objective (Xu et al. 2022, PFGM): the kernel
     ``p_t(x|x0) = C_d t/(t² + ‖x − x0‖²)^{(d+1)/2}`` sampled exactly as ``x_t = x0 + t z``,
     ``z = g/|h|``, regressed on
 
     * ``target="per_sample"``: the conditional velocity ``(x_t − x0)/t = z`` (plain CFM; valid but the
-      Cauchy target has infinite variance, §2.4 training note), or
+      Cauchy target has infinite variance), or
     * ``target="minibatch"``: the self-normalized field ``v̂(x_t) = Σ_j w_j (x_t − x0_j)/t``,
       ``w_j ∝ (t² + ‖x_t − x0_j‖²)^{−(d+1)/2}`` over the batch (:func:`~diffcore.paths.poisson_minibatch_target`;
       biased, consistent as B → ∞); with labels, over the samples of the same class.
@@ -634,10 +634,10 @@ class PoissonFlowLoss(Loss):
         return poisson_prior_sample(shape, self.T, generator, device, dtype)
 
 
-# ---- sliced score matching (§3.3) ----------------------------------------------------------------
+# ---- sliced score matching (book §3.3) -----------------------------------------------------------
 class SlicedScoreLoss(Loss):
-    """Sliced score matching (Sec. 3.3.1, §3.3) at noise levels of ``schedule``: for ``x_t = α x0 + σ ε``
-    and the score network ``s = net(x_t, t)``,
+    """Sliced score matching (book Sec. 3.3.1; Song et al. 2019) at noise levels of ``schedule``: for
+    ``x_t = α x0 + σ ε`` and the score network ``s = net(x_t, t)``,
 
         L_SSM = E[ uᵀ(∇_x s)u + ½(uᵀs)² ]     (or ``+ ½‖s‖²`` with ``exact_norm=True``, lower variance),
 
@@ -691,12 +691,12 @@ class SlicedScoreLoss(Loss):
         return err, v
 
 
-# ---- reflow pairs (§3.7) ------------------------------------------------------------------------
+# ---- reflow pairs (book §5.4) -------------------------------------------------------------------
 def reflow_pairs(model, n: int, schedule="rectified_flow", shape=None, solver: str = "heun", steps: int = 32,
                  generator: Optional[torch.Generator] = None, prediction: str = "velocity",
                  model_kwargs: Optional[dict] = None, batch_size: Optional[int] = None, device=None,
                  dtype: torch.dtype = torch.float32, **sample_options) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Rectify (Alg. 2, §3.7): draw ``z0 ~`` the schedule's prior (``diffcore.prior_sample``) and map it
+    """Rectify (book §5.4, Alg. 2): draw ``z0 ~`` the schedule's prior (``diffcore.prior_sample``) and map it
     through the probability-flow ODE of ``model`` with :func:`diffcore.sample` (noise end → data end),
     giving the coupling ``(z0, ẑ1 = Φ(z0))`` for :class:`ReflowLoss` (the next reflow round).
 
@@ -707,7 +707,7 @@ def reflow_pairs(model, n: int, schedule="rectified_flow", shape=None, solver: s
         model_kwargs: tensors with ``n`` rows (e.g. ``labels``) are sliced along with the batches.
         batch_size: pairs per ``sample`` call (default all).
     Returns ``(z0, z1)``, each ``(n, *S)``. Not an OT solver: reflow lowers convex transport costs but
-    its fixed points need not be optimal (§7.6).
+    its fixed points need not be optimal (book §7.5).
     """
     from .sample import prior_sample, sample  # noqa: PLC0415 (sample sits beside losses in the layers)
 
@@ -737,7 +737,7 @@ def reflow_pairs(model, n: int, schedule="rectified_flow", shape=None, solver: s
 
 # ---- presets --------------------------------------------------------------------------------------
 def ddpm_schedule(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
-    """The DDPM training schedule (§1.2 S2): ``β^var = linspace(1e-4, 0.02, L)`` as a
+    """The DDPM training schedule (Ho et al. 2020): ``β^var = linspace(1e-4, 0.02, L)`` as a
     :class:`~diffcore.schedules.VPDiscrete` (step i at ``t_i = i/L``)."""
     if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
         raise ValueError(f"num_train_timesteps: expected a positive int, got {num_train_timesteps!r}")
@@ -769,16 +769,17 @@ _PRESETS = {
 }
 
 _PRESET_DOCS = {
-    "ddpm_simple": "L_simple: ε-MSE, i ~ U{1..L} on the DDPM schedule (§3.2, eq. 2.2.10)",
-    "ddpm_elbo": "diffusion part of the DDPM ELBO Σ_{i=2}^{L} w^ε_i ‖ε − ε̂‖², w^ε_i = ½(SNR_{i−1}/SNR_i − 1) (§3.2)",
+    "ddpm_simple": "L_simple: ε-MSE, i ~ U{1..L} on the DDPM schedule (book §2.2, eq. 2.2.10)",
+    "ddpm_elbo": "diffusion part of the DDPM ELBO Σ_{i=2}^{L} w^ε_i ‖ε − ε̂‖², w^ε_i = ½(SNR_{i−1}/SNR_i − 1)"
+                 " (book §2.2)",
     "eps": "ε-MSE, uniform t", "x0": "x0-MSE, uniform t", "v": "angular v-MSE (VP), uniform t",
-    "score": "score-SDE DSM ½σ_t²‖s + ε/σ_t‖², t ~ U[1e-5, 1] (§3.4)",
-    "ncsn": "NCSN multi-level DSM Σ_i ½σ_i²‖s + ε/σ_i‖², 10 geometric levels of VE (§3.3)",
-    "likelihood": "likelihood weighting ω = g² (w_ε = −λ'), uniform-λ times, value = ∫(−λ')E‖ε̂ − ε‖² dt (§3.4)",
-    "edm": "EDM: preconditioned F-loss with unit weight, ln σ ~ N(−1.2, 1.2²) (§4.6)",
-    "min_snr": "min-SNR-γ (γ = 5): w_ε = min(1, γ/SNR)", "cfm": "conditional flow matching (§3.6)",
-    "poisson_flow": "Poisson flow (§2.4)", "sliced_score": "sliced score matching (§3.3)",
-    "reflow": "reflow regression on given pairs (§3.7)",
+    "score": "score-SDE DSM ½σ_t²‖s + ε/σ_t‖², t ~ U[1e-5, 1] (book §4.2)",
+    "ncsn": "NCSN multi-level DSM Σ_i ½σ_i²‖s + ε/σ_i‖², 10 geometric levels of VE (book §3.4)",
+    "likelihood": "likelihood weighting ω = g² (w_ε = −λ'), uniform-λ times, value = ∫(−λ')E‖ε̂ − ε‖² dt (book §4.2)",
+    "edm": "EDM: preconditioned F-loss with unit weight, ln σ ~ N(−1.2, 1.2²) (book App. D.6)",
+    "min_snr": "min-SNR-γ (γ = 5): w_ε = min(1, γ/SNR)", "cfm": "conditional flow matching (book §5.2)",
+    "poisson_flow": "Poisson flow (Xu et al. 2022)", "sliced_score": "sliced score matching (book §3.3)",
+    "reflow": "reflow regression on given pairs (book §5.4)",
 }
 
 

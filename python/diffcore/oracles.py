@@ -519,7 +519,7 @@ class Gaussian(GaussianMixture):
         ``E‖A x0* + B ε* − (A x0 + B ε)‖² = (Aσ − Bα)²·m(t)``, ``m(t) = Tr(Σ S_t⁻¹) = Σ_k κ_k/(α²κ_k + σ²)``
         (Cov[x0|x_t] = σ²ΣS⁻¹, Cov[ε|x_t] = α²ΣS⁻¹, Cov[x0, ε|x_t] = −ασΣS⁻¹). Hence x0: ``σ²m``, eps: ``α²m``,
         score: ``(α²/σ²)m``, velocity: ``Δ²m`` (Δ = α'σ − ασ'), v: ``(α² + σ²)²m``, and ``"edm"`` (the raw
-        EDM output F of §4.6 with ``sigma_data``): ``σ²m/c_out²``. Float64, shaped like ``t``."""
+        EDM output F of book App. D.6 with ``sigma_data``): ``σ²m/c_out²``. Float64, shaped like ``t``."""
         sched = _schedule(schedule)
         tt = t.to(_F64) if isinstance(t, torch.Tensor) else _tensor(t, "t")
         v = sched.eval(tt)

@@ -10,7 +10,7 @@
   C++, float64, batched), the exact minibatch coupling of OT-CFM (Tong et al. 2024).
 * :func:`squared_euclidean` — the cost ``C_ij = ‖x_i − y_j‖²`` of two point clouds.
 
-Convention (§7.3): ``P_ij = a_i b_j exp((f_i + g_j − C_ij)/ε)``; potentials are defined up to
+Convention (book Sec. 7.2.2): ``P_ij = a_i b_j exp((f_i + g_j − C_ij)/ε)``; potentials are defined up to
 ``(f + k, g − k)``.
 """
 from __future__ import annotations

@@ -12,14 +12,14 @@ whole trajectory ``X_0 … X_N`` and, each *round*,
 1. evaluates the model **once**, on the window ``X_ℓ … X_{ℓ+J−1}`` stacked into one batch of
    ``J·B`` samples with per-sample times;
 2. forms ``Φ_n(X_n)`` for every window node — the multistep history of node ``n`` is the outputs of
-   the previous nodes evaluated in this same round (the "previous Picard iterate" of §8), or, before
+   the previous nodes evaluated in this same round (the "previous Picard iterate" of book Alg. 8), or, before
    the window, their last evaluations;
-3. applies :func:`window_update` (the scan of Eq. (9.8.4), the normalized residuals of §8 step c and
+3. applies :func:`window_update` (the scan of Eq. (9.8.4), the normalized residuals of Shih et al. 2023 and
    the stride of step e) and slides the window by the stride (new nodes: constant extrapolation).
 
 The fixed point of this iteration is the sequential trajectory, so ``tolerance = 0`` reproduces the
 sequential sample exactly and ``window = 1`` *is* the sequential solver (the first node of every
-window is written as ``Φ_ℓ(X_ℓ)`` itself, bit for bit, spec §8 oracle (c)). Stochastic samplers work
+window is written as ``Φ_ℓ(X_ℓ)`` itself, bit for bit). Stochastic samplers work
 with their noise fixed up front: every draw of the run (Philox under ``seed=``, a generator, a
 pre-drawn tensor or a Brownian tree, :mod:`diffcore.noise`) is materialized once before the first
 round and added inside its node's increment, so the fixed point is the sequential sample for that
@@ -72,9 +72,9 @@ class ParallelConfig:
     """Options of the Picard (ParaDiGMS) sampler, ``diffcore.sample(..., parallel=ParallelConfig(...))``.
 
     Args:
-        window: nodes (model evaluations) per round, the batch multiplier ``p`` of spec §8
+        window: nodes (model evaluations) per round, the batch multiplier ``p`` of Shih et al. 2023
             (default 16; reference defaults 10–20). ``window = 1`` is the sequential solver.
-        tolerance: ``τ`` of spec §8 step e: node ``j`` counts as converged when
+        tolerance: ``τ`` of Shih et al. 2023: node ``j`` counts as converged when
             ``‖X_j^{new} − X_j^{old}‖² / (D·σ̃_j²) ≤ τ²`` for every sample (``D`` features, ``σ̃_j²``
             the DDPM posterior variance of the step leaving ``t_j``, :func:`step_noise_variance`).
             ``0`` demands exact agreement (the sequential sample, bit for bit).
@@ -259,7 +259,7 @@ def _evaluate(make_fn, fns: dict, u: torch.Tensor, t: torch.Tensor, distributed:
 
 def step_noise_variance(plan: Plan) -> torch.Tensor:
     """``σ̃²_i`` ``[M, B or 1]`` (float64, CPU): the DDPM posterior variance of the step ``t_i → t_{i+1}``,
-    ``σ_{i+1}²·(1 − e^{2(λ_i − λ_{i+1})})`` (spec §8 step c, the normalizer for every base solver);
+    ``σ_{i+1}²·(1 − e^{2(λ_i − λ_{i+1})})`` (the normalizer for every base solver);
     for an increasing (inversion) grid its magnitude ``σ_{i+1}²·|e^{2(λ_i − λ_{i+1})} − 1|``. It is 0 for
     a final step to σ = 0, so the last node must agree exactly (at most one extra round)."""
     t = plan.timesteps
@@ -381,7 +381,7 @@ def picard_sample(plan: Plan, make_fn: Callable[[int], Callable], x: torch.Tenso
     ones = (1,) * x0.dim()
     Bc = plan.batch
 
-    # every noise draw of the run, fixed before the first round (spec §8: Δ_j += ξ_j)
+    # every noise draw of the run, fixed before the first round (book Alg. 8: Δ_j += ξ_j)
     Z = None
     if nodes.any_draw:
         Z = torch.zeros((N,) + tuple(x0.shape), dtype=dt, device=x0.device)
@@ -452,7 +452,7 @@ def picard_sample(plan: Plan, make_fn: Callable[[int], Callable], x: torch.Tenso
         hist.append((ell, stride))
         if callback is not None:
             callback({"round": rounds, "start": ell, "stride": stride, "residual": res})
-        # newly exposed nodes start from the window's last value (constant extrapolation, §8 step f)
+        # newly exposed nodes start from the window's last value (constant extrapolation)
         lo, hi = ell + J + 1, min(ell + J + stride, N) + 1
         if lo < hi:
             X[lo:hi] = X[ell + J]

@@ -2,10 +2,10 @@
 
 Three families, each documented with its time convention:
 
-* :class:`AffinePath` — the diffusion path ``x_t = α_t x0 + σ_t ε`` of any schedule (§2.1), in
-  **diffusion time** (``t = 0`` data). Regression targets of every head (§4.1 table), conditional score
+* :class:`AffinePath` — the diffusion path ``x_t = α_t x0 + σ_t ε`` of any schedule (book §4.4.1), in
+  **diffusion time** (``t = 0`` data). Regression targets of every head (book Table 6.1), conditional score
   and conditional velocity field.
-* :class:`InterpolantPath` — flow-matching conditional paths P1–P6 of §2.2 in **FM time** ``τ``
+* :class:`InterpolantPath` — flow-matching conditional paths P1–P6 (book §5.3) in **FM time** ``τ``
   (source ``y0`` at ``τ = 0``, target/data ``y1`` at ``τ = 1``):
   ``x_τ = a_τ y0 + b_τ y1 + c_τ ξ`` with ``a_τ = σ_{1−τ}``, ``b_τ = α_{1−τ}`` of a schedule (corrected
   Table 5.2: linear, OT-σ_min (P5), VP, VE, trig) and an optional extra Gaussian noise ``c_τ``: a
@@ -104,9 +104,9 @@ class AffinePath:
     """The affine Gaussian path of a schedule, ``p_t(x|x0) = N(α_t x0, σ_t² I)`` (book
     §4.4.1, Eq. (4.4.1)). **Diffusion time** ``t``.
 
-    Regression targets ``A_t x0 + B_t ε`` (§4.1 table, Table 6.1 with the corrected score row):
+    Regression targets ``A_t x0 + B_t ε`` (book Table 6.1 with the corrected score row, docs/errata.md B11):
     ``eps`` (0, 1), ``x0`` (1, 0), ``score`` (0, −1/σ), ``velocity`` (α', σ') = dx/dt, ``v`` (−σ, α)
-    (VP only) and ``"edm"``, the raw EDM network output ``F`` of §4.6:
+    (VP only) and ``"edm"``, the raw EDM network output ``F`` of book App. D.6:
     ``((1 − c_skip α)/c_out, −c_skip σ/c_out)``.
     """
 
@@ -147,7 +147,7 @@ class AffinePath:
         return _col(v.alpha, x0) * x0 + _col(v.sigma, x0) * noise
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t, prediction: str, sigma_data: float = 0.5) -> torch.Tensor:
-        """The regression target ``A_t x0 + B_t ε`` of ``prediction`` (§4.1)."""
+        """The regression target ``A_t x0 + B_t ε`` of ``prediction`` (book Table 6.1)."""
         x0 = _check_data(x0, "x0")
         _same(x0, noise, "x0", "noise")
         v = self.values(t, x0.shape[0], x0.device)
@@ -166,7 +166,7 @@ class AffinePath:
         return -(x - _col(v.alpha, x) * x0) / _col(v.sigma * v.sigma, x)
 
     def conditional_velocity(self, x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
-        """The conditional velocity as a field in ``x`` (Sec. 5.2.1, §2.1):
+        """The conditional velocity as a field in ``x`` (book Sec. 5.2.1, §4.4.1):
         ``v_t(x|x0) = α'_t x0 + (σ'_t/σ_t)(x − α_t x0) = f x − ½ g² ∇log p_t(x|x0)``; at the sample it is
         ``α' x0 + σ' ε``."""
         _same(x, x0, "x", "x0")
@@ -186,7 +186,7 @@ class AffinePath:
 
 # ---- flow-matching interpolants (FM time) ---------------------------------------------------------
 class InterpolantPath:
-    """Flow-matching conditional paths of §2.2 in **FM time** ``τ ∈ [0, 1]`` (source ``y0`` at τ = 0,
+    """Flow-matching conditional paths (book §5.3) in **FM time** ``τ ∈ [0, 1]`` (source ``y0`` at τ = 0,
     target ``y1`` at τ = 1; book Sec. 5.2–5.3):
 
         x_τ = a_τ y0 + b_τ y1 + c_τ ξ,   a_τ = σ_{1−τ},  b_τ = α_{1−τ}  (of ``schedule``),
@@ -310,7 +310,7 @@ FM_PATHS = ("linear", "ot", "vp", "ve", "trig", "bridge")
 
 def fm_path(name: str = "linear", sigma_min: float = 1e-4, sigma: Optional[float] = None,
             sigma_c: float = 0.0) -> InterpolantPath:
-    """A named flow-matching path (§2.2 catalogue; FM time):
+    """A named flow-matching path (FM time):
 
     * ``"linear"`` (aliases ``"rectified"``, ``"rf"``): ``a = 1 − τ``, ``b = τ`` (S6, P1–P3);
     * ``"ot"``: Lipman's σ_min path P5 / S8, ``a = 1 − (1 − σ_min)τ``, ``b = τ``;
@@ -338,7 +338,7 @@ def fm_path(name: str = "linear", sigma_min: float = 1e-4, sigma: Optional[float
 
 # ---- Poisson flow (diffusion time on the EDM schedule: σ = t) -------------------------------------
 def poisson_log_normalizer(d: int) -> float:
-    """``log C_d``, ``C_d = Γ((d+1)/2)/π^{(d+1)/2}`` (§2.4, derived normalization of the kernel)."""
+    """``log C_d``, ``C_d = Γ((d+1)/2)/π^{(d+1)/2}`` (the normalization of the kernel, Xu et al. 2022)."""
     if isinstance(d, bool) or not isinstance(d, int) or d < 1:
         raise ValueError(f"d: expected a positive int, got {d!r}")
     return math.lgamma(0.5 * (d + 1)) - 0.5 * (d + 1) * math.log(math.pi)
@@ -346,7 +346,7 @@ def poisson_log_normalizer(d: int) -> float:
 
 def poisson_log_prob(x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
     """``log p_t(x|x0) = log C_d + log t − (d+1)/2·log(t² + ‖x − x0‖²)`` ``(B,)``, ``d`` = features per
-    sample (the d-variate Cauchy with scale t; §2.4)."""
+    sample (the d-variate Cauchy with scale t; Xu et al. 2022)."""
     x = _check_data(x, "x")
     _same(x, x0, "x", "x0")
     d = x[0].numel()
@@ -364,8 +364,8 @@ def _poisson_z(shape, generator, device, dtype) -> torch.Tensor:
 def poisson_sample(x0: torch.Tensor, t, generator: Optional[torch.Generator] = None,
                    z: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Exact draw of the Poisson kernel at fixed ``t``: ``x_t = x0 + t·z``, ``z = g/|h|``,
-    ``g ~ N(0, I_d)``, ``h ~ N(0, 1)`` (§2.4; the ``ε_x/|ε_t|`` ratio of the post is exact only at fixed
-    t, §8 P1). Returns ``(x_t, z)``; ``z`` may be given."""
+    ``g ~ N(0, I_d)``, ``h ~ N(0, 1)`` (Xu et al. 2022; a ratio ``ε_x/|ε_t|`` of normals drawn jointly with t is
+    exact only at fixed t). Returns ``(x_t, z)``; ``z`` may be given."""
     x0 = _check_data(x0, "x0")
     t = _poisson_times(t, x0.shape[0], x0.device)
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -378,7 +378,7 @@ def poisson_sample(x0: torch.Tensor, t, generator: Optional[torch.Generator] = N
 
 
 def poisson_velocity(x_t: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
-    """Conditional velocity ``G_{>1}/G_1 = (x_t − x0)/t`` (= ``z`` at the sample; §2.4)."""
+    """Conditional velocity ``G_{>1}/G_1 = (x_t − x0)/t`` (= ``z`` at the sample)."""
     x_t = _check_data(x_t, "x_t")
     _same(x_t, x0, "x_t", "x0")
     t = _poisson_times(t, x_t.shape[0], x_t.device)
@@ -387,7 +387,7 @@ def poisson_velocity(x_t: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
 
 def poisson_field(x: torch.Tensor, t, points: torch.Tensor, weights: Optional[torch.Tensor] = None,
                   chunk: Optional[int] = None) -> torch.Tensor:
-    """Exact marginal Poisson field of a finite dataset (§2.4 (iv)):
+    """Exact marginal Poisson field of a finite dataset (Xu et al. 2022):
 
         f_t(x) = Σ_k w_k (x − x^{(k)})/t = (x − Σ_k w_k x^{(k)})/t,
         w_k ∝ π_k (t² + ‖x − x^{(k)}‖²)^{−(d+1)/2}   (log-sum-exp weights, streamed over the points).
@@ -422,7 +422,7 @@ def poisson_field(x: torch.Tensor, t, points: torch.Tensor, weights: Optional[to
 
 
 def poisson_minibatch_target(x_t: torch.Tensor, t, x0_batch: torch.Tensor) -> torch.Tensor:
-    """The self-normalized minibatch target of Poisson-flow training (§2.4 training note (b)):
+    """The self-normalized minibatch target of Poisson-flow training (Xu et al. 2022):
     ``v̂(x_t) = Σ_j w_j (x_t − x0_j)/t``, ``w_j ∝ (t² + ‖x_t − x0_j‖²)^{−(d+1)/2}`` over the batch's data
     points — :func:`poisson_field` with the batch as the dataset (equal to the exact field when the batch
     is the whole dataset)."""
@@ -432,7 +432,7 @@ def poisson_minibatch_target(x_t: torch.Tensor, t, x0_batch: torch.Tensor) -> to
 def poisson_prior_sample(shape, T: float, generator: Optional[torch.Generator] = None, device=None,
                          dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Start of Poisson-flow sampling at ``t = T``: ``T·z`` with ``z = g/|h|`` (the kernel centred at 0;
-    it approximates ``p_T`` up to a relative O(data radius/T), §2.4, §8 P4)."""
+    it approximates ``p_T`` up to a relative O(data radius/T))."""
     if isinstance(T, bool) or not isinstance(T, (int, float)) or not (0 < T < math.inf):
         raise ValueError(f"T: expected a finite positive number, got {T!r}")
     try:

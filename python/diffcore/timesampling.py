@@ -41,7 +41,7 @@ __all__ = ["TimeLaw", "Uniform", "Discrete", "Stratified", "LogNormalSigma", "Lo
            "training_range", "get", "available"]
 
 _F64 = torch.float64
-_SMALL_T = 1e-5  # spec §3.4: default t_min where σ(t_min) = 0 (likelihood / score-SDE training)
+_SMALL_T = 1e-5  # Song et al. 2021: default t_min where σ(t_min) = 0 (likelihood / score-SDE training)
 
 
 def _number(v, name: str) -> float:
@@ -56,7 +56,7 @@ def _opt_number(v, name: str) -> Optional[float]:
 
 def training_range(schedule) -> Tuple[float, float]:
     """Default training range ``[t_lo, t_hi]`` of a schedule (weights that diverge at
-    an end need a cut): the valid range ``[t_min, t_max]``, except that ``t_lo = 1e-5`` (spec §3.4)
+    an end need a cut): the valid range ``[t_min, t_max]``, except that ``t_lo = 1e-5`` (Song et al. 2021)
     where ``σ(t_min) = 0``, and the sampling range ``[t_end, t_start]`` for schedules whose valid range
     is unbounded (EDM: ``[0.002, 80]``)."""
     sched = _schedules.get(schedule)
@@ -146,7 +146,7 @@ def _inside(t: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
 
 
 class Uniform(TimeLaw):
-    """``t ~ U[t_min, t_max]``; density ``1/(t_max − t_min)`` (score SDE, FM/RF, VDM; §1.3)."""
+    """``t ~ U[t_min, t_max]``; density ``1/(t_max − t_min)`` (score SDE, FM/RF, VDM; book §6.2.2 (C))."""
 
     name = "uniform"
 
@@ -162,7 +162,7 @@ class Uniform(TimeLaw):
 
 
 class Stratified(Uniform):
-    """Low-discrepancy uniform times (VDM; §1.3 [supplementary]): one ``u ~ U[0, 1)`` per batch and
+    """Low-discrepancy uniform times (Kingma et al. 2021, VDM): one ``u ~ U[0, 1)`` per batch and
     ``t_b = t_min + (t_max − t_min)·((u + b/B) mod 1)``. Each ``t_b`` is marginally uniform, so the
     density is that of :class:`Uniform`; the batch mean has lower variance."""
 
@@ -178,13 +178,13 @@ class Stratified(Uniform):
 
 
 class Discrete(TimeLaw):
-    """``t = t_i`` with ``i ~ U{first, …, L}`` (DDPM ``L_simple``, NCSN levels; §1.3).
+    """``t = t_i`` with ``i ~ U{first, …, L}`` (DDPM ``L_simple``, NCSN levels; book §6.2.2 (C)).
 
     The grid ``t_1 < … < t_L`` is ``times`` if given; for :class:`~diffcore.schedules.VPDiscrete` the
     training steps ``t_i = i/N`` (so ``α_{t_i}² = ᾱ_i`` exactly); otherwise ``L`` points spaced
     uniformly over ``[t_min, t_max]`` including both ends (on VE these are the geometric NCSN levels
-    ``σ_i = σ_min (σ_max/σ_min)^{(i−1)/(L−1)}``, §1.2 S4). ``first = 2`` drops the first level (the
-    DDPM ELBO's ``i = 1`` term is the reconstruction term, §3.2/§8 B5). The grid point before ``t_1`` is
+    ``σ_i = σ_min (σ_max/σ_min)^{(i−1)/(L−1)}``, book §3.4). ``first = 2`` drops the first level (the
+    DDPM ELBO's ``i = 1`` term is the reconstruction term, docs/errata.md B5). The grid point before ``t_1`` is
     ``t_0`` = the schedule's data end ``t_min`` (:meth:`previous`)."""
 
     name = "discrete"
@@ -294,7 +294,7 @@ def _trunc_normal(B, mean, std, lo, hi, generator, device) -> Tuple[torch.Tensor
 
 
 class LogNormalSigma(TimeLaw):
-    """EDM's law (§1.3, App. D.6): ``ln(σ_t/α_t) = −λ ~ N(P_mean, P_std²)``, i.e. ``λ ~ N(−P_mean, P_std²)``
+    """EDM's law (Karras et al. 2022): ``ln(σ_t/α_t) = −λ ~ N(P_mean, P_std²)``, i.e. ``λ ~ N(−P_mean, P_std²)``
     and ``t = t_of_lam(λ)`` (on EDM, ``ln t ~ N(P_mean, P_std²)``). Defaults ``P_mean = −1.2``,
     ``P_std = 1.2``. Truncated to the λ-range of ``[t_min, t_max]`` (default: the schedule's whole range,
     so EDM is untruncated). Density ``p(t) = N(λ(t); −P_mean, P_std²)·|λ'(t)|/Z``."""
@@ -338,7 +338,7 @@ class LogNormalSigma(TimeLaw):
 
 
 class LogitNormal(TimeLaw):
-    """SD3-style law on the rectified-flow path (§1.3 [supplementary]): ``t = sigmoid(u)``,
+    """SD3-style law on the rectified-flow path (Esser et al. 2024): ``t = sigmoid(u)``,
     ``u ~ N(m, s²)`` (defaults 0, 1), truncated to ``[t_min, t_max]`` when those are given (default:
     the schedule's valid range, within (0, 1)). Density ``N(logit t; m, s²)/(t(1 − t))/Z``."""
 
@@ -382,7 +382,7 @@ class LogitNormal(TimeLaw):
 
 
 class UniformLambda(TimeLaw):
-    """Uniform in half log-SNR (§1.3, §3.4): ``λ ~ U[λ(t_max), λ(t_min)]``, ``t = t_of_lam(λ)``; density
+    """Uniform in half log-SNR (Kingma et al. 2021): ``λ ~ U[λ(t_max), λ(t_min)]``, ``t = t_of_lam(λ)``; density
     ``|λ'(t)|/(λ(t_min) − λ(t_max))``. With the likelihood weight ``w_ε = −λ'`` and ``importance=True``
     the per-sample weight is the constant ``λ(t_min) − λ(t_max)``. Needs finite λ at both ends."""
 

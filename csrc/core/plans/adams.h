@@ -7,7 +7,7 @@
 
 namespace dc {
 
-// tAB-DEIS [B §9.3]: x_t = (α_t/α_s) x_s + Σ_j C_j ε̂_{i−j},  C_j = α_t ∫_{ρ_s}^{ρ_t} ℓ_j(τ(ρ)) dρ,
+// tAB-DEIS (book §9.3): x_t = (α_t/α_s) x_s + Σ_j C_j ε̂_{i−j},  C_j = α_t ∫_{ρ_s}^{ρ_t} ℓ_j(τ(ρ)) dρ,
 // ℓ_j the Lagrange basis in t on the nodes t_i, t_{i−1}, …. The integral is a Gauss–Legendre sum in ρ
 // (smooth even where dρ/dt is not, e.g. VP near t = 0) with nodes τ_q and weights from io.quad.
 inline void plan_deis(const PlanIO& io) {

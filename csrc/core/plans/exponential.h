@@ -32,7 +32,7 @@ inline Lin data_taylor(const Node& s, const Node& t, const Lin& xs, const Lin& d
   return r;
 }
 
-// DDIM as in [B Eq. (9.2.2)]: x_t = α_t x̂_s + σ_t ε̂_s with ε̂_s = (x_s − α_s x̂_s)/σ_s, native x̂.
+// DDIM as in book Eq. (9.2.2): x_t = α_t x̂_s + σ_t ε̂_s with ε̂_s = (x_s − α_s x̂_s)/σ_s, native x̂.
 // (Same method as DPM-Solver++(1); evaluated through different arithmetic, which the equivalence
 // tests rely on.)
 inline void plan_ddim(const PlanIO& io) {
@@ -43,7 +43,7 @@ inline void plan_ddim(const PlanIO& io) {
   }
 }
 
-// Single-step DPM-Solver (noise form, §6.5) and DPM-Solver++ (data form, §6.7) of order 1–3 per step.
+// Single-step DPM-Solver (noise form, book §9.4) and DPM-Solver++ (data form, book §9.5) of order 1–3 per step.
 // Stage nodes s1 (and s2) sit at λ_s + r1 h (and λ_s + r2 h). variant 0 = A ("dpmsolver"/midpoint,
 // the reference default), 1 = B ("taylor"/heun). Ring slot 0 keeps the stage-0 output, slot 1 the
 // stage-1 output.
@@ -99,7 +99,7 @@ void plan_singlestep(const PlanIO& io, int variant, Update update) {
 inline void plan_dpm_solver(const PlanIO& io, int variant) { plan_singlestep(io, variant, noise_taylor); }
 inline void plan_dpmpp_single(const PlanIO& io, int variant) { plan_singlestep(io, variant, data_taylor); }
 
-// DPM-Solver++(2M)/(3M) (§6.7): data-prediction multistep; the model output of step j lives in ring
+// DPM-Solver++(2M)/(3M) (book §9.5): data-prediction multistep; the model output of step j lives in ring
 // slot j mod K (K = max order − 1). `w` weights the second divided difference of 3M: 2 is the
 // consistent third-order weight, 1 the reference code's (observed order 2).
 inline void plan_dpmpp_multi(const PlanIO& io, int variant, double w) {

@@ -51,7 +51,7 @@ struct UniPCOptions {
 //   x_t = base(x_s, m0) − c_t B(h) Σ_k ρ_k D_k,  D_k = (m_k − m0)/r_k,
 // c_t = α_t (data) or σ_t (noise). `nodes`/`outs` hold the older outputs m_1.. and their λ; a corrector
 // also passes the new output `mt` (r = 1). ρ solves R ρ = b with R_{jk} = r_k^{j−1},
-// b_j = j!·hh·φ_{j+1}(hh)/B(h) (§6.8); the reference's fixed ρ = 1/2 for UniP-2 and UniC-1 is kept.
+// b_j = j!·hh·φ_{j+1}(hh)/B(h) (Zhao et al. 2023); the reference's fixed ρ = 1/2 for UniP-2 and UniC-1 is kept.
 inline Lin unipc_update(const UniPCOptions& o, const Node& s, const Node& t, const Lin& xs, const Lin& m0,
                         const std::vector<Lin>& outs, const std::vector<double>& lams, const Lin* mt) {
   const Lin base = o.data ? data_taylor(s, t, xs, m0) : noise_taylor(s, t, xs, m0);

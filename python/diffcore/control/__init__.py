@@ -2,20 +2,20 @@
 
 Every method is a model wrapper ``fn(x, t) → guided prediction`` in the wrapped model's own
 prediction type: it adds ``w_t G_t`` to the model's score and converts the change exactly
-(§1.1: ``ε̂ − σ w G``, ``x̂ + σ²/α w G``, ``v̂ − ½ g² w G``), so any solver of
+(book Eq. (8.1.1): ``ε̂ − σ w G``, ``x̂ + σ²/α w G``, ``v̂ − ½ g² w G``), so any solver of
 :func:`diffcore.sample` runs it unchanged (pass the wrapper as the model and the same
 ``prediction``). Weights follow the library's ω convention: ω = 1 on an exact ``∇ log p_t(c|x)`` is
-the conditional model, ω = 0 the unconditional one (as :class:`diffcore.CFG`, §1.3).
+the conditional model, ω = 0 the unconditional one (as :class:`diffcore.CFG`, book §8.3).
 
-- §1.2 classifier guidance: :class:`NoisyClassifier`, :func:`classifier_loss`,
+- book §8.2 classifier guidance: :class:`NoisyClassifier`, :func:`classifier_loss`,
   :class:`ClassifierGuidance`, :class:`GaussianClassPosterior` (exact classifier of the mixture
   oracle (M)).
-- §1.4 training-free loss guidance: :class:`LossGuidance` (noise space, any solver),
+- book §8.4.1 training-free loss guidance: :class:`LossGuidance` (noise space, any solver),
   :func:`loss_guided_ddim_step` / :func:`loss_guided_ddim` (book Eq. (8.4.2), data- and noise-space
   terms), :func:`noise_space_term`, :func:`data_space_update`.
-- §1.5 inverse problems: operators :class:`Linear`, :class:`Mask`; :class:`ScoreProjection`,
+- book §8.4.2 inverse problems: operators :class:`Linear`, :class:`Mask`; :class:`ScoreProjection`,
   :class:`ILVR`, :class:`DPS`; :class:`ExactGaussianLikelihood` (the exact Gaussian-prior oracle).
-- §1.1 building blocks: :class:`GuidedModel`, :func:`score_coefficient`, :func:`add_score_term`.
+- book Eq. (8.1.1) building blocks: :class:`GuidedModel`, :func:`score_coefficient`, :func:`add_score_term`.
 """
 from .classifier import (
                             ClassifierGuidance,

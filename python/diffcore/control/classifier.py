@@ -16,7 +16,7 @@ convention, as :class:`diffcore.CFG`). The classifier sees noisy inputs, so it i
 - :func:`classifier_loss`: the loss above with ``t`` from a :mod:`diffcore.timesampling` law.
 - :class:`ClassifierGuidance`: the guided model wrapper (any prediction type, any solver).
 - :class:`GaussianClassPosterior`: the exact ``log p_t(c|x)`` when each class is an isotropic
-  Gaussian (the two-class mixture oracle (M) of §0.6), for tests.
+  Gaussian (a two-class :class:`diffcore.oracles.GaussianMixture`), for tests.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Measurement ``y = 𝒜(x0) + σ_y z``. Bayes (Eq. (8.4.4)) splits the posterior score into the data
 score and a measurement term, ``∇ log p_t(x|y) = ∇ log p_t(x) + ∇ log p_t(y|x)``; each method below
 approximates the measurement term ``G_t`` and adds ``w_t G_t`` to the model's score, converted exactly
-to its prediction type (§1.1), so every solver of :func:`diffcore.sample` samples with it.
+to its prediction type (book Eq. (8.1.1)), so every solver of :func:`diffcore.sample` samples with it.
 
 ==========================  =========================================================  ==========
 wrapper                     ``G_t ≈ ∇_{x_t} log p_t(y | x_t)``                         derivative
@@ -14,7 +14,7 @@ wrapper                     ``G_t ≈ ∇_{x_t} log p_t(y | x_t)``              
 :class:`ExactGaussianLikelihood`  exact, Gaussian prior ``N(μ, Σ)`` and linear ``A``      —
 ==========================  =========================================================  ==========
 
-Sign. The book (and the §1.5 table, which copies it) prints the projection terms as
+Sign. The book (§8.4.2) prints the projection terms as
 ``−Aᵀ(y_t − A x_t)`` and ``−A^†(y_t − A x_t)``, from the meta-form ``−𝒫_t ℳ_t/γ_t``. The gradient of
 the Gaussian log-likelihood ``−‖y_t − A x‖²/2c`` is ``+Aᵀ(y_t − A x)/c``; the minus sign would push
 ``A x_t`` away from the measurement. The library uses the ascent direction (it reduces to ILVR's

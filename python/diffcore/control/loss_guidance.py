@@ -1,7 +1,7 @@
 """The common form of gradient guidance (book Eq. (8.1.1): the score plus a weighted guidance term) and
 training-free loss guidance (book §8.4.1, Eq. (8.4.2)).
 
-§1.1. Every guidance method supplies a term ``G_t(x, c)`` and a weight ``w_t`` and replaces the
+book Eq. (8.1.1). Every guidance method supplies a term ``G_t(x, c)`` and a weight ``w_t`` and replaces the
 model's score by ``ŝ_g = ŝ + w_t G_t``. Each prediction type is affine in ``ŝ`` at fixed ``(x_t, t)``
 (book Eq. (6.3.1)), so the guided prediction is the model's plus ``c_P(t)·w_t·G_t`` with
 
@@ -9,9 +9,9 @@ model's score by ``ŝ_g = ŝ + w_t G_t``. Each prediction type is affine in ``ŝ
 
 and for Salimans' ``v = α ε − σ x0`` (VP only) ``c_v = −σ(α² + σ²)/α``. :func:`score_coefficient`
 gives ``c_P``; :class:`GuidedModel` is the model wrapper ``fn(x, t) → guided prediction`` that every
-solver of :func:`diffcore.sample` accepts unchanged (§0.3, item 5).
+solver of :func:`diffcore.sample` accepts unchanged.
 
-§1.4. Training-free guidance with a non-negative loss ``ℓ(x0, c)`` modifies one DDIM step from ``t``
+book §8.4.1. Training-free guidance with a non-negative loss ``ℓ(x0, c)`` modifies one DDIM step from ``t``
 to ``t' < t`` (book Eq. (8.4.2)):
 
     x_{t'} = α_{t'} (x̂0(x_t) + η^data 𝒢_0) − σ_{t'} σ_t (ŝ(x_t) + η^latent 𝒢_t),
@@ -26,16 +26,16 @@ A second correction: Eq. (8.4.2) read literally changes ``ŝ`` by ``η^latent �
 ``x̂0`` fixed. But ``x̂0`` and ``ŝ`` are tied at ``x_t`` by Tweedie, ``x̂0 = (x_t + σ_t² ŝ)/α_t``, and with
 ``x̂0`` frozen the net change of ``x_{t'}`` is ``−σ_{t'} σ_t η^latent 𝒢_t``: *against* the guidance (a
 sampler with ℓ = ½‖x − c‖² then moves away from ``c``). The library applies the noise-space term
-through the score consistently (§1.1: ``x̂0_g = x̂0 + (σ_t²/α_t) η^latent 𝒢_t``,
+through the score consistently (book Eq. (8.1.1): ``x̂0_g = x̂0 + (σ_t²/α_t) η^latent 𝒢_t``,
 ``ε̂_g = ε̂ − σ_t η^latent 𝒢_t``), in the spirit of the reference methods, which move ``x_t`` itself
-and re-evaluate the model ([Ref], FreeDoM / TFG; not re-verified here); the net change ``σ_t (α_{t'} σ_t/α_t − σ_{t'}) η^latent 𝒢_t`` then has the guidance's sign whenever
+and re-evaluate the model (as the FreeDoM / TFG code does; not re-verified here); the net change ``σ_t (α_{t'} σ_t/α_t − σ_{t'}) η^latent 𝒢_t`` then has the guidance's sign whenever
 the SNR grows from ``t`` to ``t'``. The data-space term then corrects the clean estimate with ``ε̂_g``
 unchanged (book §8.4.1 A):
 
     x_{t'} = α_{t'} x̂0' + σ_{t'} ε̂_g,   x̂0' = x̂0_g after ``k`` steps x0 ← x0 + η^data 𝒢_0(x0).
 
 With ``η^data = η^latent = 0`` this is plain DDIM (book Eq. (9.2.2)); with ``η^data = 0`` it is one
-DDIM step of :class:`LossGuidance` (the noise-space term as a §1.1 score term, usable with any
+DDIM step of :class:`LossGuidance` (the noise-space term as a book Eq. (8.1.1) score term, usable with any
 solver). The data-space term changes ``x̂0`` without changing ``ε̂``, which no single prediction can
 express, so it lives in the step (:func:`loss_guided_ddim_step`) and its sampler
 (:func:`loss_guided_ddim`).
@@ -119,7 +119,7 @@ def per_sample(w, t: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------
-# §1.1: a score term in any prediction type
+# book Eq. (8.1.1): a score term in any prediction type
 
 
 def score_coefficient(t, schedule, prediction) -> torch.Tensor:
@@ -166,7 +166,7 @@ class GuidedModel:
     own prediction type, for :func:`diffcore.sample`, :func:`diffcore.solvers.ddim_step`, ...
 
     Subclasses implement :meth:`guidance_term` ``(x, t, pred) → G`` (same shape as ``x``). When
-    ``needs_model_grad`` is set (DPS, §1.4 noise space) the model is evaluated under autograd at a
+    ``needs_model_grad`` is set (DPS, book §8.4.1 noise space) the model is evaluated under autograd at a
     leaf copy of ``x`` so that ``G`` may differentiate through it (derivative class R); otherwise
     the model runs in the caller's grad mode. The returned prediction is always detached from any
     graph built for ``G``: guidance is a sampling-time operation.
@@ -226,7 +226,7 @@ class GuidedModel:
 
 
 # ------------------------------------------------------------------------------------------------
-# §1.4: training-free loss guidance
+# book §8.4.1: training-free loss guidance
 
 
 def _checked_loss(loss: Callable, x0: torch.Tensor, cond) -> torch.Tensor:
@@ -291,7 +291,7 @@ class LossGuidance(_NoiseSpace):
         eta_latent: ``η^latent_t`` (number or callable of t); eta: the rescaling ``η`` of the
             surrogate likelihood ``p̃ ∝ exp(−η ℓ)``.
 
-    Note (§1.1 warning): even with an exact model, the guided PF-ODE does not sample the tilted
+    Note: even with an exact model, the guided PF-ODE does not sample the tilted
     density ``p_0 exp(−η^latent η ℓ)``.
     """
 

@@ -29,10 +29,11 @@ __all__ = ["ConsistencyFunction", "consistency_coefs", "karras_grid", "pseudo_hu
 
 
 def consistency_coefs(values, values_min, sigma_data: float = 0.5) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(c_skip, c_out, c_in)`` of §5.1 at schedule values ``values`` with boundary ``values_min`` (t_min).
+    """``(c_skip, c_out, c_in)`` of book §11.2.1 at schedule values ``values`` with boundary ``values_min`` (t_min).
 
     Written with the EDM noise level ``ρ = σ/α`` (``ρ = s`` for ``edm``, where these are exactly the
-    shifted coefficients of §5.1: ``c_skip = σ_d²/((ρ − ρ_min)² + σ_d²)``, ``c_out = σ_d(ρ − ρ_min)/√(σ_d² + ρ²)``),
+    shifted coefficients (docs/errata.md D5): ``c_skip = σ_d²/((ρ − ρ_min)² + σ_d²)``,
+    ``c_out = σ_d(ρ − ρ_min)/√(σ_d² + ρ²)``),
     and ``c_in = 1/√(α²σ_d² + σ²)`` (unit-variance input). At ``ρ = ρ_min``: ``c_skip = 1`` and
     ``c_out = 0`` exactly, so the boundary condition holds bitwise; with ``t_min = 0`` (ρ_min = 0) they
     reduce to the book's eq. D.6.4–D.6.5 coefficients in ρ.
@@ -57,7 +58,7 @@ class ConsistencyFunction(nn.Module):
             schedule time itself as ``c_noise``, its own time embedding playing the role of
             ``250 log s`` of the reference code — use ``time_transform="log"`` for ``edm``).
         schedule: the schedule. t_min: the boundary time (default ``schedule.t_end`` if σ > 0 there,
-            else 0.002 for ``edm``). sigma_data: σ_d of the coefficients (0.5 [Ref]).
+            else 0.002 for ``edm``). sigma_data: σ_d of the coefficients (0.5, as in Song et al. 2023).
     """
 
     def __init__(self, net: nn.Module, schedule, t_min: Optional[float] = None, sigma_data: float = 0.5):
@@ -90,7 +91,7 @@ class ConsistencyFunction(nn.Module):
 
 # ---- grids, distances, curricula -------------------------------------------------------------------
 def karras_grid(N: int, t_min: float = 0.002, T: float = 80.0, rho: float = 7.0) -> torch.Tensor:
-    """``s_i = (t_min^{1/ρ} + (i−1)/(N−1)(T^{1/ρ} − t_min^{1/ρ}))^ρ``, ``i = 1..N`` (§5.2, increasing,
+    """``s_i = (t_min^{1/ρ} + (i−1)/(N−1)(T^{1/ρ} − t_min^{1/ρ}))^ρ``, ``i = 1..N`` (book §11.2, increasing,
     float64; ``s_1 = t_min``, ``s_N = T`` exactly)."""
     if isinstance(N, bool) or not isinstance(N, int) or N < 2:
         raise ValueError(f"N: expected an int >= 2, got {N!r}")
@@ -105,7 +106,8 @@ def karras_grid(N: int, t_min: float = 0.002, T: float = 80.0, rho: float = 7.0)
 
 
 def pseudo_huber(x: torch.Tensor, y: torch.Tensor, c: float) -> torch.Tensor:
-    """``√(‖x − y‖² + c²) − c`` per sample (§5.2 [Ref]); → ``‖x − y‖²/(2c)`` as ``c → ∞``, → ``‖x − y‖`` as c → 0."""
+    """``√(‖x − y‖² + c²) − c`` per sample (Song & Dhariwal 2024); → ``‖x − y‖²/(2c)`` as ``c → ∞``,
+    → ``‖x − y‖`` as c → 0."""
     if not c > 0:
         raise ValueError(f"c: expected a positive pseudo-Huber constant, got {c!r}")
     d2 = ((x - y) ** 2).flatten(1).sum(1)
@@ -114,8 +116,8 @@ def pseudo_huber(x: torch.Tensor, y: torch.Tensor, c: float) -> torch.Tensor:
 
 
 def distance(x: torch.Tensor, y: torch.Tensor, metric: str = "l2", c: Optional[float] = None) -> torch.Tensor:
-    """Per-sample ``d(x, y)`` of §5.2: ``"l2"`` (‖·‖²), ``"l1"`` (‖·‖₁) or ``"pseudo_huber"``
-    (default ``c = 0.00054 √D`` [Ref])."""
+    """Per-sample ``d(x, y)`` of book §11.2: ``"l2"`` (‖·‖²), ``"l1"`` (‖·‖₁) or ``"pseudo_huber"``
+    (default ``c = 0.00054 √D``, Song & Dhariwal 2024)."""
     if metric == "l2":
         return ((x - y) ** 2).flatten(1).sum(1)
     if metric == "l1":
@@ -126,7 +128,7 @@ def distance(x: torch.Tensor, y: torch.Tensor, metric: str = "l2", c: Optional[f
 
 
 def cm_curriculum(k: int, K: int, s0: int = 2, s1: int = 150, mu0: float = 0.9, mu_exponent_offset: int = 0):
-    """CM's CT discretisation curriculum (§5.2 [Ref]): ``N(k) = ⌈√(k/K((s₁+1)² − s₀²) + s₀²) − 1⌉ + 1``
+    """CM's CT discretisation curriculum (Song et al. 2023): ``N(k) = ⌈√(k/K((s₁+1)² − s₀²) + s₀²) − 1⌉ + 1``
     and ``μ(k) = exp(s₀ log μ₀ / (N(k) − offset))`` (offset 1 reproduces the reference code). Returns
     ``(N, μ)``."""
     if not (isinstance(K, int) and K >= 1 and isinstance(k, int) and 0 <= k <= K):
@@ -136,7 +138,7 @@ def cm_curriculum(k: int, K: int, s0: int = 2, s1: int = 150, mu0: float = 0.9, 
 
 
 def ict_curriculum(k: int, K: int, s0: int = 10, s1: int = 1280) -> int:
-    """Improved CT's ``N(k) = min(s₀ 2^{⌊k/K'⌋}, s₁) + 1``, ``K' = ⌊K/(log₂⌊s₁/s₀⌋ + 1)⌋`` (§5.2 [Ref])."""
+    """Improved CT's ``N(k) = min(s₀ 2^{⌊k/K'⌋}, s₁) + 1``, ``K' = ⌊K/(log₂⌊s₁/s₀⌋ + 1)⌋`` (Song & Dhariwal 2024)."""
     if not (isinstance(K, int) and K >= 1 and isinstance(k, int) and 0 <= k <= K):
         raise ValueError(f"k, K: expected ints with 0 <= k <= K, K >= 1, got {k!r}, {K!r}")
     Kp = math.floor(K / (math.log2(math.floor(s1 / s0)) + 1))
@@ -146,7 +148,7 @@ def ict_curriculum(k: int, K: int, s0: int = 10, s1: int = 1280) -> int:
 
 
 def ict_index_probs(grid: torch.Tensor, p_mean: float = -1.1, p_std: float = 2.0) -> torch.Tensor:
-    """iCT's law of the interval index ``i`` (``[N − 1]``, §5.2 [Ref]):
+    """iCT's law of the interval index ``i`` (``[N − 1]``, Song & Dhariwal 2024):
     ``∝ erf((log s_{i+1} − P_mean)/(√2 P_std)) − erf((log s_i − P_mean)/(√2 P_std))``."""
     g = torch.as_tensor(grid, dtype=torch.float64)
     e = torch.erf((torch.log(g) - p_mean) / (math.sqrt(2.0) * p_std))
@@ -156,7 +158,7 @@ def ict_index_probs(grid: torch.Tensor, p_mean: float = -1.1, p_std: float = 2.0
 
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, mu: float) -> None:
-    """``θ⁻ ← μ θ⁻ + (1 − μ) θ`` (§0.4; the target EMA, distinct from an evaluation EMA)."""
+    """``θ⁻ ← μ θ⁻ + (1 − μ) θ`` (the target EMA, distinct from an evaluation EMA)."""
     if not 0.0 <= mu <= 1.0:
         raise ValueError(f"mu: expected a decay in [0, 1], got {mu!r}")
     for pt, po in zip(target.parameters(), online.parameters()):
@@ -214,7 +216,7 @@ def cd_loss(model: Callable, target_model: Callable, teacher: Callable, x0: torc
         model, target_model: consistency functions ``f(x, s)`` (online θ and target θ⁻).
         teacher: ``teacher(x, t)`` with head ``teacher_prediction``.
         grid: increasing times ``s_1 < … < s_N`` (:func:`karras_grid`).
-        solver: ``"heun"`` (reference code [Ref]), ``"ddim"`` (the book's DDIM/Euler step) or a callable
+        solver: ``"heun"`` (the reference code of Song et al. 2023), ``"ddim"`` (the book's DDIM/Euler step) or a callable
             ``solver(x, s_hi, s_lo) -> x̃`` (e.g. an exact flow map); always run without gradient.
         metric, c: the distance (:func:`distance`). weighting: ``"uniform"`` or ``"inv_dt"``.
         i: optional ``[B]`` indices (interval ``[s_{i+1}, s_{i+2}]`` in 1-based spec numbering is
@@ -283,21 +285,21 @@ def consistency_sample(model: Callable, x: torch.Tensor, times, schedule, t_min:
 
 # ---- trainer ---------------------------------------------------------------------------------------
 class ConsistencyTrainer:
-    """CD (``teacher`` given) or CT (``teacher=None``) training loop of §5.2 with an EMA target θ⁻.
+    """CD (``teacher`` given) or CT (``teacher=None``) training loop of book §11.2 with an EMA target θ⁻.
 
     Args:
         model: a :class:`ConsistencyFunction`. schedule: the schedule.
         N: fixed grid size (CD) — or ``curriculum="cm"`` / ``"ict"`` for CT's ``N(k)``.
-        mu: target EMA decay (CD default 0.95 [Ref]; ``curriculum="cm"`` overrides it with ``μ(k)``;
+        mu: target EMA decay (CD default 0.95, Song et al. 2023; ``curriculum="cm"`` overrides it with ``μ(k)``;
             ``"ict"`` uses μ = 0, θ⁻ = sg[θ]).
         T: largest time of the grid (default ``schedule.t_start``); rho: Karras ρ.
         curriculum_kwargs: overrides of the curriculum constants — for ``"ict"``: ``s0``, ``s1``
             (:func:`ict_curriculum`) and ``p_mean``, ``p_std`` (:func:`ict_index_probs`); for ``"cm"``:
             those of :func:`cm_curriculum`. Short runs need a smaller ``s1`` than iCT's 1280 (the
             doubling clock ``K'`` then spends more iterations at each ``N``).
-        ema_decay: decay of a separate evaluation EMA :attr:`ema` (§0.4 "distinct from the target EMA";
+        ema_decay: decay of a separate evaluation EMA :attr:`ema`, distinct from the target EMA (
             ``None`` keeps none). With iCT's θ⁻ = sg[θ] the online iterate keeps moving at the final
-            ``N``, and the evaluation EMA is what the reference code samples from [Ref].
+            ``N``, and the evaluation EMA is what the reference code samples from.
         betas: Adam's ``(β₁, β₂)``.
     """
 

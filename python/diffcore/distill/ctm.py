@@ -6,7 +6,7 @@ eq. 11.4.1–11.4.8, Alg. 11; docs/errata.md D9–D10).
 
 Soft consistency (eq. 11.4.4–11.4.5) with ``t ≤ u < s``:
 ``x_est = G_{sg θ}(G_θ(x_s, s, t), t, 0)`` (outer map frozen, gradient through its input) and
-``x_target = G_{θ⁻}(G_{θ⁻}(Solver_{s→u}(x_s), u, t), t, 0)`` (no gradient). The GAN term of §7 is not
+``x_target = G_{θ⁻}(G_{θ⁻}(Solver_{s→u}(x_s), u, t), t, 0)`` (no gradient). The GAN term of book §11.4 is not
 implemented here; the DSM term is :func:`ctm_dsm_loss`.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _jump(x, s, t, g):
 
 class CTMModel(nn.Module):
     """``G_θ(x, s, t)`` with an EDM-preconditioned ``g_θ(x, s, t) = c_skip(s) x + c_out(s) net(c_in(s) x, s, t)``
-    (``c_skip = σ_d²/(s² + σ_d²)``, ``c_out = sσ_d/√(s² + σ_d²)``, ``c_in = 1/√(s² + σ_d²)`` [Ref]).
+    (``c_skip = σ_d²/(s² + σ_d²)``, ``c_out = sσ_d/√(s² + σ_d²)``, ``c_in = 1/√(s² + σ_d²)``, Kim et al. 2024).
 
     Args: net: ``net(x, s, t)`` (e.g. :class:`~diffcore.distill.meanflow.TwoTimeMLP` with
     ``time_scale`` ≈ 1/T). sigma_data: σ_d.
@@ -139,7 +139,7 @@ def gamma_sample(model: Callable, x: torch.Tensor, times, gamma: float = 0.0,
 
 
 class CTMTrainer(StepLoop):
-    """CTM training loop (§7, book eq. 11.4.4–11.4.8; GAN term omitted): Adam on ``θ``, an EMA target
+    """CTM training loop (book §11.4, eq. 11.4.4–11.4.8; GAN term omitted): Adam on ``θ``, an EMA target
     ``G_{θ⁻}`` (decay ``ema_decay``; also the sampling network, :meth:`student`), and per sample
     indices on the increasing ``grid`` ``0 = τ_0 < τ_1 < … < τ_{n−1} = T``:
     ``s = τ_i``, ``u = τ_{i−1}`` (``local``, ``i ≥ 2`` so ``u > 0``) or ``u = s`` (global, ``i ≥ 1``),

@@ -3,7 +3,7 @@
 Stage 1 distils classifier-free guidance into ONE network ``x_{θ1}(x_s, s, c, w)`` that takes the
 (shifted, docs/errata.md D1) guidance weight ``w = ω − 1`` as an input and regresses
 ``x^w_φ = (1 + w) x_φ(x_s, s, c) − w x_φ(x_s, s, ∅)`` for ``w ~ U[w_min, w_max]``
-(:func:`~diffcore.distill.progressive.guided_stage1_loss`). Stage 2 is ordinary PD (§4.2) with the
+(:func:`~diffcore.distill.progressive.guided_stage1_loss`). Stage 2 is ordinary PD (book §10.3) with the
 stage-1 model as the teacher and ``(c, w)`` passed through unchanged; the result is a
 :class:`~diffcore.distill.students.PDStudent` that samples any ``w`` in the range with
 ``diffcore.sample(student, x, schedule, steps=k, model_kwargs={"labels": c, "w": w})``.
@@ -38,12 +38,12 @@ __all__ = ["WConditioned", "ClassMixtureTeacher", "GuidedProgressiveDistillation
 
 class WConditioned(nn.Module):
     """``net(x, t, labels=None, w=...)``: a :class:`diffcore.models.MLP` conditioned on the guidance
-    weight ``w`` too (stage-1/2 student of guided PD, §4.3).
+    weight ``w`` too (stage-1/2 student of guided PD, book §10.3.4).
 
     The condition vector of the MLP becomes ``c = MLP_t(emb(t)) + emb_label(c) + MLP_w(emb(w / w_max))``;
     ``MLP_w``'s last layer starts at zero, so the untrained wrapper equals the wrapped MLP for every
     ``w`` (a pretrained conditional model can be the initialisation). The stage-1 target is affine in
-    ``w`` (§4.3 oracle), hence a low-frequency code (``max_freq``) of ``w / w_max ∈ [0, 1]``.
+    ``w`` (book §10.3.4), hence a low-frequency code (``max_freq``) of ``w / w_max ∈ [0, 1]``.
 
     Args:
         net: a :class:`diffcore.models.MLP` (usually with ``num_classes``); its modules are shared.
@@ -96,7 +96,8 @@ class WConditioned(nn.Module):
 
 
 class ClassMixtureTeacher:
-    """Exact class-conditional teacher from a Gaussian mixture (§0.6 oracles, extended to classes).
+    """Exact class-conditional teacher from a Gaussian mixture (:mod:`diffcore.oracles`, extended to
+    classes).
 
     Class ``c`` owns the components ``classes[c]``: ``p(x0 | c)`` is the mixture restricted to them
     (weights renormalised), the class prior is their total weight, and the null label
@@ -158,7 +159,7 @@ class ClassMixtureTeacher:
 
 
 class GuidedProgressiveDistillation:
-    """Guided PD (§4.3): stage 1 trains a ``w``-conditioned model on the guided teacher, stage 2 halves
+    """Guided PD (book §10.3.4): stage 1 trains a ``w``-conditioned model on the guided teacher, stage 2 halves
     its DDIM step count by PD rounds with ``(c, w)`` passed through.
 
     Args:

@@ -7,9 +7,9 @@ continuous-time consistency models (book §11.3) need: ``∂fn[tangent]`` along 
   ``torch.func`` transforms and run their eager torch references, so networks built from
   :mod:`diffcore.models` are differentiable in forward mode. The primal output keeps its autograd
   graph to the parameters, so it can serve as the prediction of a loss whose target is the (detached)
-  tangent (§8.2; checked by tests/test_distill_trajectory.py).
+  tangent (book §11.5; checked by tests/test_distill_trajectory.py).
 * ``method="fd"``: the central difference ``(fn(p + h·v) − fn(p − h·v)) / 2h`` (bias ``O(h²)``), the
-  fallback of §0.5 for ops without a forward-mode rule. The primal output is a separate ``fn(p)``
+  fallback for ops without a forward-mode rule. The primal output is a separate ``fn(p)``
   call with the ordinary graph. Run it in float32 or float64: with half precision the cancellation
   error ``ε_mach/h`` dominates. Default ``h = ε_mach^{1/3}`` of the primals' dtype (balances the
   ``h²`` truncation against the ``ε_mach/h`` rounding error): ≈ 6e-6 in float64, ≈ 5e-3 in float32.

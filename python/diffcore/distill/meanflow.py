@@ -6,7 +6,7 @@ end ``t ≤ s``; the MeanFlow paper's ``u(z_t, r, t)`` is ``h(z, s = t_paper, t 
 
     Ψ_{s→t}(x) = x − (s − t) h*(x, s, t),   h*(x, s, s) = v*(x, s),
     h^tgt = sg[v − (s − t)(∂_x h_{θ⁻} · v + ∂_s h_{θ⁻})]      (one JVP along (v, 1, 0)),
-    L_MF = E[w ‖h_θ(x_s, s, t) − h^tgt‖²],  w = sg[1/(‖Δ‖² + c)^p]  (adaptive weight [Ref]).
+    L_MF = E[w ‖h_θ(x_s, s, t) − h^tgt‖²],  w = sg[1/(‖Δ‖² + c)^p]  (adaptive weight, Geng et al. 2025).
 
 With θ⁻ = sg[θ] the primal output of the same JVP call is the prediction (its graph to θ is kept).
 """
@@ -123,8 +123,8 @@ def meanflow_target(net: Callable, x: torch.Tensor, s: torch.Tensor, t: torch.Te
 
 def meanflow_times(B: int, frac_equal: float = 0.75, mean: float = -0.4, std: float = 1.0,
                    generator: Optional[torch.Generator] = None, dtype=torch.float32, law: str = "logit_normal"):
-    """``(s, t)`` with ``s ≥ t`` (§8.2 [Ref]): two draws of ``law`` — ``"logit_normal"`` (mean, std; the
-    default [Ref]) or ``"uniform"`` on [0, 1] (covers the one-step pair (1, 0) better on small data) —
+    """``(s, t)`` with ``s ≥ t`` (book §11.5): two draws of ``law`` — ``"logit_normal"`` (mean, std; the
+    default of Geng et al. 2025) or ``"uniform"`` on [0, 1] (covers the one-step pair (1, 0) better on small data) —
     ``s = max``, ``t = min``; a fraction ``frac_equal`` of the batch gets ``t = s`` (flow matching)."""
     if not 0.0 <= frac_equal <= 1.0:
         raise ValueError(f"frac_equal: expected a fraction in [0, 1], got {frac_equal!r}")
@@ -151,7 +151,7 @@ def meanflow_loss(net: Callable, x0: torch.Tensor, schedule="rf", s=None, t=None
                   generator: Optional[torch.Generator] = None, jvp_method: str = "autograd",
                   h: Optional[float] = None, model_kwargs: Optional[dict] = None,
                   reduction: str = "mean", time_law: str = "logit_normal") -> torch.Tensor:
-    """MeanFlow loss (book eq. 11.5.3, §8.2): ``x_s = α_s x0 + σ_s ε``, ``v = α'_s x0 + σ'_s ε`` (``ε − x0``
+    """MeanFlow loss (book §11.5, eq. 11.5.3): ``x_s = α_s x0 + σ_s ε``, ``v = α'_s x0 + σ'_s ε`` (``ε − x0``
     for ``rf``) or the teacher's velocity (distillation, no gradient), target by :func:`meanflow_target`,
     per-sample squared error summed over features, adaptive weight ``sg[1/(err + c)^p]`` (``p = 0``:
     plain L2, which at ``t = s`` is exactly the flow-matching loss of ``diffcore.losses.get("cfm")``).
@@ -211,9 +211,9 @@ def meanflow_sample(net: Callable, x: torch.Tensor, times, model_kwargs: Optiona
 
 
 class MeanFlowTrainer(StepLoop):
-    """MeanFlow training loop (§8.2): Adam on ``h_θ`` with :func:`meanflow_loss` (from scratch with
+    """MeanFlow training loop (book §11.5): Adam on ``h_θ`` with :func:`meanflow_loss` (from scratch with
     ``v = ε − x0``, or distilled from ``teacher``), an optional cosine decay of the step to 0, and an
-    evaluation EMA of the weights (§0.4; the MeanFlow target uses ``θ⁻ = sg[θ]``, no target EMA) that
+    evaluation EMA of the weights (the MeanFlow target uses ``θ⁻ = sg[θ]``, no target EMA) that
     :meth:`student` samples with.
 
     Args:
@@ -221,7 +221,7 @@ class MeanFlowTrainer(StepLoop):
         schedule: the path (``"rf"`` in the paper). teacher, teacher_prediction: as :func:`meanflow_loss`.
         lr: Adam step. decay_iters: cosine decay ``lr·½(1 + cos(π·min(k, K)/K))`` over ``K`` iterations
             (``None``: constant step). ema_decay: evaluation-EMA decay.
-        frac_equal, p, c, time_law, jvp_method: as :func:`meanflow_loss` (paper defaults [Ref]). On the
+        frac_equal, p, c, time_law, jvp_method: as :func:`meanflow_loss` (the paper's defaults). On the
             2-D mixture (tests/test_distill_e2e.py) ``p = 1`` diverged (SW 0.46 / 0.56 at 1 / 2 steps after
             3000 iterations): with a summed 2-D error far below 1, ``1/(err + c)`` turns the loss into
             ``≈ Σ log err`` and lets the best-fit samples dominate; ``p = 0.5`` (or 0) and the

@@ -74,7 +74,7 @@ def _check_x(x, name):
 
 
 def discriminator_loss(D, x_real: torch.Tensor, x_fake: torch.Tensor) -> torch.Tensor:
-    """Logistic density-ratio loss (§9): ``E_p softplus(−D(x)) + E_q softplus(D(x))``; fakes are detached.
+    """Logistic density-ratio loss (Yi et al. 2023): ``E_p softplus(−D(x)) + E_q softplus(D(x))``; fakes are detached.
     Its minimiser over all functions is ``D*(x) = log p(x)/q(x)``."""
     _check_x(x_real, "x_real")
     _check_x(x_fake, "x_fake")
@@ -82,7 +82,7 @@ def discriminator_loss(D, x_real: torch.Tensor, x_fake: torch.Tensor) -> torch.T
 
 
 def particle_field(D, x: torch.Tensor, h: HLike = "log_ratio") -> torch.Tensor:
-    """``u(x) = ∇_x h(D(x))`` per sample (§9 "Generalisation"): ``h'(D)∇_x D``; with ``D = log p/q`` and
+    """``u(x) = ∇_x h(D(x))`` per sample (Yi et al. 2023): ``h'(D)∇_x D``; with ``D = log p/q`` and
     ``h = id`` the Wasserstein-gradient-flow velocity of ``KL(q‖p)``. Returned detached."""
     _check_x(x, "x")
     hf = get_h(h)
@@ -93,14 +93,15 @@ def particle_field(D, x: torch.Tensor, h: HLike = "log_ratio") -> torch.Tensor:
 
 
 def particle_step(D, x: torch.Tensor, eta: float, h: HLike = "log_ratio") -> torch.Tensor:
-    """One explicit Euler step of the particle ODE ``dx/dτ = ∇_x h(D(x))``: ``x + η u(x)`` (§9 "Particle step")."""
+    """One explicit Euler step of the particle ODE ``dx/dτ = ∇_x h(D(x))``: ``x + η u(x)`` (Yi et al. 2023)."""
     if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not eta > 0:
         raise ValueError(f"eta: expected a positive step size, got {eta!r}")
     return (x.detach() + float(eta) * particle_field(D, x, h)).detach()
 
 
 def regression_loss(x_gen: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``E ‖G_θ(z) − sg[target]‖²`` (sum over features, mean over the batch) — §9 regression form."""
+    """``E ‖G_θ(z) − sg[target]‖²`` (sum over features, mean over the batch), the regression
+    form of Yi et al. 2023."""
     _check_x(x_gen, "x_gen")
     if not isinstance(target, torch.Tensor) or target.shape != x_gen.shape:
         raise ValueError(f"target: expected shape {tuple(x_gen.shape)}, got "
@@ -109,14 +110,14 @@ def regression_loss(x_gen: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def direct_generator_loss(D, x_gen: torch.Tensor, h: HLike = "log_ratio") -> torch.Tensor:
-    """``−E h(D(G_θ(z)))`` (§9): one optimizer step on it equals one step on the regression form
+    """``−E h(D(G_θ(z)))`` (Yi et al. 2023): one optimizer step on it equals one step on the regression form
     (gradients differ by the factor 2η). D's parameters receive gradients only if the caller lets them."""
     _check_x(x_gen, "x_gen")
     return -get_h(h)(_logits(D, x_gen, "D")).mean()
 
 
 class MonoFlowTrainer:
-    """Alternating discriminator / generator training in the MonoFlow form (§9 "Training iteration").
+    """Alternating discriminator / generator training in the MonoFlow form (Yi et al. 2023).
 
     Args:
         generator: ``G_θ`` mapping ``(B, latent_dim)`` → ``(B, D)``; ``latent_dim`` read from it if not given.
@@ -129,7 +130,7 @@ class MonoFlowTrainer:
         seed: seed of the trainer's draws.
         ema_decay: decay of an evaluation EMA of the generator weights, :attr:`ema` (``None``: none).
             The adversarial iterate oscillates around the flow's fixed point (the discriminator lags
-            the generator); averaging the weights damps this, as in GAN practice [Ref].
+            the generator); averaging the weights damps this, as in GAN practice.
     """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, data: Callable, *, h: HLike = "log_ratio",

@@ -28,7 +28,7 @@ from .students import PDStudent
 __all__ = ["pd_target", "pd_weight", "pd_loss", "guided_teacher", "guided_stage1_loss", "ProgressiveDistillation",
            "WEIGHTINGS"]
 
-#: PD loss weights w(λ_s) [Ref]: truncated SNR max(SNR_s, 1), SNR_s + 1, or none.
+#: PD loss weights w(λ_s) (Salimans & Ho 2022): truncated SNR max(SNR_s, 1), SNR_s + 1, or none.
 WEIGHTINGS = ("snr_trunc", "snr_plus_one", "none")
 
 
@@ -63,7 +63,7 @@ def pd_target(teacher: Callable, x_s: torch.Tensor, s, u, t, schedule, predictio
 
 
 def pd_weight(values, weighting: str = "snr_trunc") -> torch.Tensor:
-    """``w(λ_s)`` of the x-space PD loss (§4.2 [Ref]): ``max(SNR, 1)``, ``SNR + 1`` or ``1``."""
+    """``w(λ_s)`` of the x-space PD loss (book §10.3): ``max(SNR, 1)``, ``SNR + 1`` or ``1``."""
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting: expected one of {WEIGHTINGS}, got {weighting!r}")
     snr = (values.alpha / values.sigma) ** 2
@@ -119,10 +119,10 @@ def pd_loss(student: Callable, teacher: Callable, x0: torch.Tensor, teacher_grid
     return (pd_weight(vs, weighting).to(err) * err).mean()
 
 
-# ---- guided PD, §4.3 -----------------------------------------------------------------------------
+# ---- guided PD, book §10.3.4 ---------------------------------------------------------------------
 def guided_teacher(teacher: Callable, x: torch.Tensor, t, schedule, labels: torch.Tensor, w, null_label: int,
                    prediction="eps") -> torch.Tensor:
-    """Stage-1 target of guided PD (§4.3, book §10.3.4): ``x^w = (1 + w) x_φ(x, t, c) − w x_φ(x, t, ∅)``.
+    """Stage-1 target of guided PD (book §10.3.4): ``x^w = (1 + w) x_φ(x, t, c) − w x_φ(x, t, ∅)``.
 
     ``w`` is the SHIFTED guidance weight (w = 0: conditional model); the library's CFG scale is
     ``ω = w + 1`` (``diffcore.CFG.from_w``, docs/errata.md D1). Returned in x-prediction, without gradient.
@@ -145,7 +145,7 @@ def guided_stage1_loss(student: Callable, teacher: Callable, x0: torch.Tensor, l
                        null_label: int, w_range=(0.0, 4.0), teacher_prediction="eps", student_prediction="x0",
                        weighting: str = "snr_trunc", t=None, w=None, noise=None,
                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Stage 1 of guided PD (§4.3): ``E λ(s)‖x_{θ1}(x_s, s, c, w) − sg[x^w_φ(x_s, s, c)]‖²`` with
+    """Stage 1 of guided PD (book §10.3.4): ``E λ(s)‖x_{θ1}(x_s, s, c, w) − sg[x^w_φ(x_s, s, c)]‖²`` with
     ``w ~ U[w_range]`` and ``s`` uniform on the schedule's sampling range. The student is called
     ``student(x, s, labels=..., w=...)`` (e.g. :class:`~diffcore.distill.guided.WConditioned`, an MLP
     with a ``w`` embedding; :class:`~diffcore.distill.guided.GuidedProgressiveDistillation` runs both
@@ -193,7 +193,7 @@ def _batch(data, n: int, generator, model_kwargs):
 
 
 class ProgressiveDistillation:
-    """Halving rounds of PD (§4.2): ``2N``-step teacher → ``N``-step student → … → ``target_steps``.
+    """Halving rounds of PD (book §10.3): ``2N``-step teacher → ``N``-step student → … → ``target_steps``.
 
     Args:
         teacher: ``teacher(x, t, **model_kwargs)`` (an ``nn.Module`` or any callable, e.g. an oracle).

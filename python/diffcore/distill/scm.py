@@ -30,7 +30,8 @@ __all__ = ["TrigConsistency", "scm_times", "scm_tangent", "scm_loss", "scm_sampl
 
 
 class TrigConsistency(nn.Module):
-    """``f_θ(x, s) = cos(s) x − sin(s) σ_d F_θ(x/σ_d, s)`` (§5.1 TrigFlow form, §6.2), ``c_noise(s) = s``.
+    """``f_θ(x, s) = cos(s) x − sin(s) σ_d F_θ(x/σ_d, s)`` (TrigFlow form, book §11.3.3),
+    ``c_noise(s) = s``.
 
     Args:
         net: ``F_θ(u, s, **kw)`` (e.g. :class:`diffcore.models.MLP` with a low ``max_freq``: bounded
@@ -66,7 +67,7 @@ def scm_times(B: int, p_mean: float = -1.0, p_std: float = 1.4, sigma_data: floa
 def scm_tangent(model: TrigConsistency, x_s: torch.Tensor, s, dxds: torch.Tensor, r: float = 1.0,
                 c: Optional[float] = 0.1, method: str = "autograd", h: Optional[float] = None,
                 model_kwargs: Optional[dict] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(F_{θ⁻}(x_s/σ_d, s), g)`` of §6.2 without gradient: ``g = cos(s)·df_{θ⁻}/ds`` (with the warm-up
+    """``(F_{θ⁻}(x_s/σ_d, s), g)`` of book §11.3.3 without gradient: ``g = cos(s)·df_{θ⁻}/ds`` (with the warm-up
     factor ``r`` on the ``sin s`` part) normalised per sample by ``‖g‖ + c`` (``c=None``: unnormalised)."""
     s = per_sample(s, x_s, "s")
     if dxds.shape != x_s.shape:
@@ -98,7 +99,7 @@ def scm_loss(model: TrigConsistency, x0: torch.Tensor, s=None, z=None, teacher: 
              p_mean: float = -1.0, p_std: float = 1.4, generator: Optional[torch.Generator] = None,
              method: str = "autograd", model_kwargs: Optional[dict] = None) -> torch.Tensor:
     """sCT (``teacher=None``: ``dx/ds = cos(s) z − sin(s) x0``) or sCD (``dx/ds = σ_d F_pre(x_s/σ_d, s)``,
-    ``teacher`` = a pretrained TrigFlow ``F_pre(u, s)``, no gradient) loss of §6.2 / book Alg. 10.
+    ``teacher`` = a pretrained TrigFlow ``F_pre(u, s)``, no gradient) loss of book §11.3.3, Alg. 10.
 
     Args:
         weight_net: ``w_φ(s) -> [B]`` log-weights trained jointly (adaptive weighting, eq. 11.3.11), or
@@ -130,7 +131,7 @@ def scm_loss(model: TrigConsistency, x0: torch.Tensor, s=None, z=None, teacher: 
 @torch.no_grad()
 def scm_sample(model: TrigConsistency, x: torch.Tensor, times, generator: Optional[torch.Generator] = None,
                noise=None, model_kwargs: Optional[dict] = None) -> torch.Tensor:
-    """One-/multistep sampling (§5.3 with TrigFlow noising): ``x ← f(x, s_0)``; for later ``s_m``:
+    """One-/multistep sampling (book §11.2.2, Alg. 9 with TrigFlow noising): ``x ← f(x, s_0)``; for later ``s_m``:
     ``x ← f(cos(s_m) x + sin(s_m) z, s_m)``, ``z ~ N(0, σ_d² I)``. ``x`` starts as ``σ_d ε`` (``s_0 = π/2``)."""
     ts = torch.as_tensor(times, dtype=torch.float64).reshape(-1)
     if ts.numel() < 1 or not bool((ts[1:] < ts[:-1]).all()) or not bool((ts > 0).all()) or \
@@ -147,8 +148,8 @@ def scm_sample(model: TrigConsistency, x: torch.Tensor, times, generator: Option
 
 
 class SCMTrainer(StepLoop):
-    """sCT / sCD training loop (§6.2, book Alg. 10): Adam on ``θ`` (and ``φ`` of ``weight_net``),
-    :func:`scm_loss` with times from :func:`scm_times`, and an evaluation EMA of ``f_θ`` (§0.4; the
+    """sCT / sCD training loop (book §11.3.3, Alg. 10): Adam on ``θ`` (and ``φ`` of ``weight_net``),
+    :func:`scm_loss` with times from :func:`scm_times`, and an evaluation EMA of ``f_θ`` (the
     sCM target is ``θ⁻ = sg[θ]``, no target EMA) used by :meth:`student`.
 
     Args:

@@ -4,25 +4,25 @@ Matching").
 
 A one-step generator ``G_θ(z)`` is trained so that its noised marginals ``p^θ_t`` (law of
 ``x̂_t = α_t G_θ(z) + σ_t ε``) match the teacher's marginals ``p_t``. Three networks take part
-(§10.1): the generator ``G_θ`` (trained), a *fake* denoiser ``ε_ψ`` trained by ε-MSE on generator
+(book §10.2): the generator ``G_θ`` (trained), a *fake* denoiser ``ε_ψ`` trained by ε-MSE on generator
 samples (trained), and a frozen teacher ``ε_φ`` (any callable, e.g. an exact oracle).
 
 Losses (every stop-gradient ``sg[·]`` marked; ``x_g = G_θ(z)``, ``x_t = α_t x_g + σ_t ε``):
 
-* fake update (§3.1 step 1, §3.2 "Fake update"):
+* fake update (book §10.2.1, Zhou et al. 2024):
   ``L_ψ = E w(t) ‖ε_ψ(sg[x_t], t) − ε‖²`` — :func:`fake_score_loss`;
-* VSD / DMD generator surrogate (§3.1, book Prop. 10.2.1, eq. 10.2.2):
+* VSD / DMD generator surrogate (book §10.2.1, Prop. 10.2.1, eq. 10.2.2):
   ``L = E Σ sg[ω(t) α_t (s_ψ(x_t) − s_φ(x_t))] · x_g`` with ``s = −ε̂/σ_t``; its θ-gradient is the
   plug-in VSD gradient ``E ω α_t (s_ψ − s_φ)ᵀ ∂_θ G`` — :func:`vsd_generator_loss`;
-* SiD generator loss (§3.2 "Generator loss used in practice"):
+* SiD generator loss (Zhou et al. 2024):
   ``L(λ) = E w(t)(⟨ε_φ(x_t) − ε_{sg ψ}(x_t), ε_φ(x_t) − ε⟩ − λ‖ε_φ(x_t) − ε_{sg ψ}(x_t)‖²)`` with the
   gradient flowing through ``x_t`` into *both* networks (class **R**) but into neither network's
   parameters; ``λ = 0.5`` → ``2∇L = ∇L1`` (Fisher divergence incl. the implicit ``ψ*(θ)``),
   ``λ = 1`` → ``2∇L = ∇F⁺`` (outer density frozen), ``λ = 1.2`` the SiD default — :func:`sid_generator_loss`;
-* FGM (§3.2, ``L4``): ``L4 = E w(t)[‖ε_φ‖² − 2⟨ε_φ, ε⟩ + 2⟨ε_{sg ψ}, ε⟩ − ‖ε_{sg ψ}‖²] = 2L2^{sg} − L1^{sg}``
+* FGM (Huang et al. 2024): ``L4 = E w(t)[‖ε_φ‖² − 2⟨ε_φ, ε⟩ + 2⟨ε_{sg ψ}, ε⟩ − ‖ε_{sg ψ}‖²] = 2L2^{sg} − L1^{sg}``
   — :func:`fgm_generator_loss`.
 
-:class:`ScoreDistillTrainer` alternates fake-score and generator updates (§3.1/§3.2 "Training iteration").
+:class:`ScoreDistillTrainer` alternates fake-score and generator updates (book §10.2.1/Zhou et al. 2024).
 """
 from __future__ import annotations
 
@@ -199,7 +199,7 @@ def vsd_generator_loss(x_g: torch.Tensor, t, eps: torch.Tensor, teacher: Model, 
     ``g = sg[ω(t) α_t (s_ψ(x_t,t) − s_φ(x_t,t))]`` with ``s − s = (ε_φ − ε_ψ)/σ_t`` and
     ``x_t = α_t sg[x_g] + σ_t ε``; the loss is ``E Σ g · x_g``, whose θ-gradient is exactly the plug-in
     VSD gradient ``E ω α_t (s_ψ − s_φ)ᵀ ∂_θ G_θ(z)`` (the score difference is detached: class **F**).
-    ``dmd_normalize=True`` divides ``g`` per sample by ``mean|x_g − x̂_φ|`` (DMD's normaliser ``[Ref]``).
+    ``dmd_normalize=True`` divides ``g`` per sample by ``mean|x_g − x̂_φ|`` (DMD's normaliser, Yin et al. 2024).
     """
     sched, tb, eps, a, s = _prep(x_g, t, eps, schedule)
     with torch.no_grad():
@@ -219,7 +219,7 @@ def vsd_generator_loss(x_g: torch.Tensor, t, eps: torch.Tensor, teacher: Model, 
 def _sid_terms(x_g, t, eps, teacher, fake, schedule, teacher_prediction, fake_prediction, model_kwargs):
     sched, tb, eps, a, s = _prep(x_g, t, eps, schedule)
     xt = a * x_g + s * eps  # carries the generator gradient
-    # φ and ψ parameters frozen; gradients still flow through xt (class R, §3.2 "Derivatives")
+    # φ and ψ parameters frozen; gradients still flow through xt (class R, Zhou et al. 2024)
     with frozen(teacher, fake):
         e_phi = _eps(teacher, xt, tb, sched, canonical_prediction(teacher_prediction, "teacher_prediction"),
                      "teacher", model_kwargs)
@@ -285,8 +285,8 @@ class ScoreDistillTrainer:
         lam: SiD's λ (0.5, 1, 1.2 ...). latent_dim: dimension of ``z ~ N(0, I)``.
         t_range: time fractions for :func:`sample_times`. weight: w(t) of the generator loss (ω(t) for VSD).
         fake_steps: fake-score updates per generator update.
-        gen_lr, fake_lr: Adam learning rates. betas: Adam betas (GAN-style (0, 0.99) by default ``[Ref]``).
-        ema_decay: if set, an evaluation EMA copy of the generator (§0.4, distinct from any target
+        gen_lr, fake_lr: Adam learning rates. betas: Adam betas (GAN-style (0, 0.99) by default, as in the SiD code).
+        ema_decay: if set, an evaluation EMA copy of the generator (distinct from any target
             network) is updated after each generator step and used by :meth:`sample`.
         seed: seed of the trainer's own torch.Generator (z, t, ε draws).
     """

@@ -4,11 +4,11 @@ Every student exposes ``few_step_sample(x, schedule, steps, model_kwargs=None, g
 is accepted by :func:`diffcore.sample` (which dispatches to it), so
 ``diffcore.sample(student, x, schedule, steps=k)`` runs the student's own sampler:
 
-* :class:`PDStudent` — DDIM with the student on its own grid (§4.2, book §10.3.2);
-* :class:`ConsistencyStudent` — one-step / multistep consistency sampling (§5.3, Alg. 9);
-* :class:`MeanFlowStudent` — ``x ← x − (τ_k − τ_{k+1}) h(x, τ_k, τ_{k+1})`` (§8.3);
-* :class:`CTMStudent` — γ-sampling of a consistency trajectory model (§7, book Alg. 11);
-* :class:`SCMStudent` — one-/multistep sampling of a TrigFlow consistency model (sCM, §6.3).
+* :class:`PDStudent` — DDIM with the student on its own grid (book §10.3, book §10.3.2);
+* :class:`ConsistencyStudent` — one-step / multistep consistency sampling (book §11.2.2, Alg. 9, Alg. 9);
+* :class:`MeanFlowStudent` — ``x ← x − (τ_k − τ_{k+1}) h(x, τ_k, τ_{k+1})`` (book §11.5.2);
+* :class:`CTMStudent` — γ-sampling of a consistency trajectory model (book §11.4, book Alg. 11);
+* :class:`SCMStudent` — one-/multistep sampling of a TrigFlow consistency model (sCM, Lu & Song 2025).
 """
 from __future__ import annotations
 
@@ -143,9 +143,9 @@ class CTMStudent:
 class SCMStudent:
     """A TrigFlow consistency model ``f_θ`` (:class:`~diffcore.distill.scm.TrigConsistency`) on
     ``schedules.get("trig", sigma_data=σ_d)``, sampled by :func:`~diffcore.distill.scm.scm_sample`
-    (§6.3; ``x`` starts as ``σ_d ε``, the trig prior at ``s = π/2``). ``steps = M``: TrigFlow times
+    (Lu & Song 2025; ``x`` starts as ``σ_d ε``, the trig prior at ``s = π/2``). ``steps = M``: TrigFlow times
     ``π/2`` then the first ``M − 1`` entries of ``mid_times`` (decreasing, in ``(0, π/2)``); the default
-    ``(1.1,)`` is the sCM paper's two-step intermediate time [Ref: Lu & Song 2024, §6].
+    ``(1.1,)`` is the sCM paper's two-step intermediate time (Lu & Song 2025).
     """
 
     def __init__(self, model: TrigConsistency, mid_times: Sequence[float] = (1.1,)):

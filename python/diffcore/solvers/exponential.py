@@ -1,4 +1,4 @@
-"""Exponential integrators in log-SNR time λ = log(α/σ) (book §9.2–9.5).
+"""Exponential integrators in log-SNR time λ = log(α/σ) (book §9.2–9.5; ``[B …]`` below cites the book).
 
 =====================  ==================================================  ========  ===============
 name                   method                                              native    order
@@ -9,7 +9,7 @@ name                   method                                              nativ
 ``dpmpp_1``            DPM-Solver++(1) = DDIM, data form                    x̂         1
 ``dpmpp_2s``           DPM-Solver++(2S)  [B Alg. 6]                         x̂         2
 ``dpmpp_2m``           DPM-Solver++(2M)  [B Alg. 7]                         x̂         2
-``dpmpp_3m``           DPM-Solver++(3M), weight ``w`` of §6.7 (default 1)   x̂         3 if w = 2, else 2
+``dpmpp_3m``           DPM-Solver++(3M), weight ``w`` (default 1)          x̂         3 if w = 2, else 2
 =====================  ==================================================  ========  ===============
 
 The coefficient formulas live in ``csrc/core/plans/exponential.h``.
@@ -39,7 +39,7 @@ def _fraction(name: str, v) -> float:
 class DDIM(Solver):
     """DDIM with η = 0 (book Prop. 9.2.1, Eq. (9.2.2)): ``x_t = α_t x̂_s + σ_t ε̂_s``,
     first order, one model call per step; = DPM-Solver-1 = DPM-Solver++(1) = DEIS with one output.
-    Supports dynamic thresholding of x̂ (§2.5)."""
+    Supports dynamic thresholding of x̂ (:mod:`diffcore.thresholding`)."""
 
     name = "ddim"
     native = "x0"
@@ -157,7 +157,7 @@ class DPMSolverPPMulti(Solver):
         solver_type: ``"midpoint"`` (variant A, the default; book's D^sim) or ``"heun"`` (variant B).
         w: weight of 3M's second divided difference. ``w = 2`` is the consistent third-order weighting
             (exact for x̂ quadratic in λ; global order 3). ``w = 1`` (the default) reproduces the
-            DPM-Solver reference code and diffusers bit for bit and is only second order (§6.7, §12),
+            DPM-Solver reference code and diffusers bit for bit and is only second order (docs/errata.md S17),
             but in ``bench/bench_error_nfe.py`` it had the lower error in 13 of 16 (schedule family,
             NFE ∈ {5, 10, 15, 20}) cells — every family at NFE 10 and 15 (e.g. VP-linear NFE 10:
             0.154 vs 0.183 RMS; EDM NFE 15: 0.091 vs 0.170) — the range 3M is used in; w = 2 wins at
@@ -165,7 +165,8 @@ class DPMSolverPPMulti(Solver):
             accuracy studies.
         lower_order_final: lower the order of the last steps when there are fewer than 15 (the
             reference rule); a final step to σ = 0 always uses order 1.
-        thresholding, dynamic_thresholding_ratio, sample_max_value: dynamic thresholding of x̂ (§2.5).
+        thresholding, dynamic_thresholding_ratio, sample_max_value: dynamic thresholding of x̂
+            (:mod:`diffcore.thresholding`).
     """
 
     native = "x0"

@@ -98,7 +98,7 @@ class DDIMEta(_Stochastic):
 
         x_t = α_t x̂ + √(σ_t² − c²) ε̂ + c z,   c = η σ_t √(1 − e^{−2h}).
 
-    η = 0 is DDIM (§6.3), η = 1 the DDPM posterior step. ``ValueError`` where η makes c exceed σ_t
+    η = 0 is DDIM (book §9.2), η = 1 the DDPM posterior step. ``ValueError`` where η makes c exceed σ_t
     (η > 1 on long steps). Supports dynamic thresholding of x̂."""
 
     name = "ddim_eta"
@@ -182,7 +182,7 @@ class PC(_Stochastic):
 
     Predictors: ``"reverse_diffusion"`` (default) on the discretized forward chain between grid times,
     ``x_t = (2 − α_s/α_t) x_s + σ²_{s|t} ŝ + σ_{s|t} z`` (VE: ``x + (σ_s² − σ_t²)ŝ + √(σ_s² − σ_t²) z``;
-    VP: ``(2 − √(1 − b))x + b ŝ + √b z``), or ``"euler_maruyama"`` (§5.4, η = 1).
+    VP: ``(2 − √(1 − b))x + b ŝ + √b z``), or ``"euler_maruyama"`` (book §4.2.2, η = 1).
 
     Corrector (``"langevin"`` or ``"none"``): ``x ← x + ε ŝ + √(2ε) z`` with the signal-to-noise step
     ``ε = 2 a (snr ‖z‖ / ‖ŝ‖)²``, ``a = (α_{t_i}/α_{t_{i+1}})²`` (the chain's ``1 − b_i`` on VP, 1 on

@@ -7,7 +7,7 @@ relative to the step's anchor ``s`` is
 
     f_n = (σ_n ε̂_n − ℓ_n ⊙ x_n)/α_n,      g_n = e^{S_s − S_n} f_n − e^{S_s}(B_n − B_s),
 
-and an order-``p`` multistep step ``s → t`` with history nodes ``n_0 = s, n_1, …, n_{p−1}`` is (§6.9)
+and an order-``p`` multistep step ``s → t`` with history nodes ``n_0 = s, n_1, …, n_{p−1}`` is (book §9.7)
 
     x_t = (α_t/α_s) e^{L_s − L_t} x_s − α_t e^{L_s − L_t} [ E_0 g_s + Σ_{k≥1} E_k ĝ^{(k)} + ∫_s^t e^{Φ} e^{S_s}(B − B_s) ],
     E_k = ∫_s^t e^{Φ(λ)} (λ − λ_s)^k / k! dλ,     Φ(λ) = (L + S)(λ) − (L + S)(λ_s)
@@ -134,7 +134,7 @@ class DPMSolverV3:
         statistics: the :class:`~diffcore.EMS` of the model and schedule (required).
         order: predictor order ``p`` ∈ {1, 2, 3, 4} (the spec recommends 3 unconditional, 2 guided).
         predictor: ``"full"`` (Vandermonde derivatives, formal order ``p``) or ``"pseudo"``.
-        corrector: apply the UniC-style corrector (off is better for many steps, §6.9).
+        corrector: apply the UniC-style corrector (off is better for many steps).
         lower_order_final: lower the order of the last steps when there are fewer than 15.
 
     The sampling grid must lie inside the statistics' λ range; its times are snapped to the grid, and
