@@ -193,7 +193,7 @@ def test_bad_inputs_raise_named_errors():
     _err(TypeError, "ring: expected dtype float64", x, coefs, ring.float())
     _err(ValueError, "coefs: expected shape", x, coefs[:, :2], ring)
     _err(ValueError, "ring: expected shape", x, coefs, ring[:, :, :2])
-    _err(ValueError, "x: its feature dimensions must be contiguous", x.transpose(1, 2), coefs, ring)
+    _err(ValueError, "x: its feature dimensions must be contiguous", x.transpose(1, 2), coefs, ring.transpose(2, 3))
     _err(ValueError, "out: expected shape", x, coefs, ring, out=torch.empty(5, 3, dtype=torch.float64))
     _err(TypeError, "out: expected dtype float64", x, coefs, ring, out=torch.empty_like(x, dtype=torch.float32))
     _err(ValueError, "slot: expected 0 <= slot < K", x, coefs, ring, new, 5)

@@ -1,5 +1,7 @@
 #include "bind/dlpack_view.h"
 
+#include <algorithm>
+#include <climits>
 #include <sstream>
 
 #include "core/dlpack_abi.h"
@@ -64,14 +66,19 @@ std::string View::describe() const {
 
 bool is_none(py::handle obj) { return obj.is_none(); }
 
+// A capsule is trusted for nothing that can be checked: its shape, strides and byte offset must
+// describe a region that 64-bit addresses can hold (a hand-made or corrupt capsule would otherwise
+// make the kernels, or torch when it imports the array, read or write anywhere), and a region with
+// elements must have a data pointer.
 static void fill_view(View& v, const dlpack::Tensor& t) {
+  const std::string name(v.name);
   if (t.ndim < 0 || t.ndim > kMaxDims)
-    throw py::value_error(std::string(v.name) + ": tensors with more than " + std::to_string(kMaxDims) +
+    throw py::value_error(name + ": tensors with more than " + std::to_string(kMaxDims) +
                           " dimensions are not supported");
+  if (t.ndim > 0 && t.shape == nullptr) throw py::value_error(name + ": DLPack tensor without a shape array");
   v.ndim = t.ndim;
   v.device_type = t.device.device_type;
   v.device_id = t.device.device_id;
-  v.data = static_cast<char*>(t.data) + t.byte_offset;
   if (t.dtype.lanes != 1) v.dtype = DType::Other;
   else if (t.dtype.code == dlpack::kFloat && t.dtype.bits == 16) v.dtype = DType::F16;
   else if (t.dtype.code == dlpack::kFloat && t.dtype.bits == 32) v.dtype = DType::F32;
@@ -81,14 +88,47 @@ static void fill_view(View& v, const dlpack::Tensor& t) {
   else if (t.dtype.code == dlpack::kBool && t.dtype.bits == 8) v.dtype = DType::Bool;
   else v.dtype = DType::Other;
   v.itemsize = (t.dtype.bits / 8) * (t.dtype.lanes ? t.dtype.lanes : 1);
-  int64_t expect = 1;
+  const auto overflow = [&](const char* what) {
+    return py::value_error(name + ": its " + what + " overflow 64-bit addressing (a corrupt or hand-made "
+                           "DLPack capsule?)");
+  };
+  int64_t expect = 1, numel = 1;
   for (int d = v.ndim - 1; d >= 0; --d) {
+    if (t.shape[d] < 0)
+      throw py::value_error(name + ": negative extent " + std::to_string(t.shape[d]) + " in dimension " +
+                            std::to_string(d));
     v.shape[d] = t.shape[d];
     v.strides[d] = t.strides ? t.strides[d] : expect;
-    expect *= t.shape[d];
+    if (__builtin_mul_overflow(numel, t.shape[d], &numel)) throw overflow("shape");
+    if (!t.strides && __builtin_mul_overflow(expect, t.shape[d], &expect)) throw overflow("shape");
   }
+  // Lowest and highest byte offset an element occupies, relative to data + byte_offset.
+  int64_t lo = 0, hi = 0;
+  if (numel != 0) {
+    for (int d = 0; d < v.ndim; ++d) {
+      int64_t span;
+      if (__builtin_mul_overflow(v.shape[d] - 1, v.strides[d], &span) ||
+          __builtin_mul_overflow(span, int64_t(v.itemsize), &span) ||
+          __builtin_add_overflow(span < 0 ? lo : hi, span, span < 0 ? &lo : &hi))
+        throw overflow("strides");
+    }
+    if (__builtin_add_overflow(hi, int64_t(v.itemsize), &hi)) throw overflow("strides");
+    if (t.data == nullptr)
+      throw py::value_error(name + ": DLPack tensor with a null data pointer but " + std::to_string(numel) +
+                            " elements");
+  }
+  uintptr_t base;
+  if (t.byte_offset > uint64_t(INT64_MAX) || __builtin_add_overflow(uintptr_t(t.data), uintptr_t(t.byte_offset), &base))
+    throw overflow("byte offset");
+  uintptr_t top;
+  if (numel != 0 && (uintptr_t(0) - uintptr_t(lo) > base || __builtin_add_overflow(base, uintptr_t(hi), &top)))
+    throw overflow("strides and byte offset");
+  if (numel != 0 && v.itemsize > 0 && (v.itemsize & (v.itemsize - 1)) == 0 && base % uintptr_t(v.itemsize) != 0)
+    throw py::value_error(name + ": its data (pointer + byte offset) is not aligned to its " +
+                          std::to_string(v.itemsize) + "-byte elements; pass an aligned copy");
+  v.data = reinterpret_cast<char*>(base);
   if (v.device_type != dlpack::kCPU && v.device_type != dlpack::kCUDA)
-    throw py::value_error(std::string(v.name) + ": expected a CPU or CUDA tensor, got " + device_name(v));
+    throw py::value_error(name + ": expected a CPU or CUDA tensor, got " + device_name(v));
 }
 
 View parse_view(py::handle obj, const char* name) {
@@ -137,9 +177,39 @@ void require_same_device(const View& v, const View& ref) {
                           ref.name + "), got " + device_name(v));
 }
 
+bool self_overlaps(const View& v) {
+  // Dimensions by increasing |stride|: each must step past everything the inner ones reach. Sufficient
+  // for distinct elements (a few exotic interleaved layouts are refused too, with a clear message).
+  std::array<std::pair<int64_t, int64_t>, kMaxDims> dims{};  // (|stride|, extent)
+  int k = 0;
+  for (int d = 0; d < v.ndim; ++d) {
+    if (v.shape[d] == 0) return false;
+    if (v.shape[d] > 1) dims[k++] = {v.strides[d] < 0 ? -v.strides[d] : v.strides[d], v.shape[d]};
+  }
+  std::sort(dims.begin(), dims.begin() + k);
+  int64_t reach = 1;  // elements spanned by the inner dimensions
+  for (int q = 0; q < k; ++q) {
+    if (dims[q].first < reach) return true;
+    reach = dims[q].first * (dims[q].second - 1) + reach;
+  }
+  return false;
+}
+
 void require_writable(const View& v) {
   if (v.readonly)
-    throw py::value_error(std::string(v.name) + ": the array is read-only (e.g. a JAX array) and cannot be written");
+    throw py::value_error(std::string(v.name) + ": the array is read-only (e.g. a JAX array or a NumPy array "
+                          "with writeable=False) and cannot be written; pass a writable array");
+  if (self_overlaps(v))
+    throw py::value_error(std::string(v.name) + ": is written but its elements overlap in memory (e.g. rows "
+                          "aliased by a broadcast / expanded tensor with stride 0); pass a separate buffer, "
+                          "e.g. .contiguous()");
+}
+
+void require_importable(const View& v) {
+  for (int d = 0; d < v.ndim; ++d)
+    if (v.strides[d] < 0 && v.shape[d] > 1)
+      throw py::value_error(std::string(v.name) + ": arrays with negative strides (reversed views) cannot be "
+                            "imported; pass a contiguous copy");
 }
 
 void require_trailing_shape(const View& v, int first, const View& ref, int ref_first, const char* what) {

@@ -50,7 +50,11 @@ void require_float(const View& v);                       // f16/bf16/f32/f64
 void require_real(const View& v);                        // f32/f64 (coefficient tables)
 void require_same_dtype(const View& v, const View& ref);
 void require_same_device(const View& v, const View& ref);
+// Written: not read-only, and no two elements share memory (stride 0, overlapping rows).
 void require_writable(const View& v);
+bool self_overlaps(const View& v);
+// torch (and most consumers) cannot import negative strides: raise naming the argument instead.
+void require_importable(const View& v);
 // Dims [first, ndim) of v equal those of ref from ref_first on ("what" describes the expectation).
 void require_trailing_shape(const View& v, int first, const View& ref, int ref_first, const char* what);
 void require_feature_compact(const View& v, int first);  // dims [first, ndim) row-major contiguous

@@ -168,6 +168,13 @@ PYBIND11_MODULE(_core, m) {
         py::arg("slot"), py::arg("feat"), py::arg("nthreads"), py::arg("stream"),
         "out = coefs[:,0]*x + sum_k coefs[:,k+1]*ring[k] (ring[slot] <- new first); see csrc/core/lincomb.h");
   m.def("build_info", &dc::build_info);
+  m.def(
+      "dlpack_check",
+      [](py::handle capsule, const std::string& name) {
+        dc::require_importable(dc::parse_view(capsule, name.c_str()));
+      },
+      py::arg("capsule"), py::arg("name"),
+      "validate a DLPack capsule (extents, data pointer, strides) before torch imports it; raises naming `name`");
   m.attr("MAX_DIMS") = dc::kMaxDims;  // the most dimensions a tensor handed to a kernel may have
   m.def("cuda_device_count", &dc::cuda_device_count);
   dc::register_schedule_ops(m);

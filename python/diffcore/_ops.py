@@ -13,9 +13,12 @@ Outputs are allocated here by torch (or passed by the caller as ``out=``), never
 """
 from __future__ import annotations
 
+import os
 import threading
+import warnings
 from typing import Optional
 
+import numpy as np
 import torch
 from torch.utils.dlpack import to_dlpack as _to_dlpack
 
@@ -32,12 +35,21 @@ MAX_DIMS: int = _core.MAX_DIMS
 _tls = threading.local()
 
 
+#: The most threads :func:`set_num_threads` accepts: 4 x ``os.cpu_count()`` (at least 64). More
+#: threads than that only oversubscribe the cores, and past the system's thread limit OpenMP
+#: cannot create the team at all.
+MAX_THREADS: int = max(64, 4 * (os.cpu_count() or 1))
+
+
 def set_num_threads(n: Optional[int]) -> None:
     """Threads for diffcore's CPU kernels; ``None`` follows ``torch.get_num_threads()`` (the default),
     so diffcore never oversubscribes the cores beside torch's own pool."""
     global _num_threads
-    if n is not None and (not isinstance(n, int) or n < 1):
-        raise ValueError(f"n: expected a positive int or None, got {n!r}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_THREADS):
+        # an unbounded team kills the process at the next kernel call (thread creation fails inside
+        # OpenMP: abort at 32768 threads, segfault at 100000), so the bound is checked here
+        raise ValueError(f"n: expected a positive int <= {MAX_THREADS} (4 x os.cpu_count(), at least 64) "
+                         f"or None, got {n!r}")
     _num_threads = n
 
 
@@ -79,13 +91,56 @@ def fast_path_ok(*tensors) -> bool:
     return True
 
 
-def _capsule(a, name: str = "argument"):
+def _numpy_in(a: np.ndarray) -> np.ndarray:
+    """A NumPy array that is only read, as an array torch and the kernels can import: a contiguous copy
+    when it has negative strides (torch aborts the interpreter on them), strides that are not whole
+    elements, misaligned data or a non-native byte order; the array itself otherwise."""
+    if a.flags.aligned and a.dtype.isnative and all(s >= 0 and s % a.itemsize == 0 for s in a.strides):
+        return a
+    return np.array(a, dtype=a.dtype.newbyteorder("="), order="C", copy=True)
+
+
+def _numpy_to_torch(a: np.ndarray, name: str) -> torch.Tensor:
+    a = _numpy_in(a)
+    try:
+        with warnings.catch_warnings():
+            # a read-only array is only read here (written arguments are checked by _capsule / lincomb)
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(a)
+    except TypeError as e:
+        raise TypeError(f"{name}: NumPy dtype {a.dtype} has no torch equivalent") from e
+
+
+def _dlpack_versioned(a):
+    """``a.__dlpack__()``, asking for DLPack 1.0 (which carries the read-only flag) where the producer
+    supports it; older producers take no ``max_version``."""
+    try:
+        return a.__dlpack__(max_version=(1, 0))
+    except TypeError:
+        return a.__dlpack__()
+
+
+def _capsule(a, name: str = "argument", written: bool = False):
+    """A DLPack capsule of ``a`` for a kernel. ``written``: the kernel writes into ``a``, so NumPy arrays
+    are passed as they are (the kernels take any batch stride; read-only ones are refused by name);
+    read NumPy arrays are normalized by :func:`_numpy_in`. Other producers' capsules are validated by
+    the kernel binding (csrc/bind/dlpack_view.cpp)."""
     if a is None:
         return None
     if isinstance(a, torch.Tensor):
         return _to_dlpack(a)
+    if isinstance(a, np.ndarray):
+        if written and not a.flags.writeable:
+            raise ValueError(f"{name}: the NumPy array is read-only (writeable=False) but {name} is written; "
+                             "pass a writable array")
+        if not written:
+            a = _numpy_in(a)
+        try:
+            return _dlpack_versioned(a)
+        except BufferError:  # NumPy < 2.1 cannot export read-only arrays: torch can
+            return _to_dlpack(_numpy_to_torch(a, name))
     if hasattr(a, "__dlpack__"):
-        return a.__dlpack__()
+        return _dlpack_versioned(a)
     raise TypeError(f"{name}: expected a torch tensor or an array exposing __dlpack__, got {type(a).__name__}")
 
 
@@ -110,18 +165,142 @@ def _as_torch(a, name: str = "argument") -> torch.Tensor:
     """A torch view of any DLPack array (zero copy), used for outputs and for the reference path."""
     if isinstance(a, torch.Tensor):
         return a
+    if isinstance(a, np.ndarray):
+        return _numpy_to_torch(a, name)
     if not hasattr(a, "__dlpack__"):
         raise TypeError(f"{name}: expected a torch tensor or an array exposing __dlpack__, got {type(a).__name__}")
-    return torch.utils.dlpack.from_dlpack(a)
+    # torch trusts a capsule's extents and strides (it aborts the interpreter on negative strides and
+    # reads through a null data pointer): the capsule is validated first, on the stream torch would use
+    kwargs = {}
+    dev = a.__dlpack_device__() if hasattr(a, "__dlpack_device__") else (1, 0)
+    if dev[0] == 2:  # kDLCUDA: the producer orders its work before torch's current stream (1: legacy default)
+        stream = torch.cuda.current_stream(dev[1]).cuda_stream
+        kwargs["stream"] = 1 if stream == 0 else stream
+    capsule = a.__dlpack__(**kwargs)
+    _core.dlpack_check(capsule, name)
+    return torch.utils.dlpack.from_dlpack(capsule)
+
+
+_HALF_OR_REAL = ("float16", "bfloat16", "float32", "float64")
+
+
+def _dtype_name(a) -> str:
+    d = a.dtype
+    return str(d).replace("torch.", "") if isinstance(d, torch.dtype) else str(getattr(d, "name", d))
+
+
+def _device_name(a) -> str:
+    if isinstance(a, torch.Tensor):
+        return str(a.device)
+    if isinstance(a, np.ndarray) or not hasattr(a, "__dlpack_device__"):
+        return "cpu"
+    kind, index = a.__dlpack_device__()
+    return {1: "cpu", 2: f"cuda:{index}"}.get(int(kind), f"device type {int(kind)}")
+
+
+def _shape_str(shape) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _check_lincomb_args(x, coefs, ring=None, new=None, slot: int = -1, feat=None, out=None) -> None:
+    """The argument rules of :func:`lincomb`, checked on shapes, dtypes and devices only (so also under
+    autograd and ``torch.func`` transforms): the compiled kernel and :func:`lincomb_reference` accept
+    exactly the same calls. Raises TypeError / ValueError naming the argument (the kernel binding,
+    csrc/bind/module.cpp, repeats these checks for direct callers of ``_core``)."""
+    args = (("x", x), ("coefs", coefs), ("ring", ring), ("new", new), ("feat", feat), ("out", out))
+    for name, a in args:
+        if a is not None and not (isinstance(a, torch.Tensor) or hasattr(a, "__dlpack__")):
+            raise TypeError(f"{name}: expected a torch tensor or an array exposing __dlpack__, "
+                            f"got {type(a).__name__}")
+    if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)):
+        raise TypeError(f"slot: expected an int, got {slot!r}")
+    slot = int(slot)
+    xs = tuple(x.shape)
+    if _dtype_name(x) not in _HALF_OR_REAL:
+        raise TypeError(f"x: expected float16, bfloat16, float32 or float64, got {_dtype_name(x)}")
+    if len(xs) < 1:
+        raise ValueError("x: expected at least one (batch) dimension")
+    B, N = xs[0], int(np.prod(xs[1:], dtype=np.int64))
+    dev = _device_name(x)
+    for name, a in args[1:]:
+        if a is not None and _device_name(a) != dev:
+            raise ValueError(f"{name}: expected a tensor on {dev} (as x), got {_device_name(a)}")
+    for name, a in (("ring", ring), ("new", new), ("out", out)):
+        if a is not None and _dtype_name(a) != _dtype_name(x):
+            raise TypeError(f"{name}: expected dtype {_dtype_name(x)} (as x), got {_dtype_name(a)}")
+    K = 0
+    if ring is not None:
+        if tuple(ring.shape)[1:] != xs or len(ring.shape) != len(xs) + 1:
+            raise ValueError(f"ring: expected shape (K, *x.shape), got {_shape_str(tuple(ring.shape))} with x of "
+                             f"shape {_shape_str(xs)}")
+        K = int(ring.shape[0])
+    if (new is not None) != (slot >= 0):
+        raise ValueError("new: a new model output and a ring slot index must be given together")
+    if new is not None:
+        if ring is None:
+            raise ValueError("new: writing a history slot needs a ring buffer")
+        if slot >= K:
+            raise ValueError(f"slot: expected 0 <= slot < K = {K}, got {slot}")
+        if tuple(new.shape) != xs:
+            raise ValueError(f"new: expected shape equal to x's, got {_shape_str(tuple(new.shape))} with x of "
+                             f"shape {_shape_str(xs)}")
+    elif slot != -1:
+        raise ValueError("slot: expected -1 when no new output is written")
+    if _dtype_name(coefs) not in ("float32", "float64"):
+        raise TypeError(f"coefs: expected float32 or float64, got {_dtype_name(coefs)}")
+    cs = tuple(coefs.shape)
+    if len(cs) != 2 or cs[0] not in (B, 1) or cs[1] != 1 + K:
+        raise ValueError(f"coefs: expected shape ({B} or 1, {1 + K}) = (batch, 1 + K), got {_shape_str(cs)}")
+    if feat is not None:
+        if _dtype_name(feat) != _dtype_name(coefs):
+            raise TypeError(f"feat: expected dtype {_dtype_name(coefs)} (as coefs), got {_dtype_name(feat)}")
+        fs = tuple(feat.shape)
+        if len(fs) != 3 or fs[0] not in (B, 1) or fs[1] != 1 + K or fs[2] != N:
+            raise ValueError(f"feat: expected shape ({B} or 1, {1 + K}, {N}) = (batch, 1 + K, features), "
+                             f"got {_shape_str(fs)}")
+    if out is not None and tuple(out.shape) != xs:
+        raise ValueError(f"out: expected shape equal to x's, got {_shape_str(tuple(out.shape))} with x of shape "
+                         f"{_shape_str(xs)}")
+
+
+def _foreign(a) -> bool:
+    """An array that is neither a torch tensor nor a NumPy array but exposes ``__dlpack__``."""
+    return a is not None and not isinstance(a, (torch.Tensor, np.ndarray)) and hasattr(a, "__dlpack__")
+
+
+def _np_features_compact(a: np.ndarray) -> bool:
+    """Dimensions from 1 on row-major contiguous (any stride on the batch axis), as the kernels write."""
+    expect = a.itemsize
+    for size, st in zip(reversed(a.shape[1:]), reversed(a.strides[1:])):
+        if size != 1 and st != expect:
+            return False
+        expect *= size
+    return True
+
+
+def _write_out(out, res: torch.Tensor):
+    """Copy the reference result into a caller's ``out`` (a torch tensor or a writable NumPy array)."""
+    if isinstance(out, torch.Tensor):
+        return out.copy_(res)
+    if isinstance(out, np.ndarray):
+        if not out.flags.writeable:
+            raise ValueError("out: the NumPy array is read-only (writeable=False) but out is written; "
+                             "pass a writable array")
+        np.copyto(out, res.detach().cpu().numpy())
+        return out
+    _as_torch(out, "out").copy_(res)
+    return out
 
 
 def lincomb_reference(x, coefs, ring=None, new=None, slot=-1, feat=None, out=None):
     """Eager-torch reference of :func:`lincomb` (differentiable; used under autograd / transforms)."""
-    x = _as_torch(x)
+    _check_lincomb_args(x, coefs, ring, new, slot, feat, out)
+    x = _as_torch(x, "x")
     B = x.shape[0]
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    c = _as_torch(coefs).to(compute)
-    f = None if feat is None else _as_torch(feat).to(compute).reshape(feat.shape[0], feat.shape[1], *x.shape[1:])
+    c = _as_torch(coefs, "coefs").to(compute)
+    f = None if feat is None else _as_torch(feat, "feat").to(compute).reshape(feat.shape[0], feat.shape[1],
+                                                                             *x.shape[1:])
     bshape = (c.shape[0],) + (1,) * (x.dim() - 1)
 
     def weight(k):
@@ -131,18 +310,21 @@ def lincomb_reference(x, coefs, ring=None, new=None, slot=-1, feat=None, out=Non
     acc = weight(0) * x.to(compute)
     terms = []
     if ring is not None:
-        ring = _as_torch(ring)
+        ring_np = ring if isinstance(ring, np.ndarray) else None
+        ring = _as_torch(ring, "ring")
         for k in range(ring.shape[0]):
-            terms.append(_as_torch(new) if k == slot else ring[k])
+            terms.append(_as_torch(new, "new") if k == slot else ring[k])
     for k, term in enumerate(terms):
         acc = acc + weight(k + 1) * term.to(compute)
     if slot >= 0:
         with torch.no_grad():
-            ring[slot].copy_(_as_torch(new).detach())
+            if ring_np is not None:  # the torch view may be a copy (e.g. of negative strides)
+                _write_out(ring_np[slot], _as_torch(new, "new").detach())
+            else:
+                ring[slot].copy_(_as_torch(new, "new").detach())
     res = acc.to(x.dtype)
     if out is not None:
-        out.copy_(res)
-        return out
+        return _write_out(out, res)
     return res if res.shape[0] == B else res.expand_as(x)
 
 
@@ -164,13 +346,25 @@ def lincomb(x, coefs, ring=None, new=None, slot: int = -1, feat=None, out=None):
     Returns ``out`` (a new torch tensor when not given). Under autograd, ``torch.func`` transforms or
     ``torch.compile`` tracing this runs :func:`lincomb_reference` instead of the compiled kernel.
     """
+    if any(_foreign(a) for a in (x, coefs, ring, new, feat, out)):
+        # other producers (CuPy, JAX, hand-made capsules): validated zero-copy torch views
+        xa, ca, ra, na, fa, oa = (_as_torch(a, name) if _foreign(a) else a for name, a in
+                                  (("x", x), ("coefs", coefs), ("ring", ring), ("new", new), ("feat", feat),
+                                   ("out", out)))
+        res = lincomb(xa, ca, ra, na, slot, fa, oa)
+        return res if out is None else out
     if not fast_path_ok(x, coefs, ring, new, feat, out):
         return lincomb_reference(x, coefs, ring, new, slot, feat, out)
+    _check_lincomb_args(x, coefs, ring, new, slot, feat, out)
+    if isinstance(out, np.ndarray) and not _np_features_compact(out):
+        # a NumPy out the kernel cannot write in place (e.g. reversed feature axes): compute, then copy
+        return _write_out(out, lincomb(x, coefs, ring, new, slot, feat))
     if out is None:
         xt = _as_torch(x, "x")
         out = torch.empty(xt.shape, dtype=xt.dtype, device=xt.device)
     _core.lincomb(
-        _capsule(out), _capsule(x), _capsule(coefs), _capsule(ring), _capsule(new), slot, _capsule(feat),
+        _capsule(out, "out", written=True), _capsule(x, "x"), _capsule(coefs, "coefs"),
+        _capsule(ring, "ring", written=slot >= 0), _capsule(new, "new"), slot, _capsule(feat, "feat"),
         get_num_threads(), _stream_of(x),
     )
     return out

@@ -26,7 +26,7 @@ import torch
 from . import _ops
 
 __all__ = ["SinkhornResult", "AssignmentResult", "ConvergenceWarning", "sinkhorn", "sinkhorn_reference",
-           "exact_assignment", "squared_euclidean"]
+           "exact_assignment", "squared_euclidean", "eps_floor", "EPS_FLOOR_RESOLUTIONS"]
 
 # Status codes of the compiled solver (csrc/ot/ot_math.h, enum Status).
 _CONVERGED, _MAX_ITERS, _BAD_COST, _BAD_A, _BAD_B, _SUM_A, _SUM_B, _BREAKDOWN = range(8)
@@ -89,8 +89,10 @@ def _weight_tol(dtype: torch.dtype) -> float:
 
 def _as_cost(cost, name: str = "cost") -> torch.Tensor:
     if not isinstance(cost, torch.Tensor):
+        if hasattr(cost, "__dlpack__"):  # validated import; its errors name the argument
+            return _ops._as_torch(cost, name)
         try:
-            cost = _ops._as_torch(cost, name) if hasattr(cost, "__dlpack__") else torch.as_tensor(cost)
+            cost = torch.as_tensor(cost)
         except (TypeError, ValueError, RuntimeError) as e:
             raise TypeError(f"{name}: expected a tensor or array, got {type(cost).__name__}") from e
     return cost
@@ -133,6 +135,39 @@ def _check_values(cost: torch.Tensor, a: Optional[torch.Tensor], b: Optional[tor
         if bool(((s - 1).abs() > wtol).any()):
             raise ValueError(f"{name}: expected weights summing to 1 (within {wtol:g}), got sums "
                              f"{s.detach().flatten()[:4].tolist()}")
+
+
+#: The smallest ε Sinkhorn accepts, in units of the arithmetic's resolution (torch.finfo(dtype).eps)
+#: times the cost's magnitude max|C|: the potentials f, g are of the cost's magnitude, so
+#: (f_i + g_j − C_ij)/ε carries a rounding error of about finfo.eps·max|C|/ε, and at ε = 64·finfo.eps·max|C|
+#: the Gibbs kernel exp((f + g − C)/ε) is still accurate to a few percent; far below it the potentials
+#: cannot move by an ε-sized step at all (float64, max|C| = 1: plans of total mass 1e305 at ε = 1e-20).
+EPS_FLOOR_RESOLUTIONS = 64.0
+
+
+def eps_floor(cost, dtype: torch.dtype = torch.float64) -> float:
+    """The smallest ``eps`` :func:`sinkhorn` accepts for ``cost`` (the largest over a batch) when its
+    arithmetic is ``dtype``: ``EPS_FLOOR_RESOLUTIONS · torch.finfo(dtype).eps · max|C|``. The compiled
+    solver computes in float64 for both cost dtypes; :func:`sinkhorn_reference` in the cost's dtype.
+    Adding a constant to the cost leaves the plan unchanged, so subtracting ``cost.min()`` lowers it."""
+    cost = _as_cost(cost)
+    if cost.numel() == 0:
+        return 0.0
+    lo, hi = torch.aminmax(cost.detach())
+    mag = float(torch.maximum(-lo, hi))  # one host read (synchronizes a CUDA stream)
+    return EPS_FLOOR_RESOLUTIONS * torch.finfo(dtype).eps * mag
+
+
+def _check_eps_floor(cost: torch.Tensor, eps: float, dtype: torch.dtype) -> None:
+    if _ops.in_transform():  # values cannot be read inside torch.func transforms
+        return
+    floor = eps_floor(cost, dtype)
+    if math.isfinite(floor) and eps < floor:  # a non-finite cost is reported as such later
+        raise ValueError(f"eps: expected eps >= {floor:.3g} for this cost, got {eps!r}: below "
+                         f"{EPS_FLOOR_RESOLUTIONS:g} x {torch.finfo(dtype).eps:.3g} ({str(dtype).replace('torch.', '')} "
+                         f"resolution) x max|C| the Gibbs kernel exp((f + g - C)/eps) cannot be represented. "
+                         "Subtract cost.min() (the plan does not change) or, for the unregularized problem, use "
+                         "exact_assignment")
 
 
 def _raise_status(codes, a, b) -> None:
@@ -179,10 +214,12 @@ def sinkhorn(a, b, cost, eps: float, tol: Optional[float] = None, max_iters: int
 
     The compiled solver keeps the kernel ``K̃ = exp((f̂ + ĝ − C)/ε)`` with absorbed potentials and
     iterates on scalings (two fused mat-vecs per iteration instead of 2nm exponentials), absorbing them
-    into the potentials whenever they grow (Schmitzer's stabilization), so any ε > 0 is safe in float64
-    and float32; underflowed rows/columns are repaired by exact log-domain updates. With ``overrelax``
-    (default) each update is over-relaxed by an ω chosen from the observed convergence rate (SOR
-    theory) and accepted only when it increases the dual objective by at least 5 % of what the plain
+    into the potentials whenever they grow (Schmitzer's stabilization), so any ε down to
+    :func:`eps_floor` (64 float64 resolutions times ``max|C|``, about ``1.4e-14·max|C|``, for both
+    cost dtypes) is safe; smaller ε raise a ValueError, since the potentials, of the cost's magnitude,
+    cannot resolve an ε-sized change. Underflowed rows/columns are repaired by exact log-domain
+    updates. With ``overrelax`` (default) each update is over-relaxed by an ω chosen from the
+    observed convergence rate (SOR theory) and accepted only when it increases the dual objective by at least 5 % of what the plain
     update would (otherwise backtracked towards ω = 1): a monotone dual ascent with the same unique
     fixed point, typically 2–10x fewer iterations at small ε. ``overrelax=False`` gives the plain
     Sinkhorn iterates. On CUDA one thread block solves each problem (all iterations on the device, on
@@ -198,7 +235,8 @@ def sinkhorn(a, b, cost, eps: float, tol: Optional[float] = None, max_iters: int
         b: ``[m]`` or ``[*batch, m]`` target weights, likewise.
         cost: ``[n, m]`` or ``[*batch, n, m]`` float32/float64 cost (CPU or CUDA). Use
             :func:`squared_euclidean` for point clouds.
-        eps: ε > 0, absolute (in the cost's units; scale the cost, e.g. by its max, for a relative ε).
+        eps: ε > 0, absolute (in the cost's units; scale the cost, e.g. by its max, for a relative ε),
+            at least :func:`eps_floor` of the cost.
         tol: marginal-error tolerance; default 1e-9 (float64) / 1e-6 (float32).
         max_iters: iteration cap (≥ 1), counted over all ε stages.
         check_every: how often the stopping rule is evaluated (≥ 1).
@@ -217,8 +255,8 @@ def sinkhorn(a, b, cost, eps: float, tol: Optional[float] = None, max_iters: int
         ``marginal_error`` in the cost's dtype, on its device.
 
     Raises:
-        TypeError / ValueError naming the argument: non-float cost, bad shapes, empty cost, ε ≤ 0,
-        NaN/infinite cost, negative weights, weights not summing to 1.
+        TypeError / ValueError naming the argument: non-float cost, bad shapes, empty cost, ε ≤ 0 or
+        below :func:`eps_floor`, NaN/infinite cost, negative weights, weights not summing to 1.
     """
     cost = _as_cost(cost)
     _check_cost(cost)
@@ -257,6 +295,7 @@ def sinkhorn(a, b, cost, eps: float, tol: Optional[float] = None, max_iters: int
         return sinkhorn_reference(a, b, cost, eps, tol=tol, max_iters=max_iters, check_every=check_every,
                                   warn=warn)
 
+    _check_eps_floor(cost, eps, torch.float64)  # the compiled solver's arithmetic is float64 for both dtypes
     C = cost.reshape((-1, n, m))
     if C.stride(-1) != 1:
         C = C.contiguous()
@@ -293,7 +332,8 @@ def sinkhorn_reference(a, b, cost, eps: float, tol: Optional[float] = None, max_
     ``f_i ← −ε logsumexp_j(log b_j + (g_j − C_ij)/ε)``, ``g_j ← −ε logsumexp_i(log a_i + (f_i − C_ij)/ε)``
     from ``f = g = 0``, plain (no relaxation, no ε-scaling); the stopping rule, outputs and conventions
     are those of :func:`sinkhorn`, and a batch stops problem by problem (converged problems are frozen),
-    so batched results equal one-at-a-time results.
+    so batched results equal one-at-a-time results. Its arithmetic is the cost's dtype, so ε must be at
+    least ``eps_floor(cost, cost.dtype)`` (for float32 about ``7.6e-6·max|C|``).
     """
     cost = _as_cost(cost)
     _check_cost(cost)
@@ -314,6 +354,7 @@ def sinkhorn_reference(a, b, cost, eps: float, tol: Optional[float] = None, max_
     checks = not _ops.in_transform()
     if checks:
         _check_values(cost, a, b, _weight_tol(cost.dtype))
+        _check_eps_floor(cost, eps, cost.dtype)  # these iterations compute in the cost's dtype
     dt = cost.dtype
     aw = torch.full(batch + (n,), 1.0 / n, dtype=dt, device=cost.device) if a is None else a / a.sum(-1, keepdim=True)
     bw = torch.full(batch + (m,), 1.0 / m, dtype=dt, device=cost.device) if b is None else b / b.sum(-1, keepdim=True)
