@@ -1,11 +1,21 @@
 // The CPU loop shared by the fused kernels: a [B, N] array is cut into (sample, chunk) pieces of at
-// most `chunk` features, run in parallel with OpenMP when the array is large enough to pay for the
-// threads, serially otherwise.
+// most `chunk` features, run in parallel when the array is large enough to pay for the threads,
+// serially otherwise.
+//
+// Thread policy for a shared machine: the pieces run on diffcore's pool (cpu/pool.h), where a thread
+// that gets its core late finds the work done by the others instead of holding the caller at a
+// closing barrier, and each kernel's `parallel_threshold` is set where one thread's work is a few
+// hundred microseconds or more, so that small calls never wake a helper. Every piece is computed the same way
+// whichever thread runs it, so results do not depend on the thread count (tests/test_threads.py).
 #pragma once
 #include <algorithm>
 #include <cstdint>
 
+#include "cpu/pool.h"
+
 namespace dc {
+
+constexpr int64_t kClaimFeatures = 1 << 14;  // features a thread claims at a time (≳ 10 µs of work)
 
 template <class Fn>  // fn(b, n0, len)
 void for_each_chunk(int64_t B, int64_t N, int64_t chunk, int nthreads, int64_t parallel_threshold, Fn fn) {
@@ -16,16 +26,12 @@ void for_each_chunk(int64_t B, int64_t N, int64_t chunk, int nthreads, int64_t p
     const int64_t n0 = (c % per_row) * chunk;
     fn(b, n0, std::min(chunk, N - n0));
   };
-#ifdef DIFFCORE_WITH_OPENMP
   if (nthreads > 1 && B * N >= parallel_threshold && total > 1) {
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t c = 0; c < total; ++c) run(c);
+    parallel_pieces(total, nthreads, std::max<int64_t>(1, kClaimFeatures / chunk), [&](int64_t lo, int64_t hi) {
+      for (int64_t c = lo; c < hi; ++c) run(c);
+    });
     return;
   }
-#else
-  (void)nthreads;
-  (void)parallel_threshold;
-#endif
   for (int64_t c = 0; c < total; ++c) run(c);
 }
 

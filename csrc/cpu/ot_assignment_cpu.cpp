@@ -1,5 +1,6 @@
 // Batched exact assignment on the CPU: one Jonker–Volgenant solve (ot/lapjv.h) per problem, OpenMP
 // across problems; the solver is compiled for the baseline target and for AVX2 + FMA (cpu/ot_isa.h).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -8,6 +9,7 @@
 #endif
 
 #include "cpu/ot_isa.h"
+#include "cpu/pool.h"
 #include "ot/assignment.h"
 #include "ot/lapjv.h"
 
@@ -173,21 +175,13 @@ int assignment_cpu(const AssignmentArgs& a, int nthreads) {
 #if DC_ISA_HAS_AVX2
   if (cpu_has_avx2_fma()) solve = &lapjv_avx2;
 #endif
-  (void)nthreads;
-#ifdef DIFFCORE_WITH_OPENMP
-  // one problem per thread when the batch is worth a parallel region (which on a loaded machine may
-  // wait a scheduler time slice for its workers): from 2^17 cost entries
+  // one problem per thread on diffcore's pool (cpu/pool.h) when the batch is worth waking a helper:
+  // from 2^17 cost entries
   const bool parallel = nthreads > 1 && a.B > 1 && a.B * a.n * a.n >= (int64_t(1) << 17);
-#pragma omp parallel num_threads(nthreads) if (parallel)
-#endif
-  {
+  parallel_pieces(a.B, parallel ? int(std::min<int64_t>(nthreads, a.B)) : 1, 1, [&](int64_t lo, int64_t hi) {
     LapWork w;
-#ifdef DIFFCORE_WITH_OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-    for (int64_t b = 0; b < a.B; ++b)
-      a.total[b] = solve(a.cost + b * a.c_sb, a.c_si, a.n, a.perm + b * a.n, w);
-  }
+    for (int64_t b = lo; b < hi; ++b) a.total[b] = solve(a.cost + b * a.c_sb, a.c_si, a.n, a.perm + b * a.n, w);
+  });
   return 0;
 }
 

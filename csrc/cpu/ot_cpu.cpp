@@ -5,10 +5,10 @@
 // s_i = K̃_i·β (dot products, four rows per sweep of β), the f-update of the block's α_i, then
 // t += Σ_i α_i K̃_i (four rows per sweep of t) while the rows are still in L1. The g-update of β from
 // t is O(m). The pass is bound by loads/stores, so the four-row sweeps about halve its time. A batch
-// runs one problem per thread when it has at least as many problems as threads; otherwise each
-// problem's rows (and columns, for the O(m) work) are split over the threads, which meet at two
-// barriers per iteration inside a single parallel region (more only on repairs, backtracking or
-// absorption).
+// runs one problem per thread (on diffcore's pool, cpu/pool.h); a single problem of at least 2^22
+// entries splits its rows (and columns, for the O(m) work) over a team, which meets at two barriers
+// per iteration inside a single parallel region (more only on repairs, backtracking or absorption);
+// smaller ones run on one thread (sinkhorn_typed says why).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -18,11 +18,17 @@
 #include <vector>
 
 #include "cpu/ot_isa.h"
+#include "cpu/pool.h"
 #include "ot/ot_math.h"
 #include "ot/sinkhorn.h"
 
 #ifdef DIFFCORE_WITH_OPENMP
 #include <omp.h>
+#endif
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 namespace dc {
@@ -325,20 +331,35 @@ class Solver {
  private:
   // Team barrier. Not `omp barrier`: libgomp's waiters spin for a long time before sleeping, so when
   // another process holds one of the cores (shared machines) every barrier costs a scheduler time
-  // slice (measured: 8 ms per iteration instead of 15 µs). Here a waiter spins briefly, then yields
-  // the core to the thread it waits for.
+  // slice (measured: 8 ms per iteration instead of 15 µs). Here a waiter spins briefly (the partner of
+  // a balanced split on an idle machine arrives within microseconds), then sleeps on a futex: a
+  // sleeping waiter gives its core to the thread it waits for, and is woken as soon as that arrives,
+  // where a yielding one keeps competing for the core.
   void sync() {
     if (nth_ == 1) return;
     const int gen = gen_.load(std::memory_order_acquire);
     if (arrived_.fetch_add(1, std::memory_order_acq_rel) == nth_ - 1) {
       arrived_.store(0, std::memory_order_relaxed);
-      gen_.fetch_add(1, std::memory_order_release);
+      gen_.fetch_add(1, std::memory_order_seq_cst);
+#ifdef __linux__
+      if (sleepers_.load(std::memory_order_seq_cst) > 0)
+        syscall(SYS_futex, reinterpret_cast<int*>(&gen_), FUTEX_WAKE_PRIVATE, nth_, nullptr, nullptr, 0);
+#endif
       return;
     }
-    for (int spin = 0; gen_.load(std::memory_order_acquire) == gen; ++spin) {
-      if (spin < 2000) cpu_relax();
-      else std::this_thread::yield();
+    for (int spin = 0; spin < 2000; ++spin) {
+      if (gen_.load(std::memory_order_acquire) != gen) return;
+      cpu_relax();
     }
+#ifdef __linux__
+    // seq_cst on both sides: either the last arriver sees this sleeper, or the futex sees the new gen
+    sleepers_.fetch_add(1, std::memory_order_seq_cst);
+    while (gen_.load(std::memory_order_seq_cst) == gen)
+      syscall(SYS_futex, reinterpret_cast<int*>(&gen_), FUTEX_WAIT_PRIVATE, gen, nullptr, nullptr, 0);
+    sleepers_.fetch_sub(1, std::memory_order_relaxed);
+#else
+    while (gen_.load(std::memory_order_acquire) == gen) std::this_thread::yield();
+#endif
   }
   // Reduce k values over the team with op, the same bits on every thread (fixed order); double-
   // buffered so one barrier suffices.
@@ -393,6 +414,7 @@ class Solver {
   std::vector<Slot> part_[2];
   alignas(64) std::atomic<int> arrived_{0};
   alignas(64) std::atomic<int> gen_{0};
+  alignas(64) std::atomic<int> sleepers_{0};  // waiters asleep on gen_
   double *aw_, *fh_, *al_, *aold_, *s_, *dr_;  // rows: weight, absorbed potential, scaling, old, sum, step
   double *bw_, *gh_, *be_, *bold_, *t_, *dc_;  // columns
   double absorb_;
@@ -697,12 +719,17 @@ Problem<T> problem_of(const SinkhornArgs& a, int64_t b) {
   return p;
 }
 
-// Thread teams only for enough work: besides the barriers, a parallel region cannot end before every
-// worker has been scheduled once, which on a loaded machine can take a scheduler time slice (~12 ms
-// measured here) — a bad trade for a sub-millisecond solve. Row splitting from 128 x 128 entries per
-// problem, one problem per thread from 2^16 entries per batch.
-constexpr int64_t kTeamEntries = 1 << 14;
-constexpr int64_t kBatchEntries = 1 << 16;
+// Threads only for enough work. A team splitting one problem meets at barriers every iteration (~10 µs
+// of work at 256 x 256), and on a machine whose cores other processes hold each barrier can wait a
+// scheduler time slice for a descheduled member (measured 33 ms against 0.7 ms for one thread at
+// n = 256 with a busy loop per core, bench/bench_threads.py). So a batch runs one problem per thread on
+// diffcore's pool (cpu/pool.h: no barrier, and no waiting for a helper that has not started) from 2^19
+// kernel entries (~10 ms of one thread), and a team splits one problem only from 2^22 entries, where
+// one iteration is milliseconds of work. Below both, one thread. The batch path and the single thread
+// give the same bits (each problem is solved alone either way).
+constexpr int64_t kTeamEntries = 1 << 22;
+constexpr int64_t kBatchEntries = 1 << 19;
+static_assert(sizeof(std::atomic<int>) == sizeof(int), "the team barrier sleeps on an atomic<int> as a futex word");
 
 template <class T>
 void sinkhorn_typed(const SinkhornArgs& a, int nthreads) {
@@ -711,14 +738,13 @@ void sinkhorn_typed(const SinkhornArgs& a, int nthreads) {
 #ifndef DIFFCORE_WITH_OPENMP
   nt = 1;
 #endif
-  if (nt > 1 && a.B >= nt && a.B * a.n * a.m >= kBatchEntries) {
-#ifdef DIFFCORE_WITH_OPENMP
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-    for (int64_t b = 0; b < a.B; ++b) {
-      Solver<T> s(problem_of<T>(a, b), a, 1, ops);
-      s.run(0);
-    }
-#endif
+  if (nthreads > 1 && a.B > 1 && a.B * a.n * a.m >= kBatchEntries && (a.B >= nt || a.n * a.m < kTeamEntries)) {
+    parallel_pieces(a.B, int(std::min<int64_t>(nthreads, a.B)), 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t b = lo; b < hi; ++b) {
+        Solver<T> s(problem_of<T>(a, b), a, 1, ops);
+        s.run(0);
+      }
+    });
     return;
   }
   const int team = (a.n * a.m >= kTeamEntries) ? int(std::min<int64_t>(nt, std::max<int64_t>(a.n, a.m))) : 1;

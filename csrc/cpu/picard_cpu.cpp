@@ -13,7 +13,7 @@ namespace dc {
 namespace {
 
 constexpr int64_t kTile = 1024;                  // positions per tile (≤ 32 KiB of float64 corrections)
-constexpr int64_t kParallelThreshold = 1 << 15;  // positions × nodes; below this threads cost more than they save
+constexpr int64_t kParallelThreshold = 1 << 17;  // positions × nodes (~0.3 ms of one thread): see cpu/chunked.h
 
 template <class T, int NB>
 void picard_tile(const PicardArgs& a, int64_t b, int64_t p0, int64_t len, double* part) {
