@@ -9,7 +9,9 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -47,11 +49,16 @@ class Pool {
   bool run(int64_t total, int nthreads, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
     std::unique_lock<std::mutex> busy(run_mu_, std::try_to_lock);
     if (!busy.owns_lock()) return false;
-    const int want = std::min(nthreads - 1, kMaxHelpers);
+    int want = std::min(nthreads - 1, kMaxHelpers);
     {
       std::lock_guard<std::mutex> g(mu_);
       while (threads_ < want) {
-        std::thread(&Pool::helper_main, this, threads_).detach();  // the pool lives for the process
+        try {
+          std::thread(&Pool::helper_main, this, threads_).detach();  // the pool lives for the process
+        } catch (const std::system_error&) {  // out of threads: run with those we have
+          want = threads_;
+          break;
+        }
         ++threads_;
       }
       // close the old epoch before touching the job's fields: a helper still holding it cannot claim
@@ -77,6 +84,12 @@ class Pool {
       done_cv_.wait_for(g, std::chrono::milliseconds(1),
                         [&] { return done_.load(std::memory_order_acquire) >= total; });
     }
+    std::exception_ptr err;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      std::swap(err, error_);
+    }
+    if (err) std::rethrow_exception(err);
     return true;
   }
 
@@ -94,7 +107,12 @@ class Pool {
       const int64_t total = total_.load(std::memory_order_relaxed);
       if (lo >= total) return;
       const int64_t hi = std::min(total, lo + grain);
-      (*fn_)(lo, hi);
+      try {
+        (*fn_)(lo, hi);
+      } catch (...) {  // reported to the caller (an exception leaving a helper thread would abort)
+        std::lock_guard<std::mutex> g(mu_);
+        if (!error_) error_ = std::current_exception();
+      }
       if (done_.fetch_add(hi - lo, std::memory_order_acq_rel) + (hi - lo) >= total) {
         std::lock_guard<std::mutex> g(mu_);  // the caller may be about to sleep: no lost wake-up
         done_cv_.notify_all();
@@ -123,6 +141,7 @@ class Pool {
   uint32_t epoch_ = 0;
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   std::atomic<int64_t> grain_{1};
+  std::exception_ptr error_;  // the first exception a piece threw (guarded by mu_)
   std::atomic<int64_t> total_{0};
   std::atomic<int64_t> done_{0};
   alignas(64) std::atomic<uint64_t> state_{0};
