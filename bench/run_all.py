@@ -43,7 +43,7 @@ bench_v3.py            ≈ 1 min on a quiet machine (statistics 1.7 s + 17.1 s b
 bench_adaptive.py      ≈ 1 min, estimated (``--quick``: 44 s under load)
 bench_parallel.py      ≈ 20 s (measured 2026-11-23)
 bench_ot.py            173 s (measured 2026-11-23, load average 1.3–1.8)
-bench_threads.py       ≈ 2 min (measured 2026-12-07 under load average ≈ 10; ``--quick`` ≈ 1 min)
+bench_threads.py       ≈ 70 s (measured 2026-12-07, load average ≈ 6; ``--quick`` ≈ 20 s)
 bench_distill.py       4 min 18 s wall (measured 2026-11-23; 2000 iterations per method)
 =====================  ==========================================================================
 
