@@ -416,3 +416,162 @@ def test_ddpm_loss_on_grid_time_matches_closed_form():
     t = torch.full((4,), 500 / 1000, dtype=torch.float64)
     per = loss.per_sample(lambda x, tt, labels=None: torch.zeros_like(x), X, t=t, noise=X)
     assert torch.allclose(per, (X * X).sum(1), rtol=1e-14, atol=0)
+
+
+# ---- oracles ---------------------------------------------------------------------------------------
+
+from diffcore import oracles as OR  # noqa: E402
+
+_X2 = X[:, :2]
+ORACLES = [
+    ("ref_ode_atol_neg", lambda: OR.reference_ode(OR.toy_2d_mixture(), _X2, 0.9, 0.1, "vp_linear", atol=-1.0),
+     ValueError, ["atol"]),
+    ("ref_ode_rtol_zero", lambda: OR.reference_ode(OR.toy_2d_mixture(), _X2, 0.9, 0.1, "vp_linear", rtol=0.0),
+     ValueError, ["rtol"]),
+    ("ref_ode_oracle", lambda: OR.reference_ode(3, _X2, 0.9, 0.1, "vp_linear"), TypeError, ["oracle"]),
+    ("sample_generator", lambda: OR.toy_2d_mixture().sample(3, generator=3), TypeError, ["generator"]),
+    ("sample_marginal_generator", lambda: OR.toy_2d_mixture().sample_marginal(3, 0.5, "vp_linear", generator=3),
+     TypeError, ["generator"]),
+    ("empirical_generator", lambda: OR.EmpiricalData(_X2).sample(3, generator=3), TypeError, ["generator"]),
+    ("weights_nan", lambda: OR.GaussianMixture([NAN, 1.0], [[0.0], [1.0]], [1.0, 1.0]), ValueError, ["weights"]),
+    ("cov_not_pd", lambda: OR.Gaussian([0.0, 0.0], [[1.0, 0.0], [0.0, -1.0]]), ValueError, ["cov"]),
+    ("score_dim", lambda: OR.toy_2d_mixture().score(X, 0.5, "vp_linear"), ValueError, ["x:"]),
+]
+
+
+@pytest.mark.parametrize("fn,exc,words", [r[1:] for r in ORACLES], ids=[r[0] for r in ORACLES])
+def test_oracles_bad_input(fn, exc, words):
+    _check(fn, exc, words)
+
+
+def test_reference_ode_nan_tolerance_does_not_hang():
+    """SciPy's step control loops forever on rtol = NaN: the check must come first (in a child process,
+    so that a regression fails this test instead of hanging the run)."""
+    from isolated import expect_error
+    expect_error("""
+        import torch, diffcore
+        o = diffcore.oracles.toy_2d_mixture()
+        diffcore.oracles.reference_ode(o, torch.zeros(2, 2, dtype=torch.float64), 0.9, 0.1, 'vp_linear', rtol=float('nan'))
+    """, "ValueError", "rtol", timeout=60)
+
+
+# ---- likelihood ------------------------------------------------------------------------------------
+
+from diffcore import likelihood as LK  # noqa: E402
+
+
+def test_log_likelihood_nan_model_fails_fast_naming_model():
+    """A model that returns NaN used to make the adaptive integrator reject and retry up to max_steps
+    (70 000 model calls); the first evaluation now raises, naming the model."""
+    calls = []
+
+    def nan_model(x, t):
+        calls.append(1)
+        return x * NAN
+
+    # max_steps bounds the cost of a regression (it would end in a RuntimeError about rtol, atol)
+    _check(lambda: LK.log_likelihood(nan_model, _X2, "vp_linear", divergence="exact", max_steps=50), ValueError,
+           ["model", "nan"])
+    assert len(calls) <= 3  # the (exact-divergence) evaluation at the start only
+
+
+def test_log_likelihood_gaussian_is_exact():
+    """Data N(0, I) under VP-linear: the exact ε-model is ε*(x, t) = σ_t x (the marginal stays N(0, I)),
+    and the PF-ODE likelihood equals log N(x; 0, I) up to the prior mismatch at t_end = 1, which is zero
+    here (p_1 = N(0, I) exactly)."""
+    model = lambda x, t: x * VP_SIGMA(t)[:, None]  # noqa: E731
+    lp = LK.log_likelihood(model, _X2, "vp_linear", divergence="exact", rtol=1e-9, atol=1e-9, t_start=1e-3)
+    ref = -0.5 * (_X2 ** 2).sum(1) - math.log(2 * math.pi)
+    assert torch.allclose(lp, ref, rtol=0, atol=1e-6)
+
+
+def VP_SIGMA(t):
+    return S.VPLinear().sigma(t.to(torch.float64))
+
+
+LIKELIHOOD = [
+    ("empty_batch", lambda: LK.log_likelihood(lambda x, t: x, _X2[:0], "vp_linear"), ValueError, ["x:", "empty"]),
+    ("return_stats_str", lambda: LK.log_likelihood(lambda x, t: x, _X2, "vp_linear", return_stats="yes"),
+     TypeError, ["return_stats"]),
+    ("return_terms_str", lambda: LK.ddpm_bound(lambda x, t: torch.zeros_like(x), _X2.clamp(-1, 1),
+                                               LS.ddpm_schedule(10), return_terms="yes"), TypeError, ["return_terms"]),
+    ("bpd_log_p_str", lambda: LK.bits_per_dim("a", 4), TypeError, ["log_p"]),
+    ("rtol_nan", lambda: LK.log_likelihood(lambda x, t: x, _X2, "vp_linear", rtol=NAN), ValueError, ["rtol"]),
+]
+
+
+@pytest.mark.parametrize("fn,exc,words", [r[1:] for r in LIKELIHOOD], ids=[r[0] for r in LIKELIHOOD])
+def test_likelihood_bad_input(fn, exc, words):
+    _check(fn, exc, words)
+
+
+# ---- data ------------------------------------------------------------------------------------------
+
+from diffcore import data as DA  # noqa: E402
+
+DATA = [
+    ("generator", lambda: DA.get("two_moons").sample(3, generator=3), TypeError, ["generator"]),
+    ("return_labels_str", lambda: DA.get("eight_gaussians").sample(3, return_labels="yes"), TypeError,
+     ["return_labels"]),
+    ("dtype_int", lambda: DA.get("two_moons").sample(3, dtype=torch.int64), TypeError, ["dtype"]),
+    ("unknown_option", lambda: DA.get("two_moons", foo=1), TypeError, ["two_moons", "foo"]),
+    ("unknown_name", lambda: DA.get("foo"), ValueError, ["name"]),
+    ("n_neg", lambda: DA.get("two_moons").sample(-1), ValueError, ["n:"]),
+    ("noise_nan", lambda: DA.TwoMoons(noise=NAN), ValueError, ["noise"]),
+    ("labels_len", lambda: DA.TensorData(X, labels=torch.tensor([0, 1])), ValueError, ["labels"]),
+    ("tensor_nan", lambda: DA.TensorData(X * NAN), ValueError, ["x"]),
+]
+
+
+@pytest.mark.parametrize("fn,exc,words", [r[1:] for r in DATA], ids=[r[0] for r in DATA])
+def test_data_bad_input(fn, exc, words):
+    _check(fn, exc, words)
+
+
+# ---- diffcore.k noise levels -----------------------------------------------------------------------
+
+from diffcore.k import sigmas as KS  # noqa: E402
+
+KSIGMAS = [
+    ("karras_int", lambda: KS.get_sigmas_karras(5, 0.01, 80.0, dtype=torch.int64), TypeError, ["dtype"]),
+    ("exp_int", lambda: KS.get_sigmas_exponential(5, 0.01, 80.0, dtype=torch.int32), TypeError, ["dtype"]),
+    ("vp_int", lambda: KS.get_sigmas_vp(5, dtype=torch.int64), TypeError, ["dtype"]),
+    ("polyexp_rho_inf", lambda: KS.get_sigmas_polyexponential(5, 0.01, 80.0, rho=INF), ValueError, ["rho"]),
+    ("karras_rho_inf", lambda: KS.get_sigmas_karras(5, 0.01, 80.0, rho=INF), ValueError, ["rho"]),
+    ("sigma_min_zero", lambda: KS.get_sigmas_karras(5, 0.0, 80.0), ValueError, ["sigma_min"]),
+]
+
+
+@pytest.mark.parametrize("fn,exc,words", [r[1:] for r in KSIGMAS], ids=[r[0] for r in KSIGMAS])
+def test_k_sigmas_bad_input(fn, exc, words):
+    _check(fn, exc, words)
+
+
+# ---- CLI -------------------------------------------------------------------------------------------
+
+from diffcore import cli as CLI  # noqa: E402
+
+_TRAIN = ["train", "--data", "two_moons", "--steps", "1", "--batch", "4", "--no-progress", "--width", "4",
+          "--depth", "1"]
+CLI_ROWS = [
+    ("sample_n0", ["sample", "--checkpoint", "missing.pt", "-n", "0"], 1, ["-n", "positive"]),
+    ("train_data_option", _TRAIN + ["--data-option", "foo=1"], 1, ["two_moons", "foo"]),
+    ("train_data_option_form", _TRAIN + ["--data-option", "x"], 1, ["--data-option"]),
+    ("train_lr_nan", _TRAIN + ["--lr", "nan"], 1, ["lr"]),
+    ("train_batch0", _TRAIN + ["--batch", "0"], 1, ["batch"]),
+    ("train_unknown_loss", _TRAIN + ["--loss", "foo"], 1, ["loss"]),
+    ("train_schedule", _TRAIN + ["--schedule", "foo"], 1, ["path"]),
+    ("train_channel_mult", _TRAIN + ["--channel-mult", "a"], 1, ["--channel-mult"]),
+    ("train_steps_neg", _TRAIN + ["--steps", "-1"], 1, ["steps"]),
+]
+
+
+@pytest.mark.parametrize("argv,rc,words", [r[1:] for r in CLI_ROWS], ids=[r[0] for r in CLI_ROWS])
+def test_cli_bad_arguments(argv, rc, words, tmp_path, capsys):
+    """Bad flags end with an exit status and one error line naming the flag, not a traceback."""
+    argv = list(argv) + (["--out", str(tmp_path / "run")] if argv[0] == "train" else [])
+    assert CLI.main(argv) == rc
+    err = capsys.readouterr().err
+    assert err.startswith(f"diffcore {argv[0]}: error:") and "Traceback" not in err
+    missing = [w for w in words if w.lower() not in err.lower()]
+    assert not missing, f"{err!r} lacks {missing}"

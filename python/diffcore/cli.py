@@ -156,6 +156,8 @@ def _sample(args) -> int:
     from .train import checkpoint, plots  # noqa: PLC0415
     from .train.quality import held_out, sw_report  # noqa: PLC0415
 
+    if args.n < 1:  # checked before the checkpoint is read: an empty batch has nothing to sample
+        raise ValueError(f"-n: expected a positive number of samples, got {args.n}")
     state = checkpoint.load(args.checkpoint)
     cfg = state.get("config") or {}
     if "loss" not in cfg or state.get("model_config") is None:

@@ -67,6 +67,8 @@ def _choice(v, name: str, options) -> str:
 
 def _check_x(x, name: str = "x") -> torch.Tensor:
     x = _check_data(x, name)
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: empty batch (B = 0), got shape {tuple(x.shape)}")
     if x[0].numel() == 0:
         raise ValueError(f"{name}: expected at least one data dimension, got shape {tuple(x.shape)}")
     if x.numel() and not bool(torch.isfinite(x.detach()).all()):
@@ -197,6 +199,10 @@ def _dopri5(rhs: Callable, y0: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor,
 
     # Hairer's initial step (per sample; the batch minimum with batch_control)
     f = ev(t, y, None)
+    bad = ~torch.isfinite(f).all(1)
+    if bool(bad.any()):  # no step size helps: the start itself is NaN (it would retry until max_steps)
+        raise ValueError(f"model: its output (the ODE right-hand side) is NaN or inf at the start t = "
+                         f"{float(t[bad][0])} for {int(bad.sum())} of {B} samples")
     scale = atol + rtol * y.abs()
     d0, d1 = _rms(y / scale), _rms(f / scale)
     h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / torch.clamp(d1, min=1e-300))
@@ -227,7 +233,7 @@ def _dopri5(rhs: Callable, y0: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor,
         hp = h if full else h[act]
         last = hp >= rem - 16 * ulp  # take the end exactly rather than leave a sliver of a few ulps
         ha = torch.where(last, rem, hp)
-        tiny = ~last & (ha <= 64 * ulp)
+        tiny = ~last & ((ha <= 64 * ulp) | torch.isnan(ha))
         if bool(tiny.any()):
             raise RuntimeError(f"rtol, atol: step size underflow at t = {float(ta[tiny][0])} (the model output is "
                                f"probably not finite or not smooth there)")
@@ -450,6 +456,8 @@ def log_likelihood(model: Callable, x: torch.Tensor, schedule=None, prediction: 
     num_probes = _positive_int(num_probes, "num_probes")
     rtol, atol = _positive_float(rtol, "rtol"), _positive_float(atol, "atol")
     max_steps = _positive_int(max_steps, "max_steps")
+    if not isinstance(return_stats, bool):
+        raise TypeError(f"return_stats: expected True or False, got {return_stats!r}")
     step_control = _choice(step_control, "step_control", ("per_sample", "batch"))
     _check_generator(generator, x.device)
     if prior_log_prob is not None and not callable(prior_log_prob):
@@ -579,7 +587,10 @@ def bits_per_dim(log_p, dim, data_range=None, bits: int = 8, offset: Optional[fl
             if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
                 raise ValueError(f"data_range: expected lo < hi, got {data_range!r}")
         off = bits - math.log2(hi - lo)
-    lp = log_p if isinstance(log_p, torch.Tensor) else torch.as_tensor(log_p, dtype=_F64)
+    try:
+        lp = log_p if isinstance(log_p, torch.Tensor) else torch.as_tensor(log_p, dtype=_F64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"log_p: expected a tensor or number of log-likelihoods, got {type(log_p).__name__}") from None
     if lp.is_complex() or lp.dtype == torch.bool:
         raise TypeError(f"log_p: expected real values, got dtype {lp.dtype}")
     return -lp.to(_F64) / (dim * _LN2) + off
@@ -733,6 +744,8 @@ def ddpm_bound(model: Callable, x0: torch.Tensor, schedule=None, prediction: str
     Returns bits/dim ``[B]`` float64 (total nats / (D ln 2)). Evaluation only: runs under ``torch.no_grad``.
     """
     x0 = _check_x(x0, "x0")
+    if not isinstance(return_terms, bool):
+        raise TypeError(f"return_terms: expected True or False, got {return_terms!r}")
     call, native, schedule = _resolve_model(model, schedule, prediction, model_kwargs)
     variance = _choice(variance, "variance", ("posterior", "beta"))
     decoder = _choice(decoder, "decoder", ("discretized", "gaussian"))

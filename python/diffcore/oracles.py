@@ -94,6 +94,21 @@ def _as_count(n, name: str = "n") -> int:
     return n
 
 
+def _generator_device(generator) -> torch.device:
+    if generator is None:
+        return torch.device("cpu")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+    return generator.device
+
+
+def _tolerance(v, name: str) -> float:
+    # NaN tolerances make SciPy's step control loop forever; ≤ 0 or inf are no tolerance at all
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < math.inf:
+        raise ValueError(f"{name}: expected a finite positive tolerance, got {v!r}")
+    return float(v)
+
+
 class _Params:
     """The mixture's parameters on one device (float64)."""
 
@@ -312,7 +327,7 @@ class GaussianMixture:
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``n`` exact samples of the data distribution ``(n, D)`` (CPU, or the generator's device)."""
         n = _as_count(n)
-        device = generator.device if generator is not None else torch.device("cpu")
+        device = _generator_device(generator)
         return self._sample(n, torch.ones(n, dtype=_F64, device=device), torch.zeros(n, dtype=_F64, device=device),
                             generator)
 
@@ -354,7 +369,7 @@ class GaussianMixture:
         ``t`` is a float or an ``(n,)`` tensor."""
         n = _as_count(n)
         sched = _schedule(schedule)
-        device = generator.device if generator is not None else torch.device("cpu")
+        device = _generator_device(generator)
         v = sched.eval(self._t(t, n, device))
         return self._sample(n, v.alpha, v.sigma, generator)
 
@@ -661,7 +676,7 @@ class EmpiricalData:
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``n`` draws of the data ``(n, D)`` (rows of ``points`` drawn with probabilities ``π``)."""
         n = _as_count(n)
-        device = generator.device if generator is not None else torch.device("cpu")
+        device = _generator_device(generator)
         pts, lw = self._p(device)
         if n == 0:
             return pts[:0].clone()
@@ -739,6 +754,11 @@ def reference_ode(oracle, x, t_from, t_to, schedule, rtol: float = 1e-12, atol: 
     sched = _schedule(schedule)
     if variable not in ("theta", "rho"):
         raise ValueError(f"variable: expected 'theta' or 'rho', got {variable!r}")
+    rtol, atol = _tolerance(rtol, "rtol"), _tolerance(atol, "atol")
+    if not (callable(getattr(oracle, "predict", None)) or (callable(getattr(oracle, "denoiser", None))
+                                                          and callable(getattr(oracle, "eps", None)))):
+        raise TypeError(f"oracle: expected an oracle with predict(x, t, schedule, prediction) or denoiser() and "
+                        f"eps(), got {type(oracle).__name__}")
     xt = _tensor(x, "x")
     if xt.dim() != 2:
         raise ValueError(f"x: expected shape (B, D), got {tuple(xt.shape)}")

@@ -51,6 +51,16 @@ def get(name: str, **kwargs):
         factory = _REGISTRY[name.lower().replace("-", "_")]
     except KeyError:
         raise ValueError(f"name: unknown dataset {name!r}; available: {available()}") from None
+    import inspect  # noqa: PLC0415
+
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = None
+    if params is not None and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:  # named here rather than as a constructor TypeError
+            raise TypeError(f"{name}: unknown option(s) {unknown}; expected some of {sorted(params)}")
     return factory(**kwargs)
 
 

@@ -58,8 +58,14 @@ class Sampler:
         """``n`` samples ``[n, *shape]`` (and their ``[n]`` labels when ``return_labels``)."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"n: expected a non-negative int, got {n!r}")
+        if not isinstance(return_labels, bool):
+            raise TypeError(f"return_labels: expected True or False, got {return_labels!r}")
         if return_labels and not self.has_labels:
             raise ValueError(f"return_labels: {type(self).__name__} has no labels")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype: expected a floating torch dtype, got {dtype!r}")
         device = generator.device if generator is not None else torch.device("cpu")
         x, y = self._draw(n, generator, device, dtype)
         return (x, y) if return_labels else x

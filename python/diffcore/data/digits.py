@@ -34,8 +34,13 @@ class Digits(TensorData):
                  dtype: torch.dtype = torch.float32):
         if split not in ("all", "train", "test"):
             raise ValueError(f"split: expected 'all', 'train' or 'test', got {split!r}")
-        if not 0.0 < test_fraction < 1.0:
+        if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or \
+                not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed: expected an int, got {seed!r}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype: expected a floating torch dtype for the images, got {dtype!r}")
         d = _load_digits()
         x = torch.as_tensor(d.images, dtype=torch.float64).reshape(-1, 1, 8, 8) / 8.0 - 1.0
         y = torch.as_tensor(d.target, dtype=torch.long)

@@ -41,6 +41,8 @@ def _range(sigma_min, sigma_max):
 
 
 def _out(grid: torch.Tensor, device, dtype) -> torch.Tensor:
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"dtype: expected a floating torch dtype for noise levels, got {dtype!r}")
     return grid.to(device=as_device(device), dtype=torch.get_default_dtype() if dtype is None else dtype)
 
 
@@ -71,8 +73,8 @@ def get_sigmas_polyexponential(n: int, sigma_min, sigma_max, rho: float = 1.0, d
     """``log σ_i = r_i^ρ (log σ_max − log σ_min) + log σ_min`` with ``r`` from 1 to 0 in ``n`` equal
     steps, then 0 (ρ = 1 is :func:`get_sigmas_exponential`)."""
     smin, smax = _range(sigma_min, sigma_max)
-    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not rho > 0:
-        raise ValueError(f"rho: expected a positive number, got {rho!r}")
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0 < rho < math.inf:
+        raise ValueError(f"rho: expected a finite positive number, got {rho!r}")
     n = _count(n)
     ramp = torch.linspace(1, 0, n, dtype=torch.float64) ** float(rho)
     grid = torch.exp(ramp * (math.log(smax) - math.log(smin)) + math.log(smin))
