@@ -575,3 +575,34 @@ def test_cli_bad_arguments(argv, rc, words, tmp_path, capsys):
     assert err.startswith(f"diffcore {argv[0]}: error:") and "Traceback" not in err
     missing = [w for w in words if w.lower() not in err.lower()]
     assert not missing, f"{err!r} lacks {missing}"
+
+
+# ---- ModelWrapper and schedule construction by name ------------------------------------------------
+
+from diffcore import param as PM  # noqa: E402
+
+WRAPPER = [
+    ("schedule_none", lambda: PM.ModelWrapper(_net, None), TypeError, ["schedule"]),
+    ("schedule_bad_name", lambda: PM.ModelWrapper(_net, "vp_linaer"), ValueError, ["schedule"]),
+    ("edm_precond_str", lambda: PM.ModelWrapper(_net, "edm", edm_precond="no"), TypeError, ["edm_precond"]),
+    ("sigma_data_inf", lambda: PM.ModelWrapper(_net, "edm", sigma_data=INF), ValueError, ["sigma_data"]),
+    ("edm_coefs_sigma_data_inf", lambda: PM.edm_precond_coefs((torch.ones(1), torch.ones(1)), sigma_data=INF),
+     ValueError, ["sigma_data"]),
+    ("singular_eps_t0", lambda: PM.ModelWrapper(_net, "vp_linear", prediction="x0")(X, 0.0, target="eps"),
+     ValueError, ["t:", "singular"]),
+    ("schedule_get_option", lambda: S.get("vp_linear", foo=1), TypeError, ["params", "foo"]),
+]
+
+
+@pytest.mark.parametrize("fn,exc,words", [r[1:] for r in WRAPPER], ids=[r[0] for r in WRAPPER])
+def test_model_wrapper_bad_input(fn, exc, words):
+    _check(fn, exc, words)
+
+
+def test_model_wrapper_accepts_schedule_name():
+    """x̂0 from an ε-network (ε̂ = x) at t on VP-linear: (x − σx)/α with the closed-form α, σ."""
+    t = 0.4
+    B = 0.1 * t + 0.5 * (20.0 - 0.1) * t * t
+    alpha, sigma = math.exp(-0.5 * B), math.sqrt(1 - math.exp(-B))
+    out = PM.ModelWrapper(lambda x, tt: x, "vp_linear")(X, t, target="x0")
+    assert torch.allclose(out, X * (1 - sigma) / alpha, rtol=1e-13, atol=0)

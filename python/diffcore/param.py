@@ -247,14 +247,21 @@ def convert(m: torch.Tensor, x: torch.Tensor, t, schedule: Schedule, src, dst, o
             raise ValueError(f"out: expected shape {tuple(x.shape)}, got {tuple(out.shape)}")
         return out.copy_(m)
     c_x, c_m = conversion_coefs(src, dst, _eval64(schedule, tb), schedule)
-    if c_x.device.type == "cpu" and not _ops.in_transform():  # host values: a check without a device sync
-        bad = ~(torch.isfinite(c_x.detach()) & torch.isfinite(c_m.detach()))
-        if bool(bad.any()):
-            raise ValueError(
-                f"t: {src} -> {dst} is singular at t = {float(tb.detach()[bad.nonzero()[0, 0]])} for {schedule!r} "
-                "(it divides by a σ or α that is zero there); convert at times inside the open range"
-            )
+    _check_regular(c_x, c_m, tb, src, dst, schedule)
     return _affine(x, m, c_x, c_m, out)
+
+
+def _check_regular(c_x, c_m, tb, src: str, dst: str, schedule) -> None:
+    """A conversion that divides by a σ or α that is zero at ``t`` gives inf/NaN silently; refuse it.
+    Host values only (CPU times), so that no device sync is added to a sampler's step."""
+    if c_x.device.type != "cpu" or _ops.in_transform():
+        return
+    bad = ~(torch.isfinite(c_x.detach()) & torch.isfinite(c_m.detach()))
+    if bool(bad.any()):
+        raise ValueError(
+            f"t: {src} -> {dst} is singular at t = {float(tb.detach()[bad.nonzero()[0, 0]])} for {schedule!r} "
+            "(it divides by a σ or α that is zero there); convert at times inside the open range"
+        )
 
 
 def _as_schedule(schedule) -> Schedule:
@@ -280,8 +287,8 @@ def edm_precond_coefs(values, sigma_data: float = 0.5):
 
     ``values``: a :class:`~diffcore.schedules.ScheduleValues` or a sequence ``(alpha, sigma, ...)``.
     """
-    if not (isinstance(sigma_data, (int, float)) and sigma_data > 0):
-        raise ValueError(f"sigma_data: expected a positive number, got {sigma_data!r}")
+    if isinstance(sigma_data, bool) or not isinstance(sigma_data, (int, float)) or not 0 < sigma_data < math.inf:
+        raise ValueError(f"sigma_data: expected a finite positive number, got {sigma_data!r}")
     if hasattr(values, "alpha") and hasattr(values, "sigma"):
         pair = (values.alpha, values.sigma)
     else:
@@ -347,8 +354,9 @@ class ModelWrapper:
                  c_noise: Optional[Callable] = None):
         if not callable(model):
             raise TypeError(f"model: expected a callable, got {type(model).__name__}")
-        if not isinstance(schedule, Schedule):
-            raise TypeError(f"schedule: expected a diffcore Schedule, got {type(schedule).__name__}")
+        schedule = _as_schedule(schedule)
+        if edm_precond not in (True, False):  # bool("no") would switch preconditioning on
+            raise TypeError(f"edm_precond: expected True or False, got {edm_precond!r}")
         self.model = model
         self.schedule = schedule
         self.edm_precond = bool(edm_precond)
@@ -384,8 +392,8 @@ class ModelWrapper:
             if not callable(c_noise):
                 raise TypeError(f"c_noise: expected a callable (t, values) -> tensor, got {type(c_noise).__name__}")
         self.c_noise = c_noise
-        if not (isinstance(sigma_data, (int, float)) and sigma_data > 0):
-            raise ValueError(f"sigma_data: expected a positive number, got {sigma_data!r}")
+        if isinstance(sigma_data, bool) or not isinstance(sigma_data, (int, float)) or not 0 < sigma_data < math.inf:
+            raise ValueError(f"sigma_data: expected a finite positive number, got {sigma_data!r}")
         self.sigma_data = float(sigma_data)
 
     def __repr__(self) -> str:
@@ -444,10 +452,12 @@ class ModelWrapper:
             if target == "x0":
                 return _affine(x, out, c_skip, c_out)
             c_x, c_m = conversion_coefs("x0", target, values, self.schedule)
+            _check_regular(c_x, c_m, tb, "x0", target, self.schedule)
             return _affine(x, out, c_x + c_m * c_skip, c_m * c_out)
         if target == self.prediction:
             return out
         c_x, c_m = conversion_coefs(self.prediction, target, values, self.schedule)
+        _check_regular(c_x, c_m, tb, self.prediction, target, self.schedule)
         return _affine(x, out, c_x, c_m)
 
     def predict(self, x: torch.Tensor, t, target: str = "x0", **model_kwargs) -> torch.Tensor:

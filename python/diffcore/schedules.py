@@ -660,4 +660,9 @@ def get(name, **params) -> Schedule:
         cls = _FAMILIES[str(name).lower()]
     except KeyError:
         raise ValueError(f"schedule: unknown name {name!r}; expected one of {sorted(set(_FAMILIES))}") from None
-    return cls(**params)
+    try:
+        return cls(**params)
+    except TypeError as e:
+        if "argument" not in str(e):  # a check of ours, already naming its argument
+            raise
+        raise TypeError(f"params: the {cls.__name__} schedule does not take {sorted(params)} ({e})") from None
