@@ -25,6 +25,10 @@ def _check(fn, exc, words):
     assert not missing, f"message {str(info.value)!r} lacks {missing}"
 
 
+def _kw_model(x, t, y=None):
+    return x if y is None else x * y[:, None].to(x.dtype)
+
+
 # ---- guidance --------------------------------------------------------------------------------------
 
 GUIDANCE = [
@@ -36,6 +40,10 @@ GUIDANCE = [
     ("cfg_uncond_list", lambda: dc.CFG(2.0, uncond=[1]), TypeError, ["uncond"]),
     ("from_w_nan", lambda: dc.CFG.from_w(NAN), ValueError, ["w:", "finite"]),
     ("from_w_str", lambda: dc.CFG.from_w("a"), TypeError, ["w:"]),
+    ("uncond_batch", lambda: dc.CFG(2.0, uncond={"y": torch.zeros(1)}).wrap(_kw_model, {"y": torch.ones(4)}),
+     ValueError, ["uncond['y']"]),
+    ("cond_batch", lambda: dc.CFG(2.0, uncond={"y": torch.zeros(2)}).wrap(_kw_model, {"y": torch.ones(2)})(
+        X, torch.rand(4)), ValueError, ["model_kwargs['y']", "batch of 4"]),
 ]
 
 

@@ -20,7 +20,7 @@ __all__ = ["CFG"]
 
 def _cat(name: str, a, b):
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        if a.shape[1:] != b.shape[1:]:
+        if a.dim() == 0 or b.dim() == 0 or a.shape != b.shape:  # one entry per sample in both branches
             raise ValueError(f"uncond[{name!r}]: shape {tuple(b.shape)} does not match the conditional {tuple(a.shape)}")
         return torch.cat([a, b])
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
@@ -72,7 +72,12 @@ class CFG:
         kw = {k: _cat(k, cond.get(k), self.uncond.get(k, cond.get(k))) for k in keys}
         omega = self.omega
 
+        batched = {k: v.shape[0] // 2 for k, v in kw.items() if isinstance(v, torch.Tensor)}
+
         def guided(x, t):
+            for k, n in batched.items():  # shapes only: no device sync
+                if n != x.shape[0]:
+                    raise ValueError(f"model_kwargs[{k!r}]: {n} rows for a batch of {x.shape[0]} samples")
             out = model(torch.cat([x, x]), torch.cat([t, t]), **kw)
             c, u = out.chunk(2)
             return torch.lerp(u, c, omega)
