@@ -86,6 +86,7 @@ TIMESTEPS = [
     ("n_float", dict(n=5.0), ValueError, ["n:"]),
     ("spacing", dict(spacing="cubic"), ValueError, ["spacing"]),
     ("schedule", dict(schedule="vp_linaer"), ValueError, ["schedule"]),
+    ("device", dict(device="gpu0"), ValueError, ["device"]),
 ]
 
 
@@ -409,6 +410,9 @@ LOSSES = [
     ("unknown", lambda: LS.get("foo"), ValueError, ["name"]),
     ("unknown_option", lambda: LS.get("eps", foo=1), TypeError, ["foo"]),
     ("reduction", lambda: LS.get("eps", reduction="max"), ValueError, ["reduction"]),
+    ("reflow_generator", lambda: LS.reflow_pairs(_net, 4, shape=(3,), steps=2, generator=3), TypeError, ["generator"]),
+    ("reflow_nan_model", lambda: LS.reflow_pairs(lambda x, t: x * NAN, 4, shape=(3,), steps=2), ValueError,
+     ["model", "nan"]),
 ]
 
 

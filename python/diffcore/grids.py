@@ -24,6 +24,7 @@ from typing import Optional
 
 import torch
 
+from ._device import as_device
 from .schedules import Schedule, get as _get_schedule
 
 __all__ = ["timesteps", "SPACINGS"]
@@ -66,6 +67,7 @@ def timesteps(
         device, dtype: of the returned tensor (computed in float64 on the CPU first).
     """
     schedule = _get_schedule(schedule)
+    device = as_device(device, default=None)  # None: torch's default device
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n: expected a positive int number of steps, got {n!r}")
     spacing = schedule.spacing if spacing is None else spacing

@@ -722,6 +722,8 @@ def reflow_pairs(model, n: int, schedule="rectified_flow", shape=None, solver: s
     if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     sched = _schedules.get(schedule)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     if device is None and generator is not None:
         device = generator.device
     z0 = prior_sample(sched, (n,) + shape, generator=generator, device=device, dtype=dtype)
@@ -732,7 +734,10 @@ def reflow_pairs(model, n: int, schedule="rectified_flow", shape=None, solver: s
                 for k, v in kw.items()}
         outs.append(sample(model, z0[lo:lo + bs], schedule=sched, solver=solver, steps=steps, prediction=prediction,
                            model_kwargs=part or None, **sample_options))
-    return z0, torch.cat(outs)
+    z1 = torch.cat(outs)
+    if z1.device.type == "cpu" and not bool(torch.isfinite(z1).all()):  # pairs are training data: no NaN in them
+        raise ValueError("model: the sampled data ends z1 contain NaN or inf (the model's output is not finite)")
+    return z0, z1
 
 
 # ---- presets --------------------------------------------------------------------------------------
