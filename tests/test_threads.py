@@ -185,3 +185,23 @@ def test_pool_works_in_forked_child():
         _, status = os.waitpid(pid, 0)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
     """, timeout=120)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+def test_sinkhorn_team_in_forked_child():
+    # one problem of 2^22 entries is split over an OpenMP team; libgomp's pool does not survive fork(),
+    # so a child that inherited the thread count must solve on one thread instead of hanging
+    expect_ok("""
+        import os, torch, diffcore
+        from diffcore import _ops
+        diffcore.set_num_threads(2)
+        C = torch.rand(1, 2048, 2048, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        args = (None, None, 0.05, 1e-9, 20, 10, 2, 0.0, 0.5, 1e-3, True, 1e-8)  # ot.sinkhorn's defaults, 20 iterations
+        want = _ops.sinkhorn(C, *args)[0]
+        pid = os.fork()
+        if pid == 0:
+            got = _ops.sinkhorn(C, *args)[0]
+            os._exit(0 if torch.allclose(got, want, rtol=1e-12, atol=1e-300) else 3)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    """, timeout=60)

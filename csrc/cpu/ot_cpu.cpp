@@ -747,7 +747,8 @@ void sinkhorn_typed(const SinkhornArgs& a, int nthreads) {
     });
     return;
   }
-  const int team = (a.n * a.m >= kTeamEntries) ? int(std::min<int64_t>(nt, std::max<int64_t>(a.n, a.m))) : 1;
+  const int team = (a.n * a.m >= kTeamEntries && !forked_child())
+                       ? int(std::min<int64_t>(nt, std::max<int64_t>(a.n, a.m))) : 1;
   for (int64_t b = 0; b < a.B; ++b) {
     if (team == 1) {
       Solver<T> s(problem_of<T>(a, b), a, 1, ops);

@@ -24,6 +24,7 @@
 #include "core/plans/runge_kutta.h"
 #include "core/plans/stochastic.h"
 #include "core/plans/unipc.h"
+#include "cpu/pool.h"
 
 namespace py = pybind11;
 
@@ -119,7 +120,7 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
   {
     py::gil_scoped_release nogil;
 #ifdef DIFFCORE_WITH_OPENMP
-#pragma omp parallel for schedule(static) if (B > 16)
+#pragma omp parallel for schedule(static) if (B > 16 && !forked_child())
 #endif
     for (int64_t b = 0; b < B; ++b) {
       PlanIO io;

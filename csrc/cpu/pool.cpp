@@ -161,7 +161,11 @@ Pool& pool() {
   return *p;
 }
 
+const int64_t g_load_pid = current_pid();
+
 }  // namespace
+
+bool forked_child() { return current_pid() != g_load_pid; }
 
 void parallel_pieces(int64_t total, int nthreads, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
   if (total <= 0) return;

@@ -23,4 +23,9 @@ namespace dc {
 // when one claim covers everything, or when another thread is already running a job (no nesting).
 void parallel_pieces(int64_t total, int nthreads, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
+// True in a process forked from the one that loaded diffcore. libgomp's thread pool does not survive
+// fork(): a child that opens an OpenMP parallel region after its parent had one hangs, so the code
+// that still uses OpenMP teams runs on one thread there (the pool above starts its own threads anew).
+bool forked_child();
+
 }  // namespace dc
