@@ -618,3 +618,27 @@ def test_model_wrapper_accepts_schedule_name():
     alpha, sigma = math.exp(-0.5 * B), math.sqrt(1 - math.exp(-B))
     out = PM.ModelWrapper(lambda x, tt: x, "vp_linear")(X, t, target="x0")
     assert torch.allclose(out, X * (1 - sigma) / alpha, rtol=1e-13, atol=0)
+
+
+def test_schedule_low_precision_times_are_rounded_once():
+    """bf16 times: every value is the exact value at that time rounded once to bf16 (relative error
+    ≤ 2⁻⁸, half an ulp). Computed in bf16 throughout, λ of VP-linear was off by a third."""
+    t = torch.linspace(0.05, 0.99, 50, dtype=torch.float64).bfloat16()
+    for s in (S.VPLinear(), S.VPCosine(), S.SubVP()):
+        exact = S.ScheduleValues(*s._eval_ref(t.double()))  # float64 at the same (bf16-representable) times
+        got = s.eval(t)
+        for name in ("alpha", "sigma", "lam"):
+            e, g = getattr(exact, name), getattr(got, name)
+            assert g.dtype == torch.bfloat16
+            rel = ((g.double() - e).abs() / e.abs()).max().item()
+            assert rel <= 2 ** -8 + 1e-12, (type(s).__name__, name, rel)
+    lam = torch.tensor([-2.0, 0.5, 3.0], dtype=torch.bfloat16)
+    inv = S.VPLinear().t_of_lam(lam)
+    assert inv.dtype == torch.bfloat16
+    assert torch.equal(inv, S.VPLinear().t_of_lam(lam.double()).bfloat16())
+
+
+def test_schedule_accepts_numpy_views_with_negative_strides():
+    np = pytest.importorskip("numpy")
+    a = np.array([0.1, 0.5, 0.9])[::-1]
+    assert torch.equal(S.VPLinear().sigma(a), S.VPLinear().sigma(torch.tensor([0.9, 0.5, 0.1], dtype=torch.float64)))

@@ -51,9 +51,15 @@ def _as_time(t, name: str = "t") -> torch.Tensor:
             return t.to(torch.float64)
         return t
     try:
+        if hasattr(t, "__array__") and not isinstance(t, torch.Tensor):
+            import numpy as np  # noqa: PLC0415  (NumPy views with negative strides: torch cannot wrap them)
+            t = np.ascontiguousarray(t)
         return torch.as_tensor(t, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as e:
         raise TypeError(f"{name}: expected a float, a sequence of floats or a tensor, got {type(t).__name__}") from e
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _softplus(x: torch.Tensor) -> torch.Tensor:
@@ -106,6 +112,8 @@ class Schedule:
         float64 otherwise)."""
         t = _as_time(t)
         self._check_t(t, check)
+        if t.dtype in _LOW_PRECISION:  # evaluated in float32, then rounded once (bf16 B(t) alone is off by ~1%)
+            return ScheduleValues(*(v.to(t.dtype) for v in self.eval(t.float(), check=False)))
         if self._use_core(t):
             vals = _ops.schedule_eval(self._cid, self._core_params(), self._core_table(), t)
             return ScheduleValues(*vals)
@@ -145,6 +153,8 @@ class Schedule:
         """Inverse of λ(t): the time at which the half log-SNR equals ``lam``."""
         lam = _as_time(lam, "lam")
         self._check_lam(lam, check)
+        if lam.dtype in _LOW_PRECISION:
+            return self.t_of_lam(lam.float(), check=False).to(lam.dtype)
         if self._use_core(lam):
             return _ops.schedule_inverse(self._cid, self._core_params(), self._core_table(), lam)
         return self._inv_ref(lam)
