@@ -169,6 +169,8 @@ KS_CASES = [
     ("euler_ancestral", "edm", {}, 10, 2.0),                         # [0.032]
     ("euler_maruyama", "vp_linear", {}, 10, 1.5),                    # [0.022]
     ("pc", "ve", {"snr_norm": "batch"}, 10, 1.5),                    # [0.024]
+    ("pc", "vp_linear", {}, 10, 2.0),                                # [0.043] default options, ddpm's bound
+    pytest.param("pc", "ve", {}, 10, 1.5, marks=pytest.mark.slow),  # [0.030] (snr_norm="sample": 0.32)
     ("edm_churn", "edm", {"s_churn": 40.0}, 10, 1.0),                # [0.009]
     ("dpmpp_2m_sde", "vp_linear", {}, 10, 0.6),                      # [0.007]
     ("dpmpp_2m_sde", "edm", {"solver_type": "heun"}, 10, 1.0),       # [0.013]
@@ -180,7 +182,12 @@ def _ks(out, t_end, sch):
     return metrics.ks_statistic(out, lambda v: MIX.marginal_cdf(v, t_end if t_end > 0 else None, sch))
 
 
-@pytest.mark.parametrize("name,sched,opts,N,c", KS_CASES, ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(KS_CASES)])
+def _ks_id(i, case):
+    v = getattr(case, "values", case)  # a pytest.param keeps its tuple in .values
+    return f"{v[0]}-{v[1]}-{i}"
+
+
+@pytest.mark.parametrize("name,sched,opts,N,c", KS_CASES, ids=[_ks_id(i, c) for i, c in enumerate(KS_CASES)])
 def test_sampler_distribution_ks(name, sched, opts, N, c):
     sch = schedules.get(sched)
     x = _start(sch, N_KS, seed=11)
@@ -221,10 +228,25 @@ def test_2d_sliced_wasserstein_below_the_exact_vs_exact_quantile():
                                                            projections=proj)) for _ in range(40)])
     q999 = float(null.mean() + 3.1 * null.std())  # normal approximation of the 99.9 % quantile
     x = diffcore.prior_sample(sch, (n, 2), seed=3, dtype=F64)
-    for name, delta in (("ddpm", 0.05), ("dpmpp_2m_sde", 0.02), ("euler_maruyama", 0.05)):
+    # pc with its default options ([0.048]; snr_norm="sample" gave 0.72) on ddpm's bound
+    for name, delta in (("ddpm", 0.05), ("dpmpp_2m_sde", 0.02), ("euler_maruyama", 0.05), ("pc", 0.05)):
         out = _run(name, sch, 40, x, oracle=mix2, seed=4)
         sw = float(metrics.sliced_wasserstein(out, ref, projections=proj))
         assert sw < q999 + delta, (name, sw, q999)
+
+
+def test_pc_default_is_batch_independent():
+    """A sample's result may not depend on the rest of its batch (per-sample Philox noise; the default
+    corrector step comes from the schedule, not from the batch's norms)."""
+    sch = schedules.get("vp_linear")
+    x = _start(sch, 8, seed=5)
+    whole = _run("pc", sch, 20, x, seed=3)
+    part = _run("pc", sch, 20, x[:4], seed=3)
+    assert torch.equal(whole[:4], part)
+    # the batch-mean rule is the counter-example the default avoids
+    whole_b = _run("pc", sch, 20, x, seed=3, snr_norm="batch")
+    part_b = _run("pc", sch, 20, x[:4], seed=3, snr_norm="batch")
+    assert (whole_b[:4] - part_b).abs().max() > 1e-3
 
 
 # -- the Brownian source ------------------------------------------------------------------------------

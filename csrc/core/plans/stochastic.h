@@ -90,8 +90,10 @@ inline Lin reverse_diffusion(const Node& s, const Node& t, bool noise) {
 
 // Predictor–corrector (Song et al. 2021, Alg. 2–5) in the reference order: at every grid time t_i, `nc`
 // Langevin corrector steps, then the predictor to t_{i+1}. Corrector rows carry only the score
-// conversion and a draw: their step size follows the signal-to-noise rule, which depends on the
-// norms of the score and the noise, and is applied by the Python layer (diffcore/solvers/sde.py).
+// conversion and a draw: their step size follows the signal-to-noise rule, which with
+// snr_norm="sample" / "batch" depends on the norms of the score and the noise, so the Python layer
+// applies it (diffcore/solvers/sde.py; the default "expected" rule is 2a(snr σ_t)², see
+// docs/predictor_corrector.md).
 // Both buffers carry the state (x' = y'), so every stage's model input is current.
 // predictor: 0 reverse diffusion, 1 Euler–Maruyama. `denoise`: the last predictor adds no noise.
 inline void plan_pc(const PlanIO& io, int predictor, int nc, bool denoise) {

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from ..schedules import Schedule
+from .adaptive_control import MAX_REJECTIONS, check_count, check_number, check_order
 
 
 def _scalar_vals(schedule: Schedule, t: float):
@@ -29,11 +30,13 @@ class DPMAdaptive:
     Args:
         order: 2 (DPM-Solver-12) or 3 (DPM-Solver-23, the default).
         rtol, atol: tolerances of ``δ = max(atol, rtol·max(|x_low|, |x_prev|))`` (defaults 0.05 and
-            0.0078, the reference's values for data in [−1, 1]).
-        h_init: first trial step in λ (0.05).
-        theta: safety factor (0.9).
+            0.0078, the reference's values for data in [−1, 1]); finite and positive.
+        h_init: first trial step in λ (0.05; at most the whole interval is tried).
+        theta: safety factor (0.9), ``0 < θ < 1``: a rejected step is retried with ``θ·h·E^{−1/k}``,
+            which for ``θ ≥ 1`` can exceed the rejected ``h`` and never be accepted.
         t_err: stop when |t − t_end| < t_err.
         max_steps: raise ``RuntimeError`` after this many trial steps.
+        max_rejections: raise ``RuntimeError`` after this many consecutive rejections of one step.
     """
 
     name = "dpm_adaptive"
@@ -41,15 +44,15 @@ class DPMAdaptive:
     adaptive = True
 
     def __init__(self, order: int = 3, rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
-                 theta: float = 0.9, t_err: float = 1e-5, max_steps: int = 100000):
-        if order not in (2, 3):
-            raise ValueError(f"order: expected 2 or 3, got {order!r}")
-        for k, v in (("rtol", rtol), ("atol", atol), ("h_init", h_init), ("theta", theta), ("t_err", t_err)):
-            if not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"{k}: expected a positive number, got {v!r}")
-        self.order = order
-        self.rtol, self.atol, self.h_init, self.theta, self.t_err = float(rtol), float(atol), float(h_init), float(theta), float(t_err)
-        self.max_steps = int(max_steps)
+                 theta: float = 0.9, t_err: float = 1e-5, max_steps: int = 100000,
+                 max_rejections: int = MAX_REJECTIONS):
+        self.order = check_order(order)
+        self.rtol, self.atol = check_number("rtol", rtol, 0.0), check_number("atol", atol, 0.0)
+        self.h_init = check_number("h_init", h_init, 0.0)
+        self.theta = check_number("theta", theta, 0.0, hi=1.0)
+        self.t_err = check_number("t_err", t_err, 0.0)
+        self.max_steps = check_count("max_steps", max_steps)
+        self.max_rejections = check_count("max_rejections", max_rejections)
 
     def __repr__(self) -> str:
         return f"dpm_adaptive(order={self.order}, rtol={self.rtol}, atol={self.atol})"
@@ -64,22 +67,27 @@ class DPMAdaptive:
         a_0, s_0, lam_end = _scalar_vals(schedule, t_end)
         if not (s_0 > 0 and math.isfinite(lam_end)):
             raise ValueError("t_end: dpm_adaptive needs a final time with σ > 0 (denoise to zero afterwards)")
+        if 0 < abs(t_start - t_end) <= self.t_err:  # the loop would not run: x returned unchanged
+            raise ValueError(f"t_err: expected less than |t_start − t_end| = {abs(t_start - t_end):g}, got {self.t_err:g}")
         B = x.shape[0]
+        if x.numel() == 0:  # nothing to integrate (as the fixed-grid samplers return an empty batch)
+            return x.clone(), {"nfe": 0, "steps": 0, "rejected": 0}
         r1, r2 = (0.5, None) if self.order == 2 else (1 / 3, 2 / 3)
         time = lambda t: torch.full((B,), t, dtype=x.dtype, device=x.device)  # noqa: E731
         t_of = lambda lam: float(schedule.t_of_lam(torch.tensor([lam], dtype=torch.float64))[0])  # noqa: E731
         s, lam_s, (a_s, sg_s) = t_start, lam_T, (a_T, s_T)
-        h = self.h_init * (1 if lam_end > lam_T else -1)
+        h = math.copysign(min(self.h_init, abs(lam_end - lam_T)), lam_end - lam_T)
         x_prev = x
         eps_s = None
-        nfe = steps = rejected = 0
+        nfe = steps = rejected = streak = 0
 
         def ddim(xs, eps, a_s_, a_t, s_t, r_s, r_t):  # x_t = (α_t/α_s)x_s − α_t(ρ_s − ρ_t) ε, exact at any h
             return (a_t / a_s_) * xs - (a_t * (r_s - r_t)) * eps
 
         while abs(s - t_end) > self.t_err:
             if steps + rejected >= self.max_steps:
-                raise RuntimeError(f"dpm_adaptive: no convergence after {self.max_steps} trial steps")
+                raise RuntimeError(f"max_steps: dpm_adaptive did not reach t_end={t_end:g} within "
+                                   f"max_steps={self.max_steps} trial steps (at t={s:.6g})")
             if eps_s is None:
                 eps_s = eps_fn(x, time(s))
                 nfe += 1
@@ -111,15 +119,32 @@ class DPMAdaptive:
             delta = torch.maximum(torch.full_like(x_low, self.atol), self.rtol * torch.maximum(x_low.abs(), x_prev.abs()))
             err = ((x_high - x_low) / delta).reshape(B, -1).pow(2).mean(1).sqrt().max()
             E = float(err)  # host sync: one step size for the batch
+            if not math.isfinite(E):
+                evals = [(s, eps_s), (t1, eps1)] + ([(t2, eps2)] if self.order == 3 else [])
+                for tm, e in evals:
+                    if not bool(torch.isfinite(e).all()):
+                        raise ValueError(f"model: returned non-finite values (NaN or inf) at t={tm:.6g} inside "
+                                         f"dpm_adaptive (step from t={s:.6g})")
+                raise ValueError(f"rtol, atol: the error estimate of dpm_adaptive is not finite at t={s:.6g} "
+                                 f"with rtol={self.rtol:g}, atol={self.atol:g} (tolerances below the "
+                                 f"arithmetic's range, or x overflowed)")
             if E <= 1.0:
                 x, x_prev = x_high, x_low
                 s, lam_s, a_s, sg_s = t, lam_t, a_t, s_t
                 eps_s = None
                 steps += 1
+                streak = 0
                 if callback is not None:
                     callback({"i": steps, "t": s, "x": x})
             else:
                 rejected += 1
+                streak += 1
+                if streak >= self.max_rejections:
+                    raise RuntimeError(
+                        f"rtol, atol: dpm_adaptive could not control the step size at t={s:.6g}: "
+                        f"{streak} consecutive rejected steps (max_rejections={self.max_rejections}; last "
+                        f"h={abs(h):.3g} in λ, error E={E:.3g} with rtol={self.rtol:g}, atol={self.atol:g}). "
+                        f"Loosen the tolerances or check that the model is smooth in x and t")
             E = max(E, 1e-10)
             h_new = self.theta * abs(h) * E ** (-1.0 / self.order)
             h = math.copysign(min(h_new, abs(lam_end - lam_s)), lam_end - lam_s) if lam_end != lam_s else 0.0

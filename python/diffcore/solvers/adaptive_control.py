@@ -24,13 +24,47 @@ Inactive samples are not touched. Returns ``(accepted [B] bool, E [B] float64)``
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["adaptive_control_reference", "rms_error", "pi_control", "ERR_FLOOR", "ERR_PREV_FLOOR", "END_TOL"]
+__all__ = ["adaptive_control_reference", "rms_error", "pi_control", "ERR_FLOOR", "ERR_PREV_FLOOR", "END_TOL",
+           "MAX_REJECTIONS"]
 
 ERR_FLOOR = 1e-10
 ERR_PREV_FLOOR = 1e-4
 END_TOL = 1e-12
+# Consecutive rejections of one step before giving up. With 0 < θ < 1 every rejection shrinks the step
+# by at least θ and an error that behaves like C·h^k is accepted after a few; dozens in a row mean the
+# error does not shrink with h (tolerances below the arithmetic's resolution, a model discontinuous
+# in t or x), and retrying further would only hang.
+MAX_REJECTIONS = 50
+
+
+def check_number(name: str, v, lo: float, lo_open: bool = True, hi: float = math.inf, hi_open: bool = True) -> float:
+    """A finite real in the interval, else ``ValueError`` naming the argument and the interval."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if ok:
+        v = float(v)
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        lo_s = f"{lo} <" if lo_open else f"{lo} <="
+        hi_s = "" if hi == math.inf else (f" < {hi}" if hi_open else f" <= {hi}")
+        raise ValueError(f"{name}: expected a finite number with {lo_s} {name}{hi_s}, got {v!r}")
+    return v
+
+
+def check_count(name: str, v) -> int:
+    """A positive int (not a bool), else ``ValueError`` naming the argument."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name}: expected a positive int, got {v!r}")
+    return v
+
+
+def check_order(v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v not in (2, 3):
+        raise ValueError(f"order: expected 2 or 3 (an int), got {v!r}")
+    return v
 
 
 def rms_error(x, x_low, x_high, atol: float, rtol: float) -> torch.Tensor:

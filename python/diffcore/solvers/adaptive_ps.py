@@ -15,7 +15,9 @@ rejection ``h ← h·θ·E^{−1/k}``, factors clipped to ``[fac_min, fac_max]``
 Each round evaluates the model on the active samples only: once at a fresh anchor (samples whose last
 trial was rejected reuse it), then once per stage, all as batched calls with per-sample times; one
 fused call then forms every sample's error, accepts or rejects, updates ``h`` and copies the accepted
-rows. Selecting the active samples needs their count on the host: one synchronization per round.
+rows. Selecting the active samples needs their count on the host: one synchronization per round, and
+one more reads two flags (a non-finite error, a step rejected ``max_rejections`` times in a row) so that a
+model returning NaN or a step that cannot be controlled ends with an error that says so, not a hang.
 
 ``per_sample=False`` is the shared-step baseline with the same pair, norm and controller: one ``h`` for
 the batch, driven by the largest per-sample error (every sample then pays every round's evaluations).
@@ -29,7 +31,8 @@ import torch
 
 from .. import _ops
 from ..schedules import Schedule
-from .adaptive_control import END_TOL, pi_control, rms_error
+from .adaptive_control import (END_TOL, MAX_REJECTIONS, check_count, check_number, check_order, pi_control,
+                               rms_error)
 
 __all__ = ["DPMAdaptivePS"]
 
@@ -41,10 +44,13 @@ class DPMAdaptivePS:
         order: 2 (DPM-Solver-12) or 3 (DPM-Solver-23, default).
         rtol, atol: tolerance ``atol + rtol·max(|x|, |x_high|)`` per element (defaults 0.05 and 0.0078,
             the DPM-Solver reference's values for data in [−1, 1]).
-        h_init: first trial step in λ (0.05).
-        theta: safety factor (0.9); fac_min, fac_max: limits of the step-size factor (0.2, 5).
+        h_init: first trial step in λ (0.05; at most the whole interval is tried).
+        theta: safety factor (0.9), ``0 < θ < 1``: a rejected step is retried with ``θ·h·E^{−1/k}``,
+            which for ``θ ≥ 1`` can exceed the rejected ``h`` and never be accepted.
+        fac_min, fac_max: limits of the step-size factor (0.2, 5).
         per_sample: per-sample steps (default) or one shared step (the baseline).
         max_rounds: raise ``RuntimeError`` after this many rounds.
+        max_rejections: raise ``RuntimeError`` when a sample's step is rejected this many times in a row.
     """
 
     name = "dpm_adaptive_ps"
@@ -53,15 +59,12 @@ class DPMAdaptivePS:
 
     def __init__(self, order: int = 3, rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
                  theta: float = 0.9, fac_min: float = 0.2, fac_max: float = 5.0, per_sample: bool = True,
-                 max_rounds: int = 100000):
-        if order not in (2, 3) or isinstance(order, bool):
-            raise ValueError(f"order: expected 2 or 3, got {order!r}")
-        for k, v in (("h_init", h_init), ("theta", theta)):
-            if not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"{k}: expected a positive number, got {v!r}")
-        for k, v in (("rtol", rtol), ("atol", atol)):
-            if not isinstance(v, (int, float)) or not v >= 0:
-                raise ValueError(f"{k}: expected a number >= 0, got {v!r}")
+                 max_rounds: int = 100000, max_rejections: int = MAX_REJECTIONS):
+        order = check_order(order)
+        h_init = check_number("h_init", h_init, 0.0)
+        theta = check_number("theta", theta, 0.0, hi=1.0)
+        rtol = check_number("rtol", rtol, 0.0, lo_open=False)
+        atol = check_number("atol", atol, 0.0, lo_open=False)
         if not rtol + atol > 0:
             raise ValueError("rtol, atol: at least one must be positive")
         if not (isinstance(fac_min, (int, float)) and isinstance(fac_max, (int, float)) and 0 < fac_min <= 1 <= fac_max):
@@ -70,7 +73,8 @@ class DPMAdaptivePS:
             raise TypeError(f"per_sample: expected a bool, got {per_sample!r}")
         self.order, self.rtol, self.atol = order, float(rtol), float(atol)
         self.h_init, self.theta, self.fac_min, self.fac_max = float(h_init), float(theta), float(fac_min), float(fac_max)
-        self.per_sample, self.max_rounds = per_sample, int(max_rounds)
+        self.per_sample, self.max_rounds = per_sample, check_count("max_rounds", max_rounds)
+        self.max_rejections = check_count("max_rejections", max_rejections)
 
     def __repr__(self) -> str:
         return (f"dpm_adaptive_ps(order={self.order}, rtol={self.rtol}, atol={self.atol}, "
@@ -84,6 +88,18 @@ class DPMAdaptivePS:
         E = rms_error(x, x_low, x_high, self.atol, self.rtol)
         E = E.max().expand_as(E).contiguous()  # the batch shares the largest error
         return pi_control(x, x_high, E, h, err_prev, lam_s, lam_t, lam_end, active, **kw), E
+
+    @staticmethod
+    def _nonfinite(E, idx, ea, d1, d2, ts, t1, t2):
+        """Name the cause of a non-finite error estimate: the model's output (the usual one) or x."""
+        j = int((~torch.isfinite(E)).nonzero()[0, 0])
+        for tm, e in ((ts, ea), (t1, d1), (t2, d2)):
+            if e is not None and not bool(torch.isfinite(e[j]).all()):
+                raise ValueError(f"model: returned non-finite values (NaN or inf) for sample {int(idx[j])} at "
+                                 f"t={float(tm[j]):.6g} inside dpm_adaptive_ps")
+        raise ValueError(f"rtol, atol: the error estimate of dpm_adaptive_ps is not finite for sample "
+                         f"{int(idx[j])} at t={float(ts[j]):.6g} (tolerances below the arithmetic's range, "
+                         f"rtol·|x| + atol = 0, or x overflowed)")
 
     def solve(self, eps_fn: Callable, x: torch.Tensor, schedule: Schedule, t_start: float, t_end: float,
               callback: Optional[Callable] = None):
@@ -103,6 +119,9 @@ class DPMAdaptivePS:
         B, dev = x.shape[0], x.device
         f64 = dict(dtype=torch.float64, device=dev)
         x = x.detach().clone().contiguous()
+        if x.numel() == 0:  # nothing to integrate (an empty batch, or samples without features)
+            zero = torch.zeros(B, dtype=torch.int64, device=dev)
+            return x, {"nfe": zero, "steps": zero.clone(), "rejected": zero.clone(), "rounds": 0, "model_calls": 0}
         lam_s = torch.full((B,), lam_T, **f64)
         t_s = torch.full((B,), float(t_start), **f64)
         lam_end = torch.full((B,), lam_E, **f64)
@@ -114,6 +133,7 @@ class DPMAdaptivePS:
         nfe = torch.zeros(B, dtype=torch.int64, device=dev)
         steps = torch.zeros_like(nfe)
         rejected = torch.zeros_like(nfe)
+        streak = torch.zeros_like(nfe)  # consecutive rejections of the current step
         r1, r2 = (0.5, None) if self.order == 2 else (1.0 / 3.0, 2.0 / 3.0)
         rounds = calls = 0
         shape1 = (-1,) + (1,) * (x.dim() - 1)
@@ -129,7 +149,8 @@ class DPMAdaptivePS:
             if n == 0:
                 break
             if rounds >= self.max_rounds:
-                raise RuntimeError(f"dpm_adaptive_ps: {n} samples unfinished after {self.max_rounds} rounds")
+                raise RuntimeError(f"max_rounds: dpm_adaptive_ps left {n} samples unfinished after "
+                                   f"max_rounds={self.max_rounds} rounds")
             rounds += 1
             stale = idx[~fresh[idx]]
             if stale.numel():
@@ -170,6 +191,19 @@ class DPMAdaptivePS:
             ha, ep, la, act = h[idx], err_prev[idx], lam_s[idx], active[idx]
             acc, E = self._control(xa, x_low.contiguous(), x_high.contiguous(), ha, ep, la, lt, le, act)
             x[idx], h[idx], err_prev[idx], lam_s[idx], active[idx] = xa, ha, ep, la, act
+            sk = torch.where(acc, torch.zeros_like(streak[idx]), streak[idx] + 1)
+            streak[idx] = sk
+            nonfinite, stuck = torch.stack([(~torch.isfinite(E)).any(), (sk >= self.max_rejections).any()]).tolist()
+            if nonfinite:
+                self._nonfinite(E, idx, ea, d1, d2 if self.order == 3 else None, ts, t1, t2 if self.order == 3 else None)
+            if stuck:
+                j = int(torch.argmax(sk))
+                raise RuntimeError(
+                    f"rtol, atol: dpm_adaptive_ps could not control the step size of sample {int(idx[j])} at "
+                    f"t={float(ts[j]):.6g}: {int(sk[j])} consecutive rejected steps (max_rejections="
+                    f"{self.max_rejections}; last h={float(hh[j]):.3g} in λ, error E={float(E[j]):.3g} with "
+                    f"rtol={self.rtol:g}, atol={self.atol:g}). Loosen the tolerances or check that the model is "
+                    f"smooth in x and t")
             t_s[idx] = torch.where(acc, tt, ts)
             fresh[idx] = fresh[idx] & ~acc
             steps[idx] += acc.to(torch.int64)

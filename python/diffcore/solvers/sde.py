@@ -186,9 +186,20 @@ class PC(_Stochastic):
 
     Corrector (``"langevin"`` or ``"none"``): ``x ← x + ε ŝ + √(2ε) z`` with the signal-to-noise step
     ``ε = 2 a (snr ‖z‖ / ‖ŝ‖)²``, ``a = (α_{t_i}/α_{t_{i+1}})²`` (the chain's ``1 − b_i`` on VP, 1 on
-    VE). ``snr_norm="sample"`` (default) uses each sample's norms (the paper), ``"batch"`` their batch
-    means (the reference code). The step size depends on the data, so the corrector is applied by
-    torch, not the fused kernel; its noise is the plan's draw like any other.
+    VE). ``snr_norm`` says which norms:
+
+    * ``"expected"`` (default): their expectations, ``‖z‖² → D`` and ``‖ŝ‖² → D/σ_t²`` (the Fisher
+      information of the perturbed data is ``E‖E[ε | x_t]‖²/σ_t² ≤ D/σ_t²``, tight for data
+      concentrated below the noise scale), so ``ε = 2 a (snr σ_t)²``: right on any dimension and, like
+      every other sampler, a sample's result does not depend on the rest of its batch. The derivation
+      is in ``docs/predictor_corrector.md``.
+    * ``"sample"``: each sample's norms, the paper's rule. On low-dimensional data (D = 1, 2) the
+      ratio ‖z‖/‖ŝ‖ of single draws is unbounded where the score is small, and the sampler diverges;
+      use it only for high-dimensional data, where the norms concentrate.
+    * ``"batch"``: their batch means (the reference code). Stable, but a sample's step then depends
+      on the other samples of its batch (sharded or split batches give different results).
+
+    The corrector is applied by torch, not the fused kernel; its noise is the plan's draw like any other.
     ``denoise`` (default True): the last predictor step adds no noise (the reference's noise-free
     final mean)."""
 
@@ -198,14 +209,14 @@ class PC(_Stochastic):
     second_buffer = True
 
     def __init__(self, predictor: str = "reverse_diffusion", corrector: str = "langevin", snr: float = 0.16,
-                 n_corrector: int = 1, snr_norm: str = "sample", denoise: bool = True, **common):
+                 n_corrector: int = 1, snr_norm: str = "expected", denoise: bool = True, **common):
         super().__init__(**common)
         if predictor not in ("reverse_diffusion", "euler_maruyama"):
             raise ValueError(f"predictor: expected 'reverse_diffusion' or 'euler_maruyama', got {predictor!r}")
         if corrector not in ("langevin", "none"):
             raise ValueError(f"corrector: expected 'langevin' or 'none', got {corrector!r}")
-        if snr_norm not in ("sample", "batch"):
-            raise ValueError(f"snr_norm: expected 'sample' or 'batch', got {snr_norm!r}")
+        if snr_norm not in ("expected", "sample", "batch"):
+            raise ValueError(f"snr_norm: expected 'expected', 'sample' or 'batch', got {snr_norm!r}")
         if not isinstance(denoise, bool):
             raise TypeError(f"denoise: expected a bool, got {denoise!r}")
         self.predictor, self.corrector, self.snr_norm, self.denoise = predictor, corrector, snr_norm, denoise
@@ -223,16 +234,21 @@ class PC(_Stochastic):
     def _hooks(self, plan):
         if not self.n_corrector:
             return None
-        alpha = plan.schedule.eval(plan.timesteps.reshape(-1)).alpha.to(torch.float64).reshape(plan.timesteps.shape)
+        v = plan.schedule.eval(plan.timesteps.reshape(-1))
+        alpha = v.alpha.to(torch.float64).reshape(plan.timesteps.shape)
+        sigma = v.sigma.to(torch.float64).reshape(plan.timesteps.shape)
         a = (alpha[:, :-1] / alpha[:, 1:]) ** 2  # [B, M]
+        # "expected": ε = 2a (snr ‖z‖/‖ŝ‖)² with ‖z‖² → D, ‖ŝ‖² → D/σ² (docs/predictor_corrector.md)
+        step = 2 * a * (self.snr * sigma[:, :-1]) ** 2 if self.snr_norm == "expected" else None
         hooks = {}
         for i in range(plan.num_steps):
             ai = a[:, i].to(plan.device)
+            ei = None if step is None else step[:, i].to(plan.device)
             for k in range(self.n_corrector):
-                hooks[(i, k)] = lambda p, st, i_, s_, out, ai=ai: self._correct(p, st, i_, s_, out, ai)
+                hooks[(i, k)] = lambda p, st, i_, s_, out, ai=ai, ei=ei: self._correct(p, st, i_, s_, out, ai, ei)
         return hooks
 
-    def _correct(self, plan, state, i, s, out, a):
+    def _correct(self, plan, state, i, s, out, a, step=None):
         """One Langevin corrector step with the signal-to-noise step-size rule (Song et al. 2021, Alg. 4)."""
         x = state.x
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -242,12 +258,15 @@ class PC(_Stochastic):
         score = row[:, 0].reshape(bshape) * u + row[:, 1].reshape(bshape) * out.to(compute)
         z = state.noise_value(plan.draws[i][s]).to(compute)
         B = x.shape[0]
-        gn = score.reshape(B, -1).norm(dim=1)
-        zn = z.reshape(B, -1).norm(dim=1)
-        if self.snr_norm == "batch":
-            gn, zn = gn.mean().expand(B), zn.mean().expand(B)
-        eps = 2 * a.to(compute) * (self.snr * zn / gn.clamp_min(torch.finfo(compute).tiny)) ** 2
-        eps = eps.reshape((B,) + (1,) * (x.dim() - 1))
+        if step is not None:
+            eps = step.to(compute)
+        else:
+            gn = score.reshape(B, -1).norm(dim=1)
+            zn = z.reshape(B, -1).norm(dim=1)
+            if self.snr_norm == "batch":
+                gn, zn = gn.mean().expand(B), zn.mean().expand(B)
+            eps = 2 * a.to(compute) * (self.snr * zn / gn.clamp_min(torch.finfo(compute).tiny)) ** 2
+        eps = eps.reshape((-1,) + (1,) * (x.dim() - 1))  # [B] or [1] (a shared grid's expected step)
         new = (x.to(compute) + eps * score + torch.sqrt(2 * eps) * z).to(x.dtype)
         state._set("x", new)
         state._set("y", new)
