@@ -40,7 +40,7 @@ element-wise kernels and the batched OT solvers now run on diffcore's own pool, 
 claims pieces like any helper and never waits for a helper that has not started (only for a piece a
 helper is computing); the pieces are fixed, so results are bitwise those of one thread
 (tests/test_threads.py). Kernels go parallel from about 0.3 ms of one thread's work (2^18 elements
-for the fused step and lincomb, 2^15 for noise); Sinkhorn runs one problem per thread over a batch of
+for the fused step and lincomb, 2^14 for noise); Sinkhorn runs one problem per thread over a batch of
 at least 2^19 kernel entries and splits a single problem over a team (per-iteration barriers, now
 sleeping on a futex after a short spin) only from 2^22 entries; the exact assignment parallelizes
 over the batch only.

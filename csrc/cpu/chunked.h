@@ -15,8 +15,6 @@
 
 namespace dc {
 
-constexpr int64_t kClaimFeatures = 1 << 14;  // features a thread claims at a time (≳ 10 µs of work)
-
 template <class Fn>  // fn(b, n0, len)
 void for_each_chunk(int64_t B, int64_t N, int64_t chunk, int nthreads, int64_t parallel_threshold, Fn fn) {
   const int64_t per_row = (N + chunk - 1) / chunk;
@@ -27,7 +25,10 @@ void for_each_chunk(int64_t B, int64_t N, int64_t chunk, int nthreads, int64_t p
     fn(b, n0, std::min(chunk, N - n0));
   };
   if (nthreads > 1 && B * N >= parallel_threshold && total > 1) {
-    parallel_pieces(total, nthreads, std::max<int64_t>(1, kClaimFeatures / chunk), [&](int64_t lo, int64_t hi) {
+    // a claim is about an eighth of the smallest parallel call: even that one is shared 8 ways, and
+    // the claims (one atomic each) stay tens of microseconds of work
+    const int64_t grain = std::max<int64_t>(1, parallel_threshold / (8 * chunk));
+    parallel_pieces(total, nthreads, grain, [&](int64_t lo, int64_t hi) {
       for (int64_t c = lo; c < hi; ++c) run(c);
     });
     return;

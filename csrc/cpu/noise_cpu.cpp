@@ -9,7 +9,7 @@ constexpr int64_t kChunk = 4096;  // a multiple of 4: chunks start on a Philox b
 
 template <class T>
 void fill_typed(const NoiseFillArgs& a, int nthreads) {
-  for_each_chunk(a.B, a.N, kChunk, nthreads, 1 << 15, [&](int64_t b, int64_t n0, int64_t len) {
+  for_each_chunk(a.B, a.N, kChunk, nthreads, 1 << 14, [&](int64_t b, int64_t n0, int64_t len) {
     T* out = static_cast<T*>(a.out) + b * a.out_sb + n0;
     alignas(64) double v[kChunk + 4];
     const int nb = int((len + 3) / 4);

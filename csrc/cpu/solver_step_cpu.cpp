@@ -11,7 +11,7 @@ constexpr int64_t kChunk = 4096;
 constexpr int64_t kParallelThreshold = 1 << 18;  // ~0.3 ms of one thread: see cpu/chunked.h
 // A step that draws noise costs ~10-20 ns per element (Philox + Box-Muller), not ~1: threads pay
 // off on much smaller arrays (bench/bench_sde.py).
-constexpr int64_t kNoisyParallelThreshold = 1 << 15;
+constexpr int64_t kNoisyParallelThreshold = 1 << 14;
 
 // The chunk's noise, a whole Philox block (4 elements) at a time; n0 is a multiple of 4.
 template <class T, class C>
