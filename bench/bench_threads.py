@@ -51,7 +51,7 @@ script, build of commit a179018): loaded default / one thread was 47x for Sinkho
 (32.7 ms vs 0.69 ms: a two-thread team with a barrier per iteration), 3.0x at n = 1024, B = 1, 1.2x
 at n = 64, B = 8, 1.33x for the 4M-element step; and 2.0-2.6x in the "idle" columns (other
 processes' load alone) for Sinkhorn n = 256, B = 8, n = 1024, B = 1 and the 4M-element step. After:
-the worst loaded ratio was 1.01x, 1.12x, 1.11x and 1.00x in four runs (rows that run single-threaded by
+the worst loaded ratio was 1.01x, 1.12x, 1.11x, 1.00x and 1.07x in five runs (rows that run single-threaded by
 design differ from 1.00x by noise only), and the batched rows gain under load (0.22-0.80x): a helper
 that gets a core contributes, one that does not costs nothing. The cost of the policy: a single
 Sinkhorn problem below 2^22 entries no longer uses a second core on a quiet machine (what the team
