@@ -53,11 +53,13 @@ at n = 64, B = 8, 1.33x for the 4M-element step; and 2.0-2.6x in the "idle" colu
 processes' load alone) for Sinkhorn n = 256, B = 8, n = 1024, B = 1 and the 4M-element step. After:
 the worst loaded ratio was 1.01x, 1.12x, 1.11x, 1.00x and 1.07x in five runs (rows that run single-threaded by
 design differ from 1.00x by noise only), and the batched rows gain under load (0.22-0.80x): a helper
-that gets a core contributes, one that does not costs nothing. The cost of the policy: a single
+that gets a core contributes, one that does not costs nothing. The "idle" columns cannot show a gain
+here: the kernel schedules by autogroup (``/proc/sys/kernel/sched_autogroup_enabled`` = 1), so while
+another session keeps both cores busy this process gets about one core whatever its thread count
+(measured: process CPU time / wall time 1.00 with the default threads); the policy's result there is
+no loss (0.96-1.13x, noise), where the old one lost up to 2.6x. The cost of the policy: a single
 Sinkhorn problem below 2^22 entries no longer uses a second core on a quiet machine (what the team
-gained there could not be measured: the machine was never quiet during this work), and with other
-processes on every core the batched rows show no gain in the "idle" columns (the helper rarely gets a
-core), where they were up to 2x slower before.
+gained there could not be measured: the machine was never quiet during this work).
 """
 from __future__ import annotations
 
