@@ -41,8 +41,8 @@ only, ``--min-time 0.1``; ``--device cuda`` prints a note and exits when CUDA is
 the tables as JSON for ``bench/run_all.py``). Full run 173 s on the 2-core CPU machine (2026-11-23).
 
 Notes:
-Findings of the 2026-11-23 CPU run (2 cores, float64; POT 0.9.7.post1, scipy 1.17.1). Targets of
-issue 5 (n = 256, ε = 0.01, cost / max): ≥ 10x vs POT ``sinkhorn_log`` — met (105x); ≥ 3x vs POT
+Findings of the 2026-11-23 CPU run (2 cores, float64; POT 0.9.7.post1, scipy 1.17.1). Targets
+(n = 256, ε = 0.01, cost / max): ≥ 10x vs POT ``sinkhorn_log`` — met (105x); ≥ 3x vs POT
 ``sinkhorn`` — met (6.5x), at equal or better accuracy (marginal error measured on the returned plans
 outside all solvers: 6.0e-10 vs POT's 4.5e-9); exact assignment ≥ 3x vs scipy at n = 256 — met (3.1x
 on 2-D clouds, the hardest case, 4.9x on 32-D clouds, 8.0x on uniform costs), optimal totals equal to

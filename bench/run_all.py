@@ -1,6 +1,6 @@
 """Run every ``bench/bench_*.py`` script and write ``bench/RESULTS.md`` plus PNG plots in ``bench/plots/``.
 
-One command for the whole benchmark report (issue 8, item 5)::
+One command for the whole benchmark report::
 
     python bench/run_all.py [--quick] [--device cpu|cuda] [--only step,loop] [--out DIR] [--timeout S]
 
