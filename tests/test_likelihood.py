@@ -301,7 +301,7 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="model"):
         log_likelihood(lambda x, t: model(x, t).detach(), x, sched)
     with pytest.raises(ValueError, match="t_end"):  # eps → velocity is singular where α = 0
-        log_likelihood(model, x, "rf", t_start=0.0, t_end=1.0)
+        log_likelihood(model, x, "rf", "eps", t_start=0.0, t_end=1.0)
     with pytest.raises(ValueError, match="t_start"):  # x0 → velocity is singular where σ = 0
         log_likelihood(model, x, "rf", "x0", t_start=0.0, t_end=0.9)
     with pytest.raises(ValueError, match="schedule"):

@@ -25,7 +25,7 @@ import torch
 
 from . import schedules as _schedules
 from ._device import as_device
-from .param import ModelWrapper, canonical_prediction, conversion_coefs, convert
+from .param import ModelWrapper, conversion_coefs, convert, resolve_prediction, singular_hint
 from .paths import _check_data
 
 __all__ = ["log_likelihood", "bits_per_dim", "ddpm_bound", "ddpm_coefficients", "DDPMCoefficients"]
@@ -108,7 +108,7 @@ def _resolve_model(model, schedule, prediction, model_kwargs):
     if schedule is None:
         raise TypeError("schedule: required (a diffcore Schedule or its name, e.g. 'vp_linear', 'edm', 'rf')")
     schedule = _schedules.get(schedule)
-    native = canonical_prediction(prediction, "prediction")
+    native = resolve_prediction(prediction, schedule, "prediction")
     if native == "v" and schedule.kind != "vp":
         raise ValueError(f"prediction: the Salimans 'v' prediction needs a variance-preserving schedule, got "
                          f"{schedule!r}; use 'velocity'")
@@ -376,14 +376,15 @@ def _check_endpoint(schedule, native, t: float, name: str) -> None:
         raise ValueError(
             f"{name}: the PF-ODE velocity of a {native!r} model is singular at t = {t} for {schedule!r} "
             f"(α = {float(vals.alpha[0]):.3g}, σ = {float(vals.sigma[0]):.3g}); choose {name} strictly inside "
-            f"the schedule's range (e.g. t_start = 1e-5 at the data end) or a model type that stays finite there")
+            f"the schedule's range (e.g. t_start = 1e-5 at the data end) or a model type that stays finite there"
+            + singular_hint(native, schedule))
 
 
 # ------------------------------------------------------------------------------------------------
 # public: log_likelihood
 
 
-def log_likelihood(model: Callable, x: torch.Tensor, schedule=None, prediction: str = "eps", *,
+def log_likelihood(model: Callable, x: torch.Tensor, schedule=None, prediction: Optional[str] = None, *,
                    t_start: Optional[float] = None, t_end: Optional[float] = None, divergence: str = "auto",
                    probe: str = "rademacher", num_probes: int = 1, rtol: float = 1e-5, atol: float = 1e-5,
                    generator: Optional[torch.Generator] = None, model_kwargs: Optional[dict] = None,
@@ -408,7 +409,8 @@ def log_likelihood(model: Callable, x: torch.Tensor, schedule=None, prediction: 
         x: data ``[B, *S]`` (``D = prod(S)``), in the schedule's units. The model receives inputs in
             ``x.dtype``; the ODE state, δ and the result are float64.
         schedule: a :class:`~diffcore.schedules.Schedule` or name (default for a ModelWrapper: its own).
-        prediction: ``"eps"``, ``"x0"``, ``"score"``, ``"velocity"``, ``"v"`` or an alias.
+        prediction: ``"eps"``, ``"x0"``, ``"score"``, ``"velocity"``, ``"v"`` or an alias; default ``None``:
+            the schedule's own (``"velocity"`` on the flow schedules, ``"eps"`` otherwise).
         t_start: data end ε (default ``schedule.t_end``, e.g. 1e-3 for VP-linear; Song et al. use 1e-5).
         t_end: noise end T (default ``schedule.t_start``). Needs ``t_start < t_end``, and the conversion
             to the velocity must be finite at both (an ``"eps"`` model at α = 0, e.g. rectified flow at
@@ -693,7 +695,7 @@ def _discretized_gaussian_nll(x0: torch.Tensor, mean: torch.Tensor, std: float, 
     return -_log_ndtr_diff(lo, hi).reshape(x0.shape[0], -1).sum(1)
 
 
-def ddpm_bound(model: Callable, x0: torch.Tensor, schedule=None, prediction: str = "eps", *, timesteps=None,
+def ddpm_bound(model: Callable, x0: torch.Tensor, schedule=None, prediction: Optional[str] = None, *, timesteps=None,
                variance: str = "posterior", num_timesteps: Optional[int] = None, num_samples: int = 1,
                decoder: str = "discretized", bits: int = 8, prior_std: Optional[float] = None,
                generator: Optional[torch.Generator] = None, model_kwargs: Optional[dict] = None,

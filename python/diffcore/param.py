@@ -42,7 +42,7 @@ from . import _ops
 from .schedules import Schedule, ScheduleValues, _as_time
 
 __all__ = [
-    "PREDICTION_TYPES", "TIME_CONVENTIONS", "canonical_prediction", "conversion_coefs", "convert",
+    "PREDICTION_TYPES", "TIME_CONVENTIONS", "canonical_prediction", "resolve_prediction", "conversion_coefs", "convert",
     "edm_precond_coefs", "ModelWrapper",
 ]
 
@@ -77,6 +77,25 @@ def canonical_prediction(name, argname: str = "prediction") -> str:
             f"(aliases: {sorted(k for k in _PRED_ALIASES if k not in PREDICTION_TYPES)})"
         )
     return _PRED_ALIASES[key]
+
+
+def resolve_prediction(prediction, schedule, argname: str = "prediction") -> str:
+    """``prediction`` in canonical form, ``None`` meaning the schedule family's own
+    (``schedule.prediction``: ``"velocity"`` on the flow-matching paths, ``"eps"`` on the diffusion
+    schedules). The model is never called to guess: its output cannot tell the types apart."""
+    if prediction is None:
+        return canonical_prediction(getattr(schedule, "prediction", "eps"), argname)
+    return canonical_prediction(prediction, argname)
+
+
+def singular_hint(prediction: str, schedule) -> str:
+    """The advice appended to a singular-conversion error: a model type that is regular where this
+    one divides by a zero α or σ (a flow model read as ε-prediction is the usual mistake)."""
+    own = getattr(schedule, "prediction", "eps")
+    if canonical_prediction(prediction) != own:
+        return (f"; did you mean prediction={own!r}? (the default on {getattr(schedule, 'name', 'this schedule')}"
+                " schedules; a flow-matching model predicts the velocity)")
+    return ""
 
 
 def _compute_dtype(device: torch.device) -> torch.dtype:
@@ -263,6 +282,7 @@ def _check_regular(c_x, c_m, tb, src: str, dst: str, schedule) -> None:
         raise ValueError(
             f"t: {src} -> {dst} is singular at t = {float(tb.detach()[bad.nonzero()[0, 0]])} for {schedule!r} "
             "(it divides by a σ or α that is zero there); convert at times inside the open range"
+            + singular_hint(src, schedule)
         )
 
 
@@ -325,10 +345,12 @@ class ModelWrapper:
         model: the network, called as ``model(x_in, t_model, **model_kwargs)`` with ``x_in`` of shape
             ``(B, *S)`` and ``t_model`` of shape ``(B,)``; returns a tensor shaped like ``x``.
         schedule: the :class:`~diffcore.schedules.Schedule` the network was trained with.
-        prediction: what the network predicts: ``"eps"`` (the default), ``"x0"``, ``"score"``,
+        prediction: what the network predicts: ``"eps"``, ``"x0"``, ``"score"``,
             ``"velocity"`` (dx/dt in diffusion time) or ``"v"`` (Salimans, VP schedules only), or a
             diffusers alias. With ``edm_precond=True`` the network outputs the raw ``F`` and the
             wrapper's native prediction is ``"x0"`` (only ``None``/``"x0"`` are accepted then).
+            Default (``None``): the schedule's own, ``schedule.prediction`` (``"velocity"`` on the
+            flow schedules, ``"eps"`` otherwise).
         time_convention: the time the network receives (default ``"continuous"``, or ``"c_noise"``
             with ``edm_precond=True``):
 
@@ -369,7 +391,7 @@ class ModelWrapper:
                     f"predicts 'x0'; got prediction={prediction!r}")
             self.prediction = "x0"
         else:
-            self.prediction = canonical_prediction("eps" if prediction is None else prediction)
+            self.prediction = resolve_prediction(prediction, schedule)
         if self.prediction == "v":
             _check_v(schedule.kind == "vp", "prediction", schedule)
 

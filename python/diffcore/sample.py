@@ -20,7 +20,7 @@ from .grids import timesteps as _timesteps
 from .guidance import CFG
 from .noise import DOMAIN_PRIOR, Noise, philox_normal
 from .parallel import ParallelConfig, picard_sample, tile_guidance, tile_model_kwargs
-from .param import ModelWrapper, canonical_prediction, convert
+from .param import ModelWrapper, convert, resolve_prediction, singular_hint
 from .solvers import get as _get_solver
 from .solvers.v3 import V3Plan
 
@@ -109,12 +109,12 @@ def _grid(schedule, steps, spacing, t_start, t_end):
     return _timesteps(schedule, steps, spacing=spacing, t_start=t_start, t_end=t_end)
 
 
-def _model_fn(model, prediction, model_kwargs, guidance):
+def _model_fn(model, prediction, model_kwargs, guidance, schedule):
     if isinstance(model, ModelWrapper):
         # the wrapper already handles time convention and preconditioning; ask it for x̂
         inner, prediction = (lambda x, t, **kw: model(x, t, target="x0", **kw)), "x0"
     elif callable(model):
-        inner, prediction = model, canonical_prediction(prediction)
+        inner, prediction = model, resolve_prediction(prediction, schedule)
     else:
         raise TypeError(f"model: expected a callable model(x, t, **model_kwargs), got {type(model).__name__}")
     if model_kwargs is not None and not isinstance(model_kwargs, dict):
@@ -203,6 +203,10 @@ def _cached_plan(solver_arg, solver_options, schedule, steps, spacing, t_start, 
         msg = str(e)
         if isinstance(steps, torch.Tensor) and msg.startswith("timesteps:"):
             raise ValueError("steps:" + msg[len("timesteps:"):]) from None
+        if msg.startswith("prediction:") and "singular" in msg:
+            hint = singular_hint(prediction, schedule)
+            if hint:
+                raise ValueError(msg + hint) from None
         raise
     with _CACHE_LOCK:
         _PLANS[key] = (schedule, solver_arg, plan, dict(solver_options))  # the references keep the key's ids valid
@@ -273,7 +277,8 @@ def _weakrefable(obj) -> bool:
 
 
 def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Schedule", None] = None,
-           solver="dpmpp_2m", steps: Union[int, torch.Tensor] = 10, prediction="eps", spacing: Optional[str] = None,
+           solver="dpmpp_2m", steps: Union[int, torch.Tensor] = 10, prediction: Optional[str] = None,
+           spacing: Optional[str] = None,
            t_start: Optional[float] = None, t_end: Optional[float] = None, model_kwargs: Optional[dict] = None,
            guidance: Optional[CFG] = None, callback: Optional[Callable] = None, return_trajectory: bool = False,
            progress: bool = False, cuda_graph: bool = False, seed: Optional[int] = None, sample_ids=None,
@@ -292,7 +297,10 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
             go to :func:`diffcore.solvers.get`.
         steps: number of steps, or explicit times ``[M + 1]`` / per-sample ``[B, M + 1]`` as a tensor,
             a list or a NumPy array (then ``spacing``, ``t_start`` and ``t_end`` must be left out).
-        prediction: ``"eps"``, ``"x0"``, ``"score"``, ``"velocity"``, ``"v"`` or an alias.
+        prediction: ``"eps"``, ``"x0"``, ``"score"``, ``"velocity"``, ``"v"`` or an alias; default
+            ``None``: the schedule's own (``schedule.prediction``: ``"velocity"`` on ``rectified_flow``,
+            ``ot_sigma_min`` and ``trig``, ``"eps"`` on the diffusion schedules). Ignored for a
+            :class:`~diffcore.ModelWrapper`, which carries its own.
         spacing, t_start, t_end: grid options of :func:`diffcore.timesteps` (default: the schedule's).
             ``t_start < t_end`` inverts (data → noise).
         guidance: ``diffcore.CFG(omega, uncond=...)``.
@@ -335,7 +343,7 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
     if parallel is not None and not isinstance(parallel, ParallelConfig):
         raise TypeError(f"parallel: expected a diffcore.ParallelConfig or None, got {type(parallel).__name__}")
     given_prediction = prediction
-    fn, prediction = _model_fn(model, prediction, model_kwargs, guidance)
+    fn, prediction = _model_fn(model, prediction, model_kwargs, guidance, schedule)
     fn = _checked(fn, x)
     plan = _cached_plan(solver, solver_options, schedule, steps, spacing, t_start, t_end, prediction, x.device,
                         x.dtype)
@@ -373,7 +381,7 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
             if reps == 1:
                 return fn
             return _model_fn(model, given_prediction, tile_model_kwargs(model_kwargs, B, reps),
-                             tile_guidance(guidance, B, reps))[0]
+                             tile_guidance(guidance, B, reps), schedule)[0]
 
         nz = Noise(seed=seed, sample_ids=sample_ids, generator=generator, noise=noise, brownian=brownian)
         with torch.no_grad():

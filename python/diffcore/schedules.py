@@ -81,10 +81,15 @@ class Schedule:
         t_start, t_end: default sampling range (``t_start`` noisy end, ``t_end`` clean end).
         spacing: default grid spacing for :func:`diffcore.timesteps`.
         final_zero: whether default grids append a last step to σ = 0 (λ = +∞).
+        prediction: what a model of this family predicts unless told otherwise (``prediction=None``
+            in :func:`diffcore.sample` and :func:`diffcore.log_likelihood`): ``"velocity"`` on the
+            flow-matching paths (Lipman et al. 2023; Liu et al. 2023), whose models are trained on the
+            velocity target (book §6.3.3), ``"eps"`` on the diffusion schedules (Ho et al. 2020).
     """
 
     name = "schedule"
     kind = "general"
+    prediction: str = "eps"
     t_min: float = 0.0
     t_max: float = 1.0
     t_start: float = 1.0
@@ -527,6 +532,7 @@ class RectifiedFlow(Schedule):
     their timestep (×1000): use the model wrapper's ``time_convention="sigma"`` (or a scale)."""
 
     name = "rectified_flow"
+    prediction = "velocity"
     kind = "general"
     t_end = 0.0
     spacing = "uniform_t"
@@ -568,6 +574,7 @@ class OTSigmaMin(Schedule):
     """
 
     name = "ot_sigma_min"
+    prediction = "velocity"
     kind = "general"
     t_end = 0.0
     spacing = "uniform_t"
@@ -607,6 +614,7 @@ class Trig(Schedule):
     """
 
     name = "trig"
+    prediction = "velocity"
     final_zero = True
     _cid = 7
 
