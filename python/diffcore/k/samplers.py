@@ -77,6 +77,7 @@ def _no_churn(fn: str, s_churn) -> None:
 
 # -- k-diffusion's samplers -------------------------------------------------------------------------
 
+@torch.no_grad()
 def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
                  s_tmax=float("inf"), s_noise=1.0):
     """Euler steps on the PF-ODE ``dx/dσ = (x − x̂)/σ`` (Karras et al. 2022, Alg. 2 without churn):
@@ -87,6 +88,7 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
     return run(_solver("euler", variable="rho"), model, x, sigmas, grid, extra_args, callback, disable)
 
 
+@torch.no_grad()
 def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                            noise_sampler=None):
     """Euler ancestral: an Euler step to σ_down, then noise back up to σ_{i+1} (k-diffusion's
@@ -98,6 +100,7 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     return run(solver, model, x, sigmas, grid, extra_args, callback, disable, noise)
 
 
+@torch.no_grad()
 def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
                 s_tmax=float("inf"), s_noise=1.0):
     """Heun steps (Karras et al. 2022, Alg. 2; Euler on a step to σ = 0): diffcore ``heun`` with
@@ -117,6 +120,7 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
                sigma_hat=lambda i: sigmas[i] * (gammas[i] + 1))
 
 
+@torch.no_grad()
 def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
                  s_tmax=float("inf"), s_noise=1.0):
     """k-diffusion's DPM-Solver-2 steps: Euler to the log-midpoint σ_mid = √(σ_i σ_{i+1}), then the
@@ -127,6 +131,7 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
     return run(_solver("dpm_solver_2", solver_type="midpoint"), model, x, sigmas, grid, extra_args, callback, disable)
 
 
+@torch.no_grad()
 def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """DPM-Solver++(2M) (Lu et al. 2022b): diffcore ``dpmpp_2m`` (midpoint variant) with
     ``lower_order_final=False`` — first step and a step to σ = 0 first order, every other step
@@ -140,6 +145,7 @@ def _sde_noise(noise_sampler, x, sigmas, grid, eta):
     return _noise(noise_sampler, x, sigmas, lambda j: bool(eta) and grid[j + 1] > 0, default)
 
 
+@torch.no_grad()
 def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                         noise_sampler=None, solver_type="midpoint"):
     """DPM-Solver++(2M) SDE: diffcore ``dpmpp_2m_sde`` (``solver_type`` ``"midpoint"`` or ``"heun"``)
@@ -153,6 +159,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
                _sde_noise(noise_sampler, x, sigmas, grid, eta))
 
 
+@torch.no_grad()
 def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                         noise_sampler=None):
     """DPM-Solver++(3M) SDE: diffcore ``dpmpp_3m_sde`` with ``lower_order_final=False`` (orders 1, 2,
@@ -166,6 +173,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
 
 # -- diffcore's other solvers in the same style ------------------------------------------------------
 
+@torch.no_grad()
 def sample_dpmpp_2s(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """DPM-Solver++(2S), single-step, stage at the λ-midpoint (two model calls per step; one on a step
     to σ = 0): diffcore ``dpmpp_2s``. Equals k-diffusion's ``sample_dpmpp_2s_ancestral(eta=0)``."""
@@ -173,6 +181,7 @@ def sample_dpmpp_2s(model, x, sigmas, extra_args=None, callback=None, disable=No
     return run(_solver("dpmpp_2s"), model, x, sigmas, grid, extra_args, callback, disable)
 
 
+@torch.no_grad()
 def sample_dpm_3(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """Single-step DPM-Solver-3 (Lu et al. 2022, stages at ⅓ and ⅔ of each λ-step; three model calls
     per step, one on a step to σ = 0): diffcore ``dpm_solver_3``."""
@@ -180,6 +189,7 @@ def sample_dpm_3(model, x, sigmas, extra_args=None, callback=None, disable=None)
     return run(_solver("dpm_solver_3"), model, x, sigmas, grid, extra_args, callback, disable)
 
 
+@torch.no_grad()
 def sample_dpmpp_3m(model, x, sigmas, extra_args=None, callback=None, disable=None, w: float = 1.0,
                     lower_order_final: bool = False):
     """DPM-Solver++(3M): diffcore ``dpmpp_3m`` (``w`` = 1: the DPM-Solver reference / diffusers update,
@@ -190,6 +200,7 @@ def sample_dpmpp_3m(model, x, sigmas, extra_args=None, callback=None, disable=No
     return run(solver, model, x, sigmas, grid, extra_args, callback, disable)
 
 
+@torch.no_grad()
 def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None, order: int = 2,
                  variant: str = "bh2", corrector: bool = True, lower_order_final: bool = False):
     """UniPC-``order`` (Zhao et al. 2023; data prediction): diffcore ``unipc_{order}``. The corrector
@@ -201,6 +212,7 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None,
     return run(solver, model, x, sigmas, grid, extra_args, callback, disable)
 
 
+@torch.no_grad()
 def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, eta: float = 0.0,
                 noise_sampler=None):
     """DDIM: diffcore ``ddim`` (η = 0; with α = 1 the same update as :func:`sample_euler`) or
@@ -213,6 +225,7 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     return run(_solver("ddim_eta", eta=eta), model, x, sigmas, grid, extra_args, callback, disable, noise)
 
 
+@torch.no_grad()
 def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, disable=None, variance: str = "posterior",
                 noise_sampler=None):
     """Ancestral DDPM: each step samples the Gaussian posterior q(x_{σ_{i+1}} | x_{σ_i}, x̂) —
@@ -222,6 +235,7 @@ def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     return run(_solver("ddpm", variance=variance), model, x, sigmas, grid, extra_args, callback, disable, noise)
 
 
+@torch.no_grad()
 def sample_deis(model, x, sigmas, extra_args=None, callback=None, disable=None, order: int = 3,
                 lower_order_final: bool = False):
     """tAB-DEIS with ``order`` outputs: diffcore ``deis_{order}``. With α = 1 (t = σ) this is
@@ -235,6 +249,7 @@ def sample_deis(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     return run(solver, model, x, sigmas, grid, extra_args, callback, disable)
 
 
+@torch.no_grad()
 def sample_ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order: int = 4,
                  lower_order_final: bool = False):
     """Improved PNDM (Zhang & Chen 2023): fixed Adams–Bashforth weights of order min(max_order,
