@@ -103,9 +103,10 @@ def test_ddim_equals_diffusers(unet, cfg):
     assert _rel(a, b) <= 1e-4
 
 
-def test_ddim_default_config_clips_like_use_clipped_model_output(unet):
-    """DDIMScheduler's defaults (clip_sample=True): the drop-in clips x̂0 and uses the consistent ε̂."""
-    ref = _DDIMClippedEps()
+def test_ddim_default_config_clips_like_diffusers(unet):
+    """DDIMScheduler's defaults (clip_sample=True): the drop-in clips x̂0 and, as diffusers, keeps the
+    unclipped ε̂ unless step(..., use_clipped_model_output=True)."""
+    ref = DDIMScheduler()
     ours = DiffcoreScheduler.from_config(DDIMScheduler().config)
     assert ours.config.clip_sample is True
     assert _rel(_pipe_images(unet, ours, 10), _pipe_images(unet, ref, 10)) <= 1e-4
@@ -113,6 +114,14 @@ def test_ddim_default_config_clips_like_use_clipped_model_output(unet):
     assert _rel(a, b) <= 1e-4
     # the clipping acts: without it the result is different
     assert _rel(_loop(unet, DiffcoreScheduler.from_config(DDIMScheduler(clip_sample=False).config), 10), b) > 1e-2
+    # use_clipped_model_output=True: the ε̂ consistent with the clipped x̂0 (_loop's start: seed 0)
+    ours.set_timesteps(10)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for t in ours.timesteps:
+            x = ours.step(unet(x, t).sample, t, x, use_clipped_model_output=True).prev_sample
+    assert _rel(x, _loop(unet, _DDIMClippedEps(), 10)) <= 1e-4
+    assert _rel(x, b) > 1e-3
 
 
 # -- DPM-Solver++ 2M ----------------------------------------------------------------------------------
@@ -181,7 +190,7 @@ CONTINUOUS = ["ddim", "euler", "heun", "dpm_solver_2", "dpm_solver_3", "dpmpp_2s
 
 
 @pytest.mark.parametrize("name", CONTINUOUS)
-@pytest.mark.parametrize("option", [None, "use_exponential_sigmas"])
+@pytest.mark.parametrize("option", [None])  # sigma options: DDPMScheduler has none (it would raise)
 def test_matches_diffcore_sample_in_float64(name, option):
     sched = DiffcoreScheduler.from_config(DDPMScheduler(clip_sample=False).config, solver=name,
                                           solver_options=SMALL.get(name), **({option: True} if option else {}))
@@ -233,7 +242,7 @@ def test_bad_input_raises_clear_errors():
         s.step(x, 500, x)
     with pytest.raises(ValueError, match=r"timestep: expected 750"):
         s.step(x, torch.tensor(751), x)
-    with pytest.raises(TypeError, match="eta"):
+    with pytest.raises(ValueError, match="eta: step"):
         s.step(x, 750, x, eta=0.3)
     with pytest.raises(ValueError, match="model_output"):
         s.step(torch.zeros(1, 3), 750, x)
@@ -241,10 +250,10 @@ def test_bad_input_raises_clear_errors():
         x = s.step(torch.zeros_like(x), t, x).prev_sample
     with pytest.raises(RuntimeError, match="all 4 entries"):
         s.step(x, 0, x)
-    with pytest.raises(ValueError, match="num_inference_steps, timesteps, sigmas: give exactly one"):
+    with pytest.raises(ValueError, match="timesteps: DDIMScheduler.set_timesteps does not take it"):
         s.set_timesteps(4, timesteps=[900, 10])
-    with pytest.raises(ValueError, match="strictly decreasing"):
-        s.set_timesteps(timesteps=[10, 900])
+    with pytest.raises(ValueError, match="DDPMScheduler.set_timesteps refused"):
+        DiffcoreScheduler.from_config(DDPMScheduler().config).set_timesteps(timesteps=[10, 900])
     with pytest.raises(ValueError, match="mu"):
         DiffcoreScheduler.from_config(FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True).config).set_timesteps(4)
 

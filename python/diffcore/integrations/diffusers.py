@@ -71,6 +71,7 @@ start a flow-matching grid at σ = 1 (α = 0) and raise there.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import List, Optional, Union
 
 import numpy as np
@@ -91,37 +92,128 @@ __all__ = ["DiffcoreScheduler", "FAMILIES"]
 #: diffusers prediction_type → diffcore prediction name
 _PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_prediction": "velocity"}
 
-#: source scheduler class → (timestep convention, default-solver rule); see the module docstring
+#: the diffusers scheduler classes whose method the drop-in reproduces → the kind of grid they build
+#: ("ddim": DDIM's own steps t → t − N//n; "ddpm": consecutive listed timesteps; "sigmas": the levels
+#: of ``scheduler.sigmas``; "flow_match": flow-matching σ)
 FAMILIES = {
-    "DDIMScheduler": ("ddim", "ddim"), "DDPMScheduler": ("ddim", "ddpm"), "PNDMScheduler": ("ddim", None),
-    "DPMSolverMultistepScheduler": ("dpmsolver", "dpmsolver"), "DPMSolverSinglestepScheduler": ("dpmsolver", None),
-    "UniPCMultistepScheduler": ("dpmsolver", "unipc"), "DEISMultistepScheduler": ("dpmsolver", "deis"),
-    "FlowMatchEulerDiscreteScheduler": ("flow_match", "euler"), "FlowMatchHeunDiscreteScheduler": ("flow_match", "heun"),
+    "DDIMScheduler": "ddim", "DDPMScheduler": "ddpm",
+    "DPMSolverMultistepScheduler": "sigmas", "UniPCMultistepScheduler": "sigmas", "DEISMultistepScheduler": "sigmas",
+    "FlowMatchEulerDiscreteScheduler": "flow_match", "FlowMatchHeunDiscreteScheduler": "flow_match",
 }
+#: the source class whose grid a direct construction (no ``source_config``) follows, per timestep convention
+_CONVENTION_SOURCE = {"ddim": "DDIMScheduler", "dpmsolver": "DPMSolverMultistepScheduler",
+                      "flow_match": "FlowMatchEulerDiscreteScheduler"}
+#: classes diffusers ships that the drop-in does not reproduce, with why (the error names them)
+_UNSUPPORTED = {
+    "DPMSolverSinglestepScheduler": "its order schedule puts the second stage of each step on a listed level, "
+                                    "which no diffcore single-step plan does",
+    "EulerDiscreteScheduler": "its sample is scaled by 1/α (init_noise_sigma = σ_max) and the drop-in's is not",
+    "EulerAncestralDiscreteScheduler": "its sample is scaled by 1/α and its noise is drawn per step in σ-space",
+    "HeunDiscreteScheduler": "its sample is scaled by 1/α (init_noise_sigma = σ_max) and the drop-in's is not",
+    "LMSDiscreteScheduler": "diffcore has no linear multistep method in σ",
+    "KDPM2DiscreteScheduler": "diffcore has no KDPM2 (σ-space DPM-Solver-2 with log-σ midpoints) plan",
+    "KDPM2AncestralDiscreteScheduler": "diffcore has no ancestral KDPM2 plan",
+    "EDMEulerScheduler": "its EDM noise schedule (σ_max 80) and preconditioned sample are not a VP schedule",
+    "EDMDPMSolverMultistepScheduler": "its EDM noise schedule (σ_max 80) and preconditioned sample are not a VP "
+                                      "schedule",
+    "DDIMInverseScheduler": "it integrates from data to noise; the drop-in samples from noise to data",
+    "DPMSolverMultistepInverseScheduler": "it integrates from data to noise; the drop-in samples from noise to data",
+    "PNDMScheduler": "diffcore's ipndm is not PNDM's Runge–Kutta warm-up (PLMS)",
+}
+#: options that act through the source scheduler's grid or method: given for a source class without them,
+#: they would be silently ignored, so they raise
+_SOURCE_ONLY = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "timestep_spacing",
+                "steps_offset", "final_sigmas_type", "rescale_betas_zero_snr", "lambda_min_clipped",
+                "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "solver_order",
+                "algorithm_type", "solver_type", "euler_at_final", "predict_x0", "use_flow_sigmas", "flow_shift",
+                "shift", "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len",
+                "invert_sigmas", "shift_terminal", "time_shift_type", "stochastic_sampling")
 _ADAPTIVE = ("dpm_adaptive", "dpm_adaptive_ps")
+_PRIVATE = ("_class_name", "_diffusers_version", "_use_default_values")
 
 
-def _default_solver(rule: Optional[str], cfg: dict) -> str:
+def _diffusers_class(name: str):
+    import diffusers  # noqa: PLC0415
+
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        raise ValueError(f"_class_name: {name!r} is not a diffusers scheduler class")
+    return cls
+
+
+def _init_params(cls) -> set:
+    return set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+
+
+def _default_solver(src: str, cfg: dict) -> str:
+    """The diffcore method that IS the source class's method (raises naming the config attribute
+    that selects a method diffcore does not have)."""
     order = int(cfg.get("solver_order", 2) or 2)
-    if rule == "dpmsolver":
+    if src == "DDIMScheduler":
+        return "ddim"
+    if src == "DDPMScheduler":
+        vt = cfg.get("variance_type", "fixed_small")
+        if vt != "fixed_small":
+            raise ValueError(f"variance_type: DDPMScheduler's {vt!r} variance has no diffcore method (the ddpm solver "
+                             "draws the posterior variance, 'fixed_small'); pass solver= to choose one explicitly")
+        return "ddpm"
+    if src == "DPMSolverMultistepScheduler":
         algo = cfg.get("algorithm_type", "dpmsolver++")
+        if algo == "dpmsolver++":
+            if order not in (1, 2, 3):
+                raise ValueError(f"solver_order: expected 1, 2 or 3, got {order}")
+            return {1: "dpmpp_1", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order]
         if algo == "sde-dpmsolver++" and order in (2, 3):
             return f"dpmpp_{order}m_sde"
-        return {1: "dpmpp_1", 2: "dpmpp_2m", 3: "dpmpp_3m"}.get(order, "dpmpp_2m")
-    if rule in ("unipc", "deis"):
-        return f"{rule}_{min(max(order, 1), 3)}"
-    return rule or "dpmpp_2m"
+        raise ValueError(f"algorithm_type: DPMSolverMultistepScheduler's {algo!r} (solver_order={order}) has no "
+                         "matching diffcore method (diffcore has dpmsolver++ orders 1-3 and sde-dpmsolver++ orders "
+                         "2-3); pass solver= to choose one explicitly")
+    if src == "UniPCMultistepScheduler":
+        if cfg.get("solver_p") is not None:
+            raise ValueError("solver_p: UniPC with another predictor has no diffcore method")
+        if cfg.get("disable_corrector"):
+            raise ValueError("disable_corrector: UniPC without its corrector at some steps has no diffcore method")
+        return f"unipc_{min(max(order, 1), 3)}"
+    if src == "DEISMultistepScheduler":
+        return f"deis_{min(max(order, 1), 3)}"
+    if src == "FlowMatchEulerDiscreteScheduler":
+        if cfg.get("stochastic_sampling"):
+            raise ValueError("stochastic_sampling: FlowMatchEulerDiscreteScheduler's stochastic sampling (re-noising "
+                             "x̂0 at each level) has no diffcore method; pass solver= to choose a stochastic diffcore "
+                             "solver explicitly")
+        return "euler"
+    if src == "FlowMatchHeunDiscreteScheduler":
+        return "heun"
+    raise ValueError(f"_class_name: {src} has no diffcore method")
+
+
+def _monotone_alphas_cumprod(acp: torch.Tensor):
+    """ᾱ for diffcore's VP schedule (strictly decreasing in (0, 1)) and the indices changed to get it.
+    ``rescale_betas_zero_snr`` ends at ᾱ = 0, which ``DPMSolverMultistepScheduler`` clamps to 2⁻²⁴ —
+    above the ᾱ of the indices just before it (linear betas): those are replaced by a geometric ramp
+    down to the clamped value; a grid that lands on one of them raises (rescale_betas_zero_snr)."""
+    a = acp.detach().double().cpu().clone()
+    last = float(a[-1])
+    bad = np.flatnonzero(a[:-1].numpy() <= last)
+    if bad.size:
+        j = int(bad[0])
+        if j == 0:
+            raise ValueError("rescale_betas_zero_snr: every ᾱ is at or below the clamped last one")
+        a[j:-1] = torch.from_numpy(np.geomspace(float(a[j - 1]), last, a.numel() - j + 1)[1:-1].copy())
+        return a, np.arange(j, a.numel() - 1)
+    return a, np.zeros(0, dtype=np.int64)
 
 
 def _source_class(config: dict) -> Optional[str]:
-    """The scheduler class of FAMILIES whose ``__init__`` takes exactly the config's keys (configs of
-    schedulers built in code carry no ``_class_name``; loaded ones do)."""
-    import diffusers  # noqa: PLC0415
-
+    """The scheduler class a config comes from: its ``_class_name`` (configs loaded from the hub or made
+    by ``from_config`` carry it), else (a config dict built in code) a class of FAMILIES whose
+    ``__init__`` takes every one of its keys."""
+    name = config.get("_class_name")
+    if name:
+        return name
     keys = {k for k in config if not k.startswith("_")}
     for name in FAMILIES:
-        cls = getattr(diffusers, name, None)
-        if cls is not None and keys == set(inspect.signature(cls.__init__).parameters) - {"self"}:
+        if keys <= _init_params(_diffusers_class(name)):
             return name
     return None
 
@@ -188,18 +280,49 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         solver: Optional[str] = None,
         solver_options: Optional[dict] = None,
         timestep_convention: Optional[str] = None,
+        source_config: Optional[dict] = None,
     ):
         if prediction_type not in _PREDICTIONS:
             raise ValueError(f"prediction_type: expected one of {sorted(_PREDICTIONS)}, got {prediction_type!r}")
         if not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
             raise ValueError(f"num_train_timesteps: expected a positive int, got {num_train_timesteps!r}")
-        conv = timestep_convention
-        if conv is None:
-            conv = "dpmsolver" if use_flow_sigmas else ("flow_match" if prediction_type == "flow_prediction" else "ddim")
-        if conv not in _grids.CONVENTIONS:
-            raise ValueError(f"timestep_convention: expected one of {_grids.CONVENTIONS}, got {conv!r}")
-        self._convention = conv
-        self._flow = conv == "flow_match" or (conv == "dpmsolver" and use_flow_sigmas)
+        direct = source_config is None
+        if direct:  # built in code: follow the grid of the convention's diffusers class
+            conv = timestep_convention
+            if conv is None:
+                conv = "dpmsolver" if use_flow_sigmas else ("flow_match" if prediction_type == "flow_prediction" else "ddim")
+            if conv not in _CONVENTION_SOURCE:
+                raise ValueError(f"timestep_convention: expected one of {tuple(_CONVENTION_SOURCE)}, got {conv!r}")
+            name = _CONVENTION_SOURCE[conv]
+            own = dict(self.config)
+            source_config = {k: own[k] for k in _init_params(_diffusers_class(name)) if k in own}
+            source_config["_class_name"] = name
+        elif not isinstance(source_config, dict) or not source_config.get("_class_name"):
+            raise ValueError("source_config: expected the config dict of a diffusers scheduler, with its _class_name")
+        name = source_config["_class_name"]
+        if name not in FAMILIES:
+            raise ValueError(f"_class_name: {name} is not reproduced by DiffcoreScheduler "
+                             f"({_UNSUPPORTED.get(name, 'no matching diffcore method')})")
+        src_cls = _diffusers_class(name)
+        src_cfg = {k: v for k, v in source_config.items() if k in _init_params(src_cls)}
+        if "rescale_betas_zero_snr" in src_cfg and src_cfg["rescale_betas_zero_snr"] and name in ("DDIMScheduler",
+                                                                                               "DDPMScheduler"):
+            raise ValueError(f"rescale_betas_zero_snr: {name} puts ᾱ = 0 (infinite noise) at the last training index, "
+                             "where no VP solver can start; DPMSolverMultistepScheduler and UniPCMultistepScheduler "
+                             "clamp it to 2⁻²⁴ and are reproduced")
+        bs = src_cfg.get("beta_schedule")
+        if bs is not None and src_cfg.get("trained_betas") is None and bs not in ("linear", "scaled_linear",
+                                                                                "squaredcos_cap_v2"):
+            raise ValueError(f"beta_schedule: expected 'linear', 'scaled_linear' or 'squaredcos_cap_v2' (or "
+                             f"trained_betas), got {bs!r}")
+        try:
+            self._src = src_cls(**src_cfg)
+        except (NotImplementedError, ValueError, TypeError) as e:
+            raise ValueError(f"source_config: {name} refused this configuration ({e})") from e
+        self._src_name = name
+        self._kind = FAMILIES[name]
+        self._convention = {"ddim": "ddim", "ddpm": "ddim", "sigmas": "dpmsolver", "flow_match": "flow_match"}[self._kind]
+        self._flow = self._kind == "flow_match" or bool(getattr(self._src.config, "use_flow_sigmas", False))
         if prediction_type == "flow_prediction" and not self._flow:
             raise ValueError("prediction_type: 'flow_prediction' needs a flow-matching grid (timestep_convention="
                              "'flow_match', or 'dpmsolver' with use_flow_sigmas=True)")
@@ -211,18 +334,17 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         if euler_at_final and final_sigmas_type != "zero":
             raise ValueError("euler_at_final: only with final_sigmas_type='zero' (where diffcore's final step is "
                              "first order anyway)")
-        _grids.active_sigma_option(self.config)
         if self._flow:
             self.schedule = _grids.flow_schedule()
             self.alphas_cumprod = None
+            self._patched = np.zeros(0, dtype=np.int64)
         else:
-            self.alphas_cumprod = _grids.vp_alphas_cumprod(self.config)
-            self.schedule = VPDiscrete(alphas_cumprod=self.alphas_cumprod.double())
-        if solver is None:
-            if stochastic_sampling:
-                raise ValueError("stochastic_sampling: choose a stochastic diffcore solver explicitly (solver=, "
-                                 f"one of {list(_solvers.STOCHASTIC)})")
-            solver = "euler" if self._flow and conv == "flow_match" else "dpmpp_2m"
+            acp, self._patched = _monotone_alphas_cumprod(self._src.alphas_cumprod)
+            self.alphas_cumprod = self._src.alphas_cumprod.clone()
+            self.schedule = VPDiscrete(alphas_cumprod=acp)
+        self._replicates = solver is None and not direct
+        if solver is None:  # the source's own method; built in code: diffcore's default (the grid is the source's)
+            solver = ("euler" if self._flow else "dpmpp_2m") if direct else _default_solver(name, dict(self._src.config))
         self.solver = self._make_solver(solver, solver_options)
         self.prediction = _PREDICTIONS[prediction_type]
         self.order = int(getattr(self.solver, "stages", 1) or 1)
@@ -233,23 +355,46 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
     # -- construction -------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """diffusers' ``from_config`` that first completes ``config`` with what its source class implies:
-        the source's own values for keys it left at their defaults (diffusers drops those, and
-        ``DDIMScheduler``'s defaults are not ``DPMSolverMultistepScheduler``'s), the timestep
-        convention, flow matching's prediction type and the default solver (module docstring)."""
-        if isinstance(config, dict):
-            config = {k: v for k, v in config.items() if k != "_use_default_values"}
-            src = config.get("_class_name") or _source_class(config)
-            if src != cls.__name__ and src in FAMILIES:
-                conv, rule = FAMILIES[src]
-                config.setdefault("timestep_convention", conv)
-                if conv == "flow_match":
-                    config.setdefault("prediction_type", "flow_prediction")
-                if "solver" not in kwargs and config.get("solver") is None:
-                    config["solver"] = _default_solver(rule, config)
-            elif src != cls.__name__ and config.get("use_flow_sigmas"):
-                config.setdefault("timestep_convention", "dpmsolver")
-        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        """diffusers' ``from_config``, reading the source class from the config's ``_class_name`` (extra
+        keys tolerated; a DiffcoreScheduler config keeps the source it recorded): the source scheduler
+        is built from the config (with every value it holds, including those diffusers marks as
+        defaults, since ``DDIMScheduler``'s defaults are not ``DPMSolverMultistepScheduler``'s) and
+        recorded as ``source_config``; the default solver is the source's method."""
+        if isinstance(config, str) or config is None:
+            return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        config = dict(config)
+        src_cfg = config.get("source_config")
+        if isinstance(src_cfg, dict) and config.get("_class_name") == cls.__name__:
+            src, base = src_cfg.get("_class_name"), dict(src_cfg)
+        else:
+            src, base = _source_class(config), config
+        if src is None or src == cls.__name__:
+            config.pop("_use_default_values", None)
+            return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        if src not in FAMILIES:
+            raise ValueError(f"_class_name: {src} is not reproduced by DiffcoreScheduler "
+                             f"({_UNSUPPORTED.get(src, 'no matching diffcore method')}); supported: {sorted(FAMILIES)}")
+        src_cls = _diffusers_class(src)
+        params = _init_params(src_cls)
+        src_over = {k: v for k, v in kwargs.items() if k in params}
+        for k, v in kwargs.items():
+            if k in _SOURCE_ONLY and k not in params and v != inspect.signature(cls.__init__).parameters[k].default:
+                raise ValueError(f"{k}: {src} has no such option (the grid is {src}'s own)")
+        built = src_cls(**{**{k: v for k, v in base.items() if k in params}, **src_over})  # fills the source defaults
+        source = {k: v for k, v in built.config.items() if not k.startswith("_")}
+        source["_class_name"] = src
+        own = _init_params(cls)
+        new = {k: v for k, v in source.items() if k in own}
+        if src in ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"):
+            new["prediction_type"] = "flow_prediction"
+        for k in ("solver", "solver_options"):  # a DiffcoreScheduler config keeps its diffcore choices
+            if config.get(k) is not None and config.get("_class_name") == cls.__name__:
+                new[k] = config[k]
+        new["source_config"] = source
+        new["timestep_convention"] = None
+        new["_class_name"] = cls.__name__
+        ours = {k: v for k, v in kwargs.items() if k not in params or k in own}
+        return super().from_config(new, return_unused_kwargs=return_unused_kwargs, **ours)
 
     def _make_solver(self, name, options):
         if not isinstance(name, str):
@@ -282,6 +427,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
 
     # -- grid -----------------------------------------------------------------------------------------
     def _reset_grid(self) -> None:
+        self._ddim_mix = None
         self.num_inference_steps = None
         self.timesteps = None
         self.sigmas = None
@@ -327,18 +473,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             sigmas: custom levels (VP: noise-to-signal ratios σ/α; flow matching: σ), one per step.
             mu: the dynamic shift of ``use_dynamic_shifting`` (flow matching ``e^μ``-shift).
         """
-        cfg = self.config
-        if mu is not None and not cfg.use_dynamic_shifting:
-            raise ValueError("mu: only used with use_dynamic_shifting=True")
-        if self._convention == "flow_match":
-            grid = _grids.flow_match_grid(cfg, num_inference_steps, timesteps, sigmas, mu, self._shift)
-        elif self._flow:
-            grid = _grids.dpm_flow_grid(cfg, num_inference_steps, timesteps, sigmas, mu)
-        else:
-            if mu is not None:
-                raise ValueError("mu: dynamic shifting applies to flow-matching grids only")
-            grid = _grids.vp_grid(cfg, self.alphas_cumprod, self.schedule, num_inference_steps, timesteps, sigmas,
-                                  self._convention)
+        grid = self._source_grid(num_inference_steps, timesteps, sigmas, mu)
         times = grid.times
         n = len(grid.model_ts)
         # a zero-length final step (DDIM's ᾱ_0 → ᾱ_0 after index 0) is the identity: it is left out, and
@@ -364,6 +499,16 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         else:
             self.timesteps = torch.from_numpy(ts).to(dev)
         self._ts_host = ts.tolist()
+        self._ddim_mix = None
+        if self._src_name == "DDIMScheduler" and self.solver.name == "ddim" and (self.config.clip_sample
+                                                                                 or self.config.thresholding):
+            v = self.schedule.eval(self.diffcore_times)
+            al, sg = v.alpha.tolist(), v.sigma.tolist()
+            mix = []
+            for j in range(len(al) - 1):  # x_prev = (σp/σ)x + c·x̂0' with c = αp − σp·α/σ
+                c = al[j + 1] - sg[j + 1] * al[j] / sg[j]
+                mix.append((al[j + 1] / c, -sg[j + 1] * al[j] / sg[j] / c))
+            self._ddim_mix = mix
         levels = self._levels(np.asarray([e[4] for e in self._entries] + [times[-1]]))
         self.sigmas = torch.from_numpy(levels.astype(np.float32))
         self._begin_index = None
@@ -412,6 +557,84 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             entries = [e[:5] + (float(a), float(b)) for e, a, b in zip(entries, cx.tolist(), cm.tolist())]
         model_t = [e[3] for e in entries]
         return entries, model_t
+
+    def _source_grid(self, n, timesteps, sigmas, mu) -> "_grids.Grid":
+        """The grid of the source scheduler: its own ``set_timesteps`` run on a private instance, read back
+        (``timesteps``, ``sigmas``, ``alphas_cumprod``), so that what diffusers computes is used as is."""
+        src = self._src
+        accepted = set(inspect.signature(src.set_timesteps).parameters)
+        given = {"num_inference_steps": n, "timesteps": timesteps, "sigmas": sigmas, "mu": mu}
+        for k, v in given.items():
+            if v is not None and k not in accepted:
+                raise ValueError(f"{k}: {self._src_name}.set_timesteps does not take it")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+            raise ValueError(f"num_inference_steps: expected a positive int, got {n!r}")
+        if self.config.use_dynamic_shifting and mu is None and self._flow and "mu" in accepted:
+            raise ValueError("mu: required when use_dynamic_shifting=True (Flux-style resolution-dependent shift)")
+        if self._kind == "flow_match" and hasattr(src, "set_shift") and src.shift != self._shift:
+            src.set_shift(self._shift)
+        kw = {k: v for k, v in given.items() if v is not None}
+        try:
+            src.set_timesteps(device="cpu", **kw)
+        except (ValueError, TypeError, AssertionError, IndexError) as e:
+            raise ValueError(f"num_inference_steps, timesteps, sigmas: {self._src_name}.set_timesteps refused them "
+                             f"({e})") from e
+        ts = src.timesteps.detach().cpu()
+        integral = not ts.is_floating_point()
+        model_ts = ts.double().numpy()
+        N = self.config.num_train_timesteps
+        if self._kind in ("ddim", "ddpm"):
+            idx = model_ts.astype(np.int64)
+            if self._kind == "ddim":  # DDIMScheduler.step goes from t to t − N//n, whatever timestep comes next
+                prev = idx - N // src.num_inference_steps
+                if not np.array_equal(prev[:-1], idx[1:]):
+                    raise ValueError(f"timestep_spacing: DDIMScheduler with {self.config.timestep_spacing!r} steps "
+                                     f"from each timestep t to t - {N // src.num_inference_steps}, not to the next "
+                                     f"listed one ({idx.tolist()}), which no solver on one grid reproduces; use "
+                                     "'leading' or 'trailing'")
+                last = int(prev[-1])
+                zero_final = bool(self.config.set_alpha_to_one)
+            else:  # DDPMScheduler ends at ᾱ = 1; set_alpha_to_one=False (a diffcore option there) ends at ᾱ_0
+                last, zero_final = -1, bool(self.config.set_alpha_to_one)
+            self._check_unpatched(idx)
+            times = self.schedule.index_to_t(torch.from_numpy(idx.astype(np.float64))).numpy()
+            if last >= 0:
+                self._check_unpatched([last])
+                final = float(self.schedule.index_to_t(float(last)))
+            else:
+                final = 0.0 if zero_final else float(self.schedule.index_to_t(0.0))
+            return _grids.Grid(model_ts, np.concatenate([times, [final]]), integral)
+        levels = src.sigmas.detach().cpu().double().numpy()
+        if self._kind == "flow_match" and levels.size == 2 * model_ts.size:  # Heun: every inner level twice
+            levels = np.concatenate([levels[:1], levels[1:-1:2], levels[-1:]])
+            model_ts = np.concatenate([model_ts[:1], model_ts[1::2]])
+        if levels.size != model_ts.size + 1:
+            raise ValueError(f"{self._src_name}: expected one more sigma than timesteps, got {levels.size} and "
+                             f"{model_ts.size}")
+        if self._flow:
+            times = levels.copy()
+        else:  # noise-to-signal ratios σ/α → diffcore time of the same log-SNR; 0 → t = 0
+            lo, hi = self.schedule.lam_range()
+            pos = levels > 0
+            times = np.zeros_like(levels)
+            lam = -np.log(levels[pos])
+            times[pos] = self.schedule.t_of_lam(torch.from_numpy(np.clip(lam, lo, hi))).numpy()
+            if self._patched.size:  # levels strictly between the last unchanged index and the clamped last one
+                idx = self.schedule.t_to_index(torch.from_numpy(times[pos])).numpy()
+                N1 = self.config.num_train_timesteps - 1
+                self._check_unpatched([], fractional=idx[(idx > self._patched[0] - 1) & (idx < N1 - 1e-6)])
+        if not (np.all(np.isfinite(times)) and times[:-1].min() > 0 and times.max() <= 1):
+            raise ValueError(f"sigmas: expected noise levels inside the schedule, got {levels.tolist()}")
+        return _grids.Grid(model_ts, times, integral)
+
+    def _check_unpatched(self, idx, fractional=()) -> None:
+        if not self._patched.size:
+            return
+        patched = set(self._patched.tolist())
+        hit = [int(i) for i in idx if int(i) in patched] + [round(float(f), 3) for f in fractional]
+        if hit:
+            raise ValueError(f"rescale_betas_zero_snr: the grid reaches training indices {hit}, whose ᾱ lie below the "
+                             f"clamped last ᾱ = 2⁻²⁴ in {self._src_name} (not a decreasing schedule); use fewer steps")
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the loop at entry ``begin_index`` of ``timesteps`` (img2img pipelines): the solver starts
@@ -509,15 +732,26 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         self._k0 = self._begin_index or 0
         self._started = True
 
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
-             return_dict: bool = True, **kwargs) -> Union[SchedulerOutput, tuple]:
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
+             use_clipped_model_output: Optional[bool] = None, generator=None, return_dict: bool = True,
+             **kwargs) -> Union[SchedulerOutput, tuple]:
         """Apply the solver to the model output at the current entry of ``timesteps``; returns the
         network input of the next entry (the next stage's input within a multi-stage step), after the
-        last entry the sample. Extra keyword arguments of other schedulers' ``step`` (``eta``,
-        ``s_churn``, ...) are rejected: their effect is a diffcore solver option (``solver_options``)."""
+        last entry the sample.
+
+        ``eta`` and ``use_clipped_model_output`` are ``DDIMScheduler.step``'s (``DDIMPipeline`` passes
+        them): ``eta`` must be 0 (DDIM-η is the solver ``"ddim_eta"``, ``solver_options={"eta": η}``);
+        with clipping, a DDIM source keeps the unclipped ε̂ unless ``use_clipped_model_output`` is true,
+        as diffusers does. Other keyword arguments of other schedulers' ``step`` (``s_churn``, ...) are
+        rejected: their effect is a diffcore solver option (``solver_options``)."""
         if kwargs:
-            raise TypeError(f"step: unexpected keyword arguments {sorted(kwargs)}; sampler options such as eta or s_churn "
+            raise TypeError(f"step: unexpected keyword arguments {sorted(kwargs)}; sampler options such as s_churn "
                             "are diffcore solver options (DiffcoreScheduler.from_config(..., solver_options={...}))")
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+            raise ValueError(f"eta: expected a finite number >= 0, got {eta!r}")
+        if eta != 0 and not (self.solver.name == "ddim_eta" and float(getattr(self.solver, "eta", -1)) == float(eta)):
+            raise ValueError(f"eta: step() runs the scheduler's solver ({self.solver.name}); for DDIM with eta = {eta} "
+                             f"build it with solver='ddim_eta', solver_options={{'eta': {eta}}}")
         if self._entries is None:
             raise RuntimeError("step: call set_timesteps before step (the scheduler has no grid yet)")
         if not isinstance(sample, torch.Tensor) or not sample.is_floating_point():
@@ -553,7 +787,12 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
                 buf.copy_(sample)
             m = model_output
             if self.config.clip_sample or self.config.thresholding:
-                m = self._clip(cx * buf + cm * m.to(buf.dtype))
+                x0 = cx * buf + cm * m.to(buf.dtype)
+                m = self._clip(x0)
+                if self._ddim_mix is not None and not use_clipped_model_output:
+                    # DDIMScheduler: clipped x̂0 with the unclipped ε̂; the x̂0 that gives the ddim step that result
+                    a, b = self._ddim_mix[i]
+                    m = a * m + b * x0
             self._plan.step(st, i, s, m)
             nxt = self._entries[k + 1] if k + 1 < len(self._entries) else None
             out = st.model_input(s + 1) if (nxt is not None and nxt[0] == "step" and nxt[1] == self._entries[k][1]
