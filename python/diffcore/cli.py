@@ -5,12 +5,12 @@ loss (:mod:`diffcore.losses`) from flags, trains them with :class:`diffcore.trai
 stores how it built them in the checkpoint, so ``diffcore sample --checkpoint ...`` needs nothing
 else. Launched by ``torchrun --nproc_per_node N -m diffcore.cli train ...`` it trains data-parallel.
 
-Examples::
+Examples (``diffcore train --help`` and ``diffcore sample --help`` show them too, with every default;
+the times are measured on a busy 2-core CPU)::
 
-    diffcore train --data two_moons --loss cfm --steps 3000 --out runs/moons --sample-every 1000
-    diffcore train --data two_moons --loss cfm --steps 6000 --out runs/moons --resume auto   # continue
-    diffcore sample --checkpoint runs/moons/checkpoint.pt --solver heun --steps 10 --out moons.png
-    diffcore train --data digits --model unet --loss eps --schedule vp_cosine --conditional --out runs/digits
+{examples}
+Ctrl-C during ``diffcore train`` finishes the current step, writes ``OUT/checkpoint.pt`` and exits with
+status 130 and one line saying where; ``--resume auto`` continues from it.
 """
 from __future__ import annotations
 
@@ -26,7 +26,45 @@ import torch
 
 from ._device import as_device
 
-__all__ = ["main", "build_data", "build_model", "build_loss"]
+__all__ = ["main", "build_data", "build_model", "build_loss", "EXAMPLES"]
+
+# (command, what it does): shown by --help and run by the tests (tests/test_first_hour.py, with --steps cut)
+EXAMPLES = (
+    ("diffcore train --data two_moons --steps 3000 --out runs/moons --sample-every 1000",
+     "flow matching on two moons (~40 s)"),
+    ("diffcore train --data two_moons --steps 6000 --out runs/moons --resume auto",
+     "continue that run to 6000 steps"),
+    ("diffcore sample --checkpoint runs/moons/checkpoint.pt --solver heun --steps 10 --out moons.png",
+     "2000 samples and their scatter plot"),
+    ("diffcore train --data two_moons --loss eps --schedule vp_linear --steps 3000 --out runs/moons_vp",
+     "an ε-prediction diffusion model instead"),
+    ("diffcore train --data digits --model unet --loss eps --schedule vp_cosine --conditional --out runs/digits",
+     "class-conditional 8x8 digits UNet (slow on a CPU; see README)"),
+)
+
+
+def _examples_text(sub: Optional[str] = None) -> str:
+    rows = [(c, w) for c, w in EXAMPLES if sub is None or c.split()[1] == sub]
+    return "\n".join(f"  {c}\n      {w}" for c, w in rows)
+
+
+__doc__ = __doc__.replace("{examples}", _examples_text())
+
+# below this many parameters a CPU run trains with one torch thread (see _cpu_threads)
+_SMALL_MODEL_PARAMS = 2_000_000
+
+
+def _cpu_threads(requested: Optional[int], net, device: torch.device) -> None:
+    """Set torch's CPU thread count for training. ``auto``: one thread for a small model on the CPU —
+    its step is many sub-millisecond ops, each op's fork/join across threads costs more than it saves,
+    and on a busy machine a helper thread waits for a core at every op (measured on 2 loaded cores with
+    the default MLP: 10 ms/step with one thread, 120 ms/step with two); torch's default otherwise."""
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"--threads: expected a positive thread count, got {requested}")
+        torch.set_num_threads(requested)
+    elif device.type == "cpu" and sum(p.numel() for p in net.parameters()) < _SMALL_MODEL_PARAMS:
+        torch.set_num_threads(1)
 
 
 def _options(pairs, flag: str) -> dict:
@@ -64,13 +102,21 @@ def build_loss(name: str, schedule: Optional[str] = None, options: Optional[dict
     from . import losses  # noqa: PLC0415
 
     opts = dict(options or {})
+    key = None
     if schedule is not None:
         params = inspect.signature(type(losses.get(name)).__init__).parameters
         key = "schedule" if "schedule" in params else "path" if "path" in params else None
         if key is None:
             raise ValueError(f"--schedule: the {name!r} loss takes no schedule")
         opts[key] = schedule
-    return losses.get(name, **opts)
+    try:
+        return losses.get(name, **opts)
+    except ValueError as e:
+        if key == "path" and str(e).startswith("path:"):  # a diffusion schedule given to a flow-matching loss
+            raise ValueError(f"--schedule: the {name!r} loss takes a flow-matching path, not {schedule!r} ({e}); "
+                             f"for a diffusion model on that schedule use e.g. --loss eps --schedule {schedule}") \
+                from None
+        raise
 
 
 def build_model(name: str, data_shape, num_classes, time_transform: str, options: dict):
@@ -114,6 +160,8 @@ def _train(args) -> int:
         transform = "identity" if getattr(loss, "edm", False) else models.time_transform_for(loss.schedule)
     torch.manual_seed(args.seed)  # model initialisation is part of the seeded run
     net = build_model(args.model, tuple(dataset.shape), num_classes, transform, model_opts)
+    device = as_device(args.device, "--device") if args.device else None
+    _cpu_threads(args.threads, net, device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     label_dropout = args.label_dropout if args.label_dropout is not None else (0.1 if args.conditional else 0.0)
     config = {"data": {"name": args.data, "options": data_opts},
               "loss": {"name": args.loss, "schedule": args.schedule, "options": loss_opts},
@@ -150,33 +198,19 @@ def _say(trainer, msg: str) -> None:
 
 
 def _sample(args) -> int:
-    from . import models  # noqa: PLC0415
     from .guidance import CFG  # noqa: PLC0415
-    from .sample import prior_sample, sample  # noqa: PLC0415
-    from .train import checkpoint, plots  # noqa: PLC0415
+    from .loading import load  # noqa: PLC0415
+    from .sample import sample  # noqa: PLC0415
+    from .train import plots  # noqa: PLC0415
     from .train.quality import held_out, sw_report  # noqa: PLC0415
 
     if args.n < 1:  # checked before the checkpoint is read: an empty batch has nothing to sample
         raise ValueError(f"-n: expected a positive number of samples, got {args.n}")
-    state = checkpoint.load(args.checkpoint)
-    cfg = state.get("config") or {}
-    if "loss" not in cfg or state.get("model_config") is None:
-        raise checkpoint.CheckpointError(args.checkpoint, "was not written by `diffcore train` (no build config); "
-                                                          "sample it from Python with Trainer.load(...).sample(...)")
     device = as_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), "--device")
-    net = models.from_config(state["model_config"])
-    try:
-        net.load_state_dict(state["model"] if args.no_ema else state["ema"]["module"])
-    except (KeyError, TypeError, RuntimeError) as e:
-        raise checkpoint.CheckpointError(args.checkpoint,
-                                         f"its weights do not fit the model it describes ({e})") from None
-    net.to(device).eval()
-    loss = build_loss(cfg["loss"]["name"], cfg["loss"].get("schedule"), cfg["loss"].get("options"))
-    dataset = build_data(cfg["data"]["name"], cfg["data"].get("options"))
-    shape = (args.n, *dataset.shape)
-    g = torch.Generator(device).manual_seed(args.seed)
-    x = (loss.prior_sample(shape, generator=g, device=device) if callable(getattr(loss, "prior_sample", None))
-         else prior_sample(loss.schedule, shape, generator=g, device=device))
+    m = load(args.checkpoint, ema=not args.no_ema, device=device)
+    net, loss, state = m.net, m.loss, {"step": m.step}
+    dataset = build_data(m.config["data"]["name"], m.config["data"].get("options"))
+    x = m.prior_sample(args.n, args.seed)
     kwargs, guidance = None, None
     if args.label is not None:
         if getattr(net, "num_classes", None) is None:
@@ -216,10 +250,13 @@ def _sample(args) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="diffcore", description="Train and sample diffusion / flow models.")
+    p = argparse.ArgumentParser(prog="diffcore", description="Train and sample diffusion / flow models.",
+                                formatter_class=_HelpFormatter, epilog="examples:\n" + _examples_text())
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model (torchrun-aware)")
+    t = sub.add_parser("train", help="train a model (torchrun-aware)", formatter_class=_HelpFormatter,
+                       epilog="examples:\n" + _examples_text("train") + "\n\nCtrl-C: finishes the step, saves "
+                              "OUT/checkpoint.pt and exits (status 130); --resume auto continues.")
     t.add_argument("--data", default="two_moons", help="dataset name (diffcore.data.available())")
     t.add_argument("--data-option", action="append", metavar="K=V", help="dataset keyword argument (repeatable)")
     t.add_argument("--model", default="auto", choices=["auto", "mlp", "unet"])
@@ -233,9 +270,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="time embedding input: auto = log for σ-time schedules (EDM) unless the loss "
                         "preconditions (then the net already gets ¼ ln σ), else identity")
     t.add_argument("--conditional", action="store_true", help="class-conditional model (dataset labels)")
-    t.add_argument("--label-dropout", type=float, help="CFG label dropout (default 0.1 when --conditional)")
+    t.add_argument("--label-dropout", type=float, help="CFG label dropout (unset: 0.1 when --conditional, else 0)")
     t.add_argument("--loss", default="cfm", help="loss preset (diffcore.losses.available())")
-    t.add_argument("--schedule", help="schedule of the loss (the path for cfm), e.g. rectified_flow, vp_linear, edm")
+    t.add_argument("--schedule", help="for --loss cfm the flow-matching path (linear = rectified_flow, ot, vp, ve, "
+                                      "trig, bridge); for diffusion losses (eps, x0, v, edm, ...) the schedule "
+                                      "(vp_linear, vp_cosine, edm, ...); unset: the loss's own")
     t.add_argument("--loss-option", action="append", metavar="K=V", help="loss keyword argument (repeatable)")
     t.add_argument("--steps", type=int, default=2000, help="total optimizer steps (resume continues to it)")
     t.add_argument("--batch", type=int, default=256, help="global batch size")
@@ -256,10 +295,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--sample-every", type=int, help="write a sample figure (PNG) every N steps")
     t.add_argument("--sample-solver", default="heun")
     t.add_argument("--sample-steps", type=int, default=20)
-    t.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available)")
+    t.add_argument("--device", help="cpu, cuda, cuda:1 (unset: cuda:LOCAL_RANK if available, else cpu)")
+    t.add_argument("--threads", type=int, help="torch CPU threads (unset: 1 for models under 2M parameters on the "
+                                               "CPU, where more threads only wait on each other; torch's default "
+                                               "otherwise)")
     t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
-    s = sub.add_parser("sample", help="sample a checkpoint written by `diffcore train`")
+    s = sub.add_parser("sample", help="sample a checkpoint written by `diffcore train`", formatter_class=_HelpFormatter,
+                       epilog="examples:\n" + _examples_text("sample"))
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--solver", default="heun", help="diffcore.solvers.available()")
     s.add_argument("--steps", type=int, default=20)
@@ -270,23 +313,47 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--label", type=int, help="class label for a conditional model")
     s.add_argument("--cfg", type=float, help="classifier-free guidance scale ω (needs --label)")
     s.add_argument("--no-ema", action="store_true", help="sample the raw weights instead of the EMA")
-    s.add_argument("--device")
+    s.add_argument("--device", help="unset: cuda if available, else cpu")
+    for parser in (t, s):  # argparse prints no line at all for an option without help: give those their default
+        for action in parser._actions:
+            if action.help is None and action.default is not None:
+                action.help = "(default: %(default)s)"
     return p
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in --help (of every option with a value, with or without a help text; an unset option's
+    help says what happens), and the examples epilog kept as written (one command per line)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
+                and "%(default)" not in text):
+            text += (" " if text else "") + "(default: %(default)s)"
+        return text
 
 
 def main(argv=None) -> int:
     """Entry point of the ``diffcore`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
     from .train import CheckpointError, NonFiniteLossError  # noqa: PLC0415
+    from .train.trainer import TrainingInterrupted  # noqa: PLC0415
 
+    threads = torch.get_num_threads()  # `train` may change it (_cpu_threads): give an in-process caller its own back
     try:
         return _train(args) if args.command == "train" else _sample(args)
+    except TrainingInterrupted as e:  # Ctrl-C: the checkpoint is written; one line, no traceback
+        print(f"diffcore {args.command}: {e}" + ("; continue with --resume auto" if e.checkpoint else ""),
+              file=sys.stderr)
+        return 130
     except (CheckpointError, OSError) as e:  # a file that cannot be used: status 2, as for a bad argument
         print(f"diffcore {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except (ValueError, TypeError, ImportError, NonFiniteLossError) as e:
         print(f"diffcore {args.command}: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

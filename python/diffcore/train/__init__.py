@@ -17,6 +17,6 @@ from __future__ import annotations
 from . import checkpoint, distributed, plots, quality
 from .checkpoint import CheckpointError
 from .ema import EMA
-from .trainer import NonFiniteLossError, Trainer
+from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
-__all__ = ["Trainer", "EMA", "NonFiniteLossError", "CheckpointError", "checkpoint", "distributed", "plots", "quality"]
+__all__ = ["Trainer", "EMA", "NonFiniteLossError", "TrainingInterrupted", "CheckpointError", "checkpoint", "distributed", "plots", "quality"]

@@ -56,7 +56,7 @@ from .batches import make_stream
 from .ema import EMA
 from . import quality
 
-__all__ = ["Trainer", "NonFiniteLossError"]
+__all__ = ["Trainer", "NonFiniteLossError", "TrainingInterrupted"]
 
 _CSV_FIELDS = ("step", "loss", "grad_norm", "lr", "ema_decay", "elapsed_s", "steps_per_s")
 _HELD_OUT_SEED_OFFSET = 0x5DEECE66D  # held-out draws of samplers: a stream disjoint from training's
@@ -70,6 +70,47 @@ class NonFiniteLossError(FloatingPointError):
         super().__init__(message)
         self.step = step
         self.last_checkpoint = last_checkpoint
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped :meth:`Trainer.fit` between two steps, after ``step`` and after writing
+    ``checkpoint`` (``None`` without ``out_dir``): ``Trainer.load(checkpoint)`` and ``fit`` resume the run.
+    A ``KeyboardInterrupt``, so code that stops on Ctrl-C still stops."""
+
+    def __init__(self, step: int, checkpoint: Optional[pathlib.Path]):
+        self.step, self.checkpoint = step, checkpoint
+        where = f"checkpoint saved to {checkpoint}" if checkpoint is not None else "no out_dir, nothing saved"
+        super().__init__(f"interrupted at step {step}; {where}")
+
+
+class _SigintBetweenSteps:
+    """Turn the first SIGINT into a flag read between steps: an interrupt inside ``optimizer.step`` or the
+    EMA update would leave weights, optimizer moments and the step counter out of step with each other,
+    and the checkpoint written after it would not resume the run it claims to. A second Ctrl-C interrupts
+    at once (the default handler is back). Only the main thread can install a handler; elsewhere, and
+    under DDP (where ranks would see the flag at different steps and deadlock in the collective save),
+    Ctrl-C keeps its default behaviour."""
+
+    def __init__(self, enabled: bool):
+        import signal  # noqa: PLC0415
+        import threading  # noqa: PLC0415
+
+        self.signal, self.hit, self._old = signal, False, None
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+
+    def _handler(self, signum, frame):
+        self.hit = True
+        self.signal.signal(self.signal.SIGINT, self._old)
+
+    def __enter__(self):
+        if self.enabled:
+            self._old = self.signal.signal(self.signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled and not self.hit:
+            self.signal.signal(self.signal.SIGINT, self._old)
+        return False
 
 
 def _make_coupling_global(loss) -> None:
@@ -322,21 +363,13 @@ class Trainer:
         if self._t0 is None:
             self._t0 = time.perf_counter()
         try:
-            while self.step < steps:
-                value = self.train_step()
-                if bar is not None:
-                    bar.update(1)
-                    if self.step % 10 == 0 or self.step == steps:
-                        bar.set_postfix(loss=f"{value:.4f}")
-                if self.log_every and self.step % self.log_every == 0:
-                    self._log()
-                if self.sample_every and self.step % self.sample_every == 0:
-                    self.evaluate()
-                if self.ckpt_every and self.step % self.ckpt_every == 0 and self.out_dir is not None:
-                    self.save()
+            with _SigintBetweenSteps(not self.dist.enabled) as sigint:
+                while self.step < steps and not sigint.hit:
+                    value = self._fit_step(steps, bar)
         finally:
             if bar is not None:
                 bar.close()
+        # the final checkpoint: at the end, and on Ctrl-C (then the interrupt goes on to the caller)
         if self.out_dir is not None and self.step > 0:
             if self.log_every and self.step % self.log_every:
                 self._log()
@@ -344,7 +377,23 @@ class Trainer:
                 self.save()
             else:
                 self._write_metrics()
+        if sigint.hit:
+            raise TrainingInterrupted(self.step, self.last_checkpoint if self.out_dir is not None else None)
         return self.history
+
+    def _fit_step(self, steps: int, bar) -> float:
+        value = self.train_step()
+        if bar is not None:
+            bar.update(1)
+            if self.step % 10 == 0 or self.step == steps:
+                bar.set_postfix(loss=f"{value:.4f}")
+        if self.log_every and self.step % self.log_every == 0:
+            self._log()
+        if self.sample_every and self.step % self.sample_every == 0:
+            self.evaluate()
+        if self.ckpt_every and self.step % self.ckpt_every == 0 and self.out_dir is not None:
+            self.save()
+        return value
 
     # -- metrics ---------------------------------------------------------------------------------------
     def _log(self):
