@@ -66,7 +66,7 @@ def _progress(n: int, disable):
 
 def run(solver, model, x: torch.Tensor, sigmas: torch.Tensor, grid: torch.Tensor, extra_args: Optional[dict],
         callback: Optional[Callable], disable, noise=None, noise_step: Callable[[int, int], int] = None,
-        sigma_hat: Optional[Callable[[int], torch.Tensor]] = None) -> torch.Tensor:
+        sigma_hat: Optional[Callable[[int], torch.Tensor]] = None, pbar=None) -> torch.Tensor:
     """Sample with ``solver`` (a diffcore solver object) on the σ grid ``grid``.
 
     Args:
@@ -76,6 +76,8 @@ def run(solver, model, x: torch.Tensor, sigmas: torch.Tensor, grid: torch.Tensor
         noise_step: ``(i, s) → j``: the step whose noise plan draw ``(i, s)`` is (default ``i``);
             the prelude draw of EDM's churn is step 0.
         sigma_hat: ``i → σ̂_i`` for the callback (default ``sigmas[i]``).
+        pbar: an open tqdm bar to advance once per step (default: a bar of the plan's steps), for a
+            caller that finishes the run with steps of its own.
     """
     kw = extra_args or {}
     plan = solver.plan(_SCHEDULE, grid, device=x.device, dtype=x.dtype, prediction="x0")
@@ -98,7 +100,7 @@ def run(solver, model, x: torch.Tensor, sigmas: torch.Tensor, grid: torch.Tensor
 
         state = plan.init_state(x, Noise(provider=provider))
     s_in = x.new_ones([x.shape[0]])
-    for i in _progress(plan.num_steps, disable):
+    for i in (_progress(plan.num_steps, disable) if pbar is None else range(plan.num_steps)):
         for s in plan.stages(i):
             inp = state.model_input(s)
             den = model(inp, plan.model_time(i, s) * s_in, **kw)
@@ -110,6 +112,8 @@ def run(solver, model, x: torch.Tensor, sigmas: torch.Tensor, grid: torch.Tensor
                 callback({"x": inp.clone(), "i": i, "sigma": sigmas[i],
                           "sigma_hat": sigmas[i] if sigma_hat is None else sigma_hat(i), "denoised": den})
             plan.step(state, i, s, den)
+        if pbar is not None:
+            pbar.update(1)
     return state.x
 
 

@@ -1,25 +1,25 @@
 """The rest of ``k_diffusion.sampling``: its helpers (``to_d``, ``get_ancestral_step``,
-``BrownianTreeNoiseSampler``) and the samplers that no diffcore solver computes step for step
-(``sample_lms``, ``sample_dpm_2_ancestral``, ``sample_dpmpp_2s_ancestral``, ``sample_dpmpp_sde``,
-``sample_dpm_fast``, ``sample_dpm_adaptive``).
+``BrownianTreeNoiseSampler``) and the samplers ``sample_lms``, ``sample_dpm_2_ancestral``,
+``sample_dpmpp_2s_ancestral``, ``sample_dpmpp_sde``, ``sample_dpm_fast``, ``sample_dpm_adaptive``.
 
-Why these are written out in k-diffusion's form rather than as diffcore plans:
+Where a diffcore solver computes the same update it runs as that solver's fused plan:
+``sample_lms`` is tAB-DEIS in σ (orders ≤ 4) up to its last positive σ, and deterministic
+``sample_dpm_fast`` is the ``dpm_solver_fast`` plan on a grid holding k-diffusion's λ-uniform outer
+steps. The rest is written out in k-diffusion's form, because no plan has the step:
 
 * the ancestral samplers step deterministically to ``σ_down`` and then add noise back up to
-  ``σ_{i+1}``, which a plan on the grid ``sigmas`` has no stage for (only Euler ancestral is a
+  ``σ_{i+1}``; a plan on the grid ``sigmas`` has no stage there (Euler ancestral is the one such
   diffcore solver, :func:`diffcore.k.sample_euler_ancestral`);
 * ``sample_dpmpp_sde`` draws noise inside its intermediate stage;
-* ``sample_lms`` defaults to order 4 and extrapolates its polynomial to σ = 0 on the last step,
-  where diffcore's tAB-DEIS (the same method for orders ≤ 3) steps x ← x̂;
-* ``sample_dpm_fast`` / ``sample_dpm_adaptive`` are DPM-Solver (Lu et al. 2022, arXiv:2206.00927)
-  with k-diffusion's λ-uniform outer grid, its ancestral ``eta`` and, for the adaptive one, its PID
-  step-size controller (Söderlind 2003's form with a 1 + atan(x − 1) limiter), which is not
-  :class:`diffcore.solvers.DPMAdaptive`'s ``θ h E^{−1/k}`` rule: the numbers would differ.
+* ``sample_lms`` extrapolates its polynomial to σ = 0 on a last step where DEIS steps x ← x̂;
+* ``sample_dpm_adaptive`` (Lu et al. 2022, arXiv:2206.00927, App. C) uses k-diffusion's PID
+  step-size controller (Söderlind 2003's form with a 1 + atan(x − 1) limiter), not
+  :class:`diffcore.solvers.DPMAdaptive`'s ``θ h E^{−1/k}`` rule: the step sequence would differ.
 
-Each function equals k-diffusion's (same arithmetic in the same order; ``tests/test_k_more.py``
-compares them in float64 to 1e-12) and runs under ``torch.no_grad()`` as k-diffusion's do. The
-σ-grid arithmetic is done in float64 on the host (k-diffusion uses torch's default dtype), so
-float32 runs are at least as accurate as k-diffusion's.
+Each function equals k-diffusion's (``tests/test_k_more.py`` compares them in float64 to 1e-12 with
+the same noise) and runs under ``torch.no_grad()`` as k-diffusion's do. DPM-Solver's λ-times are
+float64 on the host (k-diffusion uses torch's default dtype), so float32 runs are at least as
+accurate as k-diffusion's.
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from ..noise import BrownianTree, default_seed
-from ._driver import _progress, check_inputs
+from ..solvers import get as _get_solver
+from ._driver import _progress, check_inputs, run
 
 __all__ = ["to_d", "get_ancestral_step", "BrownianTreeNoiseSampler", "sample_lms", "sample_dpm_2_ancestral",
            "sample_dpmpp_2s_ancestral", "sample_dpmpp_sde", "sample_dpm_fast", "sample_dpm_adaptive"]
@@ -173,26 +174,53 @@ def _lms_coeff(order: int, t: np.ndarray, i: int, j: int) -> float:
 @torch.no_grad()
 def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, order=4):
     """Linear multistep in σ (Karras et al. 2022's LMS baseline): the last ``order`` derivatives
-    (x − x̂)/σ interpolated by a polynomial in σ, integrated exactly over each step (also the step to
-    σ = 0). For order ≤ 3 and no final 0 this is :func:`diffcore.k.sample_deis`."""
+    (x − x̂)/σ interpolated by a polynomial in σ, integrated exactly over each step, the step to σ = 0
+    included. With α = 1 the steps between positive σ are diffcore's tAB-DEIS of the same order
+    (Zhang & Chen 2023: the Lagrange polynomial of ε̂ = (x − x̂)/σ integrated in ρ = σ), run as its
+    fused plan for ``order`` ≤ 4; a final step to σ = 0, where DEIS would step x ← x̂, and orders
+    above 4 take k-diffusion's form."""
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
         raise ValueError(f"order: expected a positive int, got {order!r}")
     grid = check_inputs(model, x, sigmas, extra_args, callback)
     kw = extra_args or {}
     s_in = x.new_ones([x.shape[0]])
     t = grid.numpy()
+    n = len(sigmas) - 1
     ds = []
-    for i in _progress(len(sigmas) - 1, disable):
-        denoised = _den(model, kw, x, sigmas[i], s_in)
-        ds.append(to_d(x, sigmas[i], denoised))
-        if len(ds) > order:
-            ds.pop(0)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
-        cur = min(i + 1, order)
-        coeffs = [_lms_coeff(cur, t, i, j) for j in range(cur)]
-        x = x + sum(c * d for c, d in zip(coeffs, reversed(ds)))
+    with _progress_bar(n, disable) as pbar:
+        first = 0
+        fused = n - 1 if grid[-1] == 0 else n  # steps the DEIS plan takes
+        if order <= 4 and fused >= 1:
+            from ..solvers.adams import DEIS  # noqa: PLC0415
+
+            def keep(info):  # the derivatives the final step's polynomial needs
+                ds.append(to_d(info["x"], info["sigma"], info["denoised"]))
+                if len(ds) > order:
+                    ds.pop(0)
+                if callback is not None:
+                    callback(info)
+            sub = sigmas[:fused + 1]
+            x = run(DEIS(order=order, lower_order_final=False), model, x, sub, grid[:fused + 1], extra_args,
+                    keep if fused < n else callback, disable, pbar=pbar)
+            first = fused
+        for i in range(first, n):
+            denoised = _den(model, kw, x, sigmas[i], s_in)
+            ds.append(to_d(x, sigmas[i], denoised))
+            if len(ds) > order:
+                ds.pop(0)
+            if callback is not None:
+                callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+            cur = min(i + 1, order)
+            coeffs = [_lms_coeff(cur, t, i, j) for j in range(cur)]
+            x = x + sum(c * d for c, d in zip(coeffs, reversed(ds)))
+            pbar.update(1)
     return x
+
+
+def _progress_bar(n: int, disable):
+    from tqdm.auto import tqdm  # noqa: PLC0415 — as k-diffusion: a bar unless disable
+
+    return tqdm(total=n, disable=disable)
 
 
 @torch.no_grad()
@@ -499,7 +527,40 @@ def sample_dpm_fast(model, x, sigma_min, sigma_max, n, extra_args=None, callback
     with tqdm(total=n, disable=disable) as pbar:
         dpm = _DPM(model, extra_args, pbar.update, None)
         dpm.info_callback = _info_callback(dpm, callback)
-        return dpm.fast(x, t_start, t_end, n, eta, s_noise, ns)
+        if eta or t_end < t_start:  # ancestral or reverse: k-diffusion's form
+            return dpm.fast(x, t_start, t_end, n, eta, s_noise, ns)
+        return _dpm_fast_plan(model, x, t_start, t_end, n, extra_args, dpm, pbar)
+
+
+class _NoBar:
+    @staticmethod
+    def update(_n=1):
+        pass
+
+
+def _dpm_fast_plan(model, x, t_start, t_end, n, extra_args, dpm, pbar):
+    """Deterministic DPM-Solver-fast as diffcore's fused ``dpm_solver_fast`` plan: its outer steps
+    are the points of the given grid at cumulative-order indices and its stages sit at the standard
+    λ-fractions, so a grid holding k-diffusion's λ-uniform outer points there (and, in between,
+    points that only count the stages) is the same method."""
+    from ..solvers.exponential import fast_orders  # noqa: PLC0415
+
+    orders = fast_orders(n, 3)
+    lam = torch.linspace(float(t_start), float(t_end), len(orders) + 1, dtype=torch.float64)
+    fine = [lam[i] + (lam[i + 1] - lam[i]) * (k / p) for i, p in enumerate(orders) for k in range(p)]
+    grid = torch.stack(fine + [lam[-1]]).neg().exp()
+    cb = None
+    if dpm.info_callback is not None:
+        def cb(info):
+            i = info["i"]
+            dpm.info_callback({"x": info["x"], "i": i, "t": lam[i], "t_up": lam[i], "denoised": info["denoised"]})
+
+    def counted(xx, sigma, **kw):
+        out = model(xx, sigma, **kw)
+        pbar.update(1)
+        return out
+    return run(_get_solver("dpm_solver_fast"), counted, x, grid, check_inputs(model, x, grid, extra_args, None),
+               extra_args, cb, True, pbar=_NoBar())
 
 
 @torch.no_grad()
