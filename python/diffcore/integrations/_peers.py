@@ -1,12 +1,15 @@
 """Import k-diffusion's sampling module without its training stack.
 
-k-diffusion 0.1.1's package ``__init__`` imports its training dependencies (clip, kornia, skimage,
-wandb, …), so ``import k_diffusion.sampling`` fails where k-diffusion was installed with
-``--no-deps`` for its samplers alone. :func:`load_k_diffusion` then loads the installed package's
+k-diffusion 0.1.1's package ``__init__`` imports every module of the package, whose module-level
+imports need skimage, jsonmerge, cleanfid, clip (and its pkg_resources), dctorch, einops, torchvision,
+torchdiffeq and torchsde, so ``import k_diffusion.sampling`` fails where k-diffusion was installed with
+``--no-deps`` for its samplers alone (the ``k-diffusion-sampling`` extra installs them; torchvision
+must match the torch build). :func:`load_k_diffusion` then loads the installed package's
 ``sampling.py`` (and the ``utils.py`` it imports relatively) by path under a private parent package,
 with placeholders for the imports those two files only use in functions a sampler comparison never
 calls (``torchdiffeq`` in ``log_likelihood``, ``torchvision``/``PIL``/``safetensors`` in ``utils``'
-image and checkpoint helpers, ``scipy`` in ``sample_lms``). A placeholder raises ``ImportError``
+image and checkpoint helpers, ``scipy`` in ``sample_lms``, which the tests compare only where scipy is
+installed). A placeholder raises ``ImportError``
 when one of its attributes is called, so a code path that needed the real module fails loudly
 instead of computing nonsense; the placeholders are removed from ``sys.modules`` once the two files
 are loaded. ``torchsde`` (``BrownianTreeNoiseSampler``) and ``tqdm`` are real imports.
