@@ -97,7 +97,7 @@ _PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_pre
 #: of ``scheduler.sigmas``; "flow_match": flow-matching σ)
 FAMILIES = {
     "DDIMScheduler": "ddim", "DDPMScheduler": "ddpm",
-    "DPMSolverMultistepScheduler": "sigmas", "UniPCMultistepScheduler": "sigmas", "DEISMultistepScheduler": "sigmas",
+    "DPMSolverMultistepScheduler": "sigmas", "UniPCMultistepScheduler": "sigmas",
     "FlowMatchEulerDiscreteScheduler": "flow_match", "FlowMatchHeunDiscreteScheduler": "flow_match",
 }
 #: the source class whose grid a direct construction (no ``source_config``) follows, per timestep convention
@@ -119,6 +119,8 @@ _UNSUPPORTED = {
     "DDIMInverseScheduler": "it integrates from data to noise; the drop-in samples from noise to data",
     "DPMSolverMultistepInverseScheduler": "it integrates from data to noise; the drop-in samples from noise to data",
     "PNDMScheduler": "diffcore's ipndm is not PNDM's Runge–Kutta warm-up (PLMS)",
+    "DEISMultistepScheduler": "diffcore's deis_k (Zhang & Chen 2023, polynomial extrapolation in t) differs from its "
+                              "log-ρ update by about 3e-3 per step",
 }
 #: options that act through the source scheduler's grid or method: given for a source class without them,
 #: they would be silently ignored, so they raise
@@ -163,11 +165,15 @@ def _default_solver(src: str, cfg: dict) -> str:
             if order not in (1, 2, 3):
                 raise ValueError(f"solver_order: expected 1, 2 or 3, got {order}")
             return {1: "dpmpp_1", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order]
-        if algo == "sde-dpmsolver++" and order in (2, 3):
-            return f"dpmpp_{order}m_sde"
+        if algo == "sde-dpmsolver++" and order == 2:
+            return "dpmpp_2m_sde"
+        if algo == "sde-dpmsolver++":
+            raise ValueError(f"solver_order: DPMSolverMultistepScheduler's sde-dpmsolver++ of order {order} has no "
+                             "matching diffcore method (diffcore's dpmpp_3m_sde is k-diffusion's, another third-order "
+                             "update; sde-dpmsolver++ of order 2 is dpmpp_2m_sde); pass solver= to choose one explicitly")
         raise ValueError(f"algorithm_type: DPMSolverMultistepScheduler's {algo!r} (solver_order={order}) has no "
-                         "matching diffcore method (diffcore has dpmsolver++ orders 1-3 and sde-dpmsolver++ orders "
-                         "2-3); pass solver= to choose one explicitly")
+                         "matching diffcore method (diffcore has dpmsolver++ of orders 1-3 and sde-dpmsolver++ of "
+                         "order 2); pass solver= to choose one explicitly")
     if src == "UniPCMultistepScheduler":
         if cfg.get("solver_p") is not None:
             raise ValueError("solver_p: UniPC with another predictor has no diffcore method")
@@ -231,7 +237,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             class; ``"flow_match"`` for ``prediction_type="flow_prediction"``, else ``"ddim"``).
     """
 
-    _compatibles: List[str] = []
+    _compatibles: List[str] = list(FAMILIES)
     order = 1
 
     @register_to_config
@@ -605,7 +611,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
                 final = 0.0 if zero_final else float(self.schedule.index_to_t(0.0))
             return _grids.Grid(model_ts, np.concatenate([times, [final]]), integral)
         levels = src.sigmas.detach().cpu().double().numpy()
-        if self._kind == "flow_match" and levels.size == 2 * model_ts.size:  # Heun: every inner level twice
+        if self._src_name == "FlowMatchHeunDiscreteScheduler":  # its stages are listed: every inner level twice
             levels = np.concatenate([levels[:1], levels[1:-1:2], levels[-1:]])
             model_ts = np.concatenate([model_ts[:1], model_ts[1::2]])
         if levels.size != model_ts.size + 1:

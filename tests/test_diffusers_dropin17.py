@@ -1,0 +1,216 @@
+"""diffusers drop-in, issue 17: every scheduler class diffusers ships that DiffcoreScheduler claims to
+replace, built by the usual chain (a hub-like config → ``<Class>.from_config`` → ours), either matches
+the diffusers scheduler step by step (each ``step()`` output given identical model outputs and the
+same sample, ‖Δ‖∞/‖ref‖∞ ≤ 1e-5; stochastic configs with generators seeded alike) or raises a
+ValueError naming the unsupported class or config attribute."""
+import inspect
+import logging
+import math
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from diffcore.integrations.diffusers import DiffcoreScheduler  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: Stable Diffusion's hub scheduler config (PNDMScheduler, as in runwayml/stable-diffusion-v1-5)
+SD_PNDM = {"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end": 0.012,
+           "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000,
+           "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
+           "clip_sample": False}
+#: a DDPM hub config (google/ddpm-cifar10-32)
+DDPM_HUB = {"_class_name": "DDPMScheduler", "_diffusers_version": "0.1.1", "beta_end": 0.02, "beta_schedule": "linear",
+            "beta_start": 0.0001, "clip_sample": True, "num_train_timesteps": 1000, "trained_betas": None,
+            "variance_type": "fixed_small"}
+#: SD3's hub config
+SD3_FLOW = {"_class_name": "FlowMatchEulerDiscreteScheduler", "_diffusers_version": "0.29.0.dev0",
+            "num_train_timesteps": 1000, "shift": 3.0}
+
+
+def fake_model(x, t):
+    """A fixed analytic network output (the same for the drop-in and the reference)."""
+    return 0.1 * x + math.sin(float(t))
+
+
+def _chain(cls_name, base, **opts):
+    ref = getattr(diffusers, cls_name).from_config(base, **opts)
+    return ref, DiffcoreScheduler.from_config(ref.config)
+
+
+def _compare(ref, ours, n, shape=(2, 3, 4, 4), seed=0):
+    """Step both with the reference's sample and identical model outputs; the worst relative step error."""
+    ref.set_timesteps(n)
+    ours.set_timesteps(n)
+    assert ours.timesteps.tolist() == ref.timesteps.tolist()
+    takes_gen = "generator" in inspect.signature(ref.step).parameters
+    gr, go = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * float(getattr(ref, "init_noise_sigma", 1.0))
+    worst = 0.0
+    for t in ref.timesteps:
+        inp = ref.scale_model_input(x, t) if hasattr(ref, "scale_model_input") else x
+        assert torch.equal(ours.scale_model_input(inp, t), inp)
+        m = fake_model(inp, t)
+        a = ref.step(m, t, x, **({"generator": gr} if takes_gen else {})).prev_sample
+        b = ours.step(m.clone(), t, x.clone(), generator=go).prev_sample
+        worst = max(worst, float((a - b).abs().max() / a.abs().max()))
+        x = a
+    return worst
+
+
+MATCH = [
+    ("DDIMScheduler", SD_PNDM, {}),
+    ("DDIMScheduler", SD_PNDM, {"timestep_spacing": "trailing"}),
+    ("DDIMScheduler", SD_PNDM, {"prediction_type": "v_prediction", "set_alpha_to_one": True, "steps_offset": 0}),
+    ("DDIMScheduler", DDPM_HUB, {}),  # clip_sample=True, unclipped ε̂ as DDIMScheduler.step's default
+    ("DDIMScheduler", DDPM_HUB, {"thresholding": True, "sample_max_value": 2.0}),
+    ("DDPMScheduler", DDPM_HUB, {}),  # stochastic: noise from the passed generator
+    ("DDPMScheduler", SD_PNDM, {"timestep_spacing": "trailing"}),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {}),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"solver_order": 1}),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"solver_order": 3}),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"use_karras_sigmas": True}),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"use_exponential_sigmas": True}),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"use_lu_lambdas": True}),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"final_sigmas_type": "sigma_min"}),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"solver_type": "heun"}),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"algorithm_type": "sde-dpmsolver++"}),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"algorithm_type": "sde-dpmsolver++", "solver_type": "heun"}),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"lower_order_final": False, "solver_order": 3}),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"euler_at_final": True}),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"thresholding": True, "sample_max_value": 2.0}),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"timestep_spacing": "leading"}),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"prediction_type": "sample"}),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True,
+                                              "timestep_spacing": "trailing"}),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"use_flow_sigmas": True, "prediction_type": "flow_prediction",
+                                              "flow_shift": 3.0}),
+    ("UniPCMultistepScheduler", SD_PNDM, {}),
+    ("UniPCMultistepScheduler", SD_PNDM, {"solver_type": "bh1", "solver_order": 3}),
+    ("FlowMatchEulerDiscreteScheduler", SD3_FLOW, {}),
+    ("FlowMatchEulerDiscreteScheduler", SD3_FLOW, {"use_karras_sigmas": True}),
+    ("FlowMatchHeunDiscreteScheduler", SD3_FLOW, {}),
+]
+
+
+@pytest.mark.parametrize("cls_name,base,opts", MATCH, ids=lambda v: v if isinstance(v, str) else
+                         (",".join(f"{k}={w}" for k, w in v.items()) if "_class_name" not in v else v["_class_name"]))
+def test_chained_config_matches_diffusers_step_by_step(cls_name, base, opts):
+    ref, ours = _chain(cls_name, base, **opts)
+    assert _compare(ref, ours, 10) <= 1e-5
+
+
+RAISE = [
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"algorithm_type": "dpmsolver"}, "algorithm_type"),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"algorithm_type": "sde-dpmsolver"}, "algorithm_type"),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+     "solver_order"),
+    ("DPMSolverSinglestepScheduler", SD_PNDM, {}, "DPMSolverSinglestepScheduler"),
+    ("EulerDiscreteScheduler", SD_PNDM, {}, "EulerDiscreteScheduler"),
+    ("EulerAncestralDiscreteScheduler", SD_PNDM, {}, "EulerAncestralDiscreteScheduler"),
+    ("HeunDiscreteScheduler", SD_PNDM, {}, "HeunDiscreteScheduler"),
+    ("LMSDiscreteScheduler", SD_PNDM, {}, "LMSDiscreteScheduler"),
+    ("KDPM2DiscreteScheduler", SD_PNDM, {}, "KDPM2DiscreteScheduler"),
+    ("EDMEulerScheduler", SD_PNDM, {}, "EDMEulerScheduler"),
+    ("EDMDPMSolverMultistepScheduler", SD_PNDM, {}, "EDMDPMSolverMultistepScheduler"),
+    ("DEISMultistepScheduler", SD_PNDM, {}, "DEISMultistepScheduler"),
+    ("DDIMInverseScheduler", SD_PNDM, {}, "DDIMInverseScheduler"),
+    ("DPMSolverMultistepInverseScheduler", SD_PNDM, {}, "DPMSolverMultistepInverseScheduler"),
+    ("FlowMatchEulerDiscreteScheduler", SD3_FLOW, {"stochastic_sampling": True}, "stochastic_sampling"),
+    ("DDPMScheduler", DDPM_HUB, {"variance_type": "fixed_large"}, "variance_type"),
+    ("DDIMScheduler", SD_PNDM, {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"},
+     "rescale_betas_zero_snr"),
+    ("UniPCMultistepScheduler", SD_PNDM, {"disable_corrector": [0]}, "disable_corrector"),
+]
+
+
+@pytest.mark.parametrize("cls_name,base,opts,name", RAISE, ids=lambda v: v if isinstance(v, str) else None)
+def test_chained_config_without_a_diffcore_method_raises_naming_it(cls_name, base, opts, name):
+    with pytest.raises(ValueError, match=name):
+        _chain(cls_name, base, **opts)
+
+
+def test_ddim_linspace_spacing_raises_naming_it():
+    """DDIMScheduler steps t → t − N//n; with 'linspace' that is not the next listed timestep."""
+    ref, ours = _chain("DDIMScheduler", SD_PNDM, timestep_spacing="linspace")
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        ours.set_timesteps(10)
+
+
+def test_pndm_config_chain_keeps_the_dpmsolver_grid():
+    """Issue 17 item 1: PNDM hub config → DPMSolverMultistepScheduler.from_config → ours."""
+    dpm = diffusers.DPMSolverMultistepScheduler.from_config(diffusers.PNDMScheduler.from_config(SD_PNDM).config)
+    ours = DiffcoreScheduler.from_config(dpm.config)
+    ours.set_timesteps(10)
+    assert ours.solver.name == "dpmpp_2m"
+    assert ours.timesteps.tolist() == [999, 899, 799, 699, 599, 500, 400, 300, 200, 100]
+    # and a PNDM config itself names the class
+    with pytest.raises(ValueError, match="PNDMScheduler"):
+        DiffcoreScheduler.from_config(SD_PNDM)
+
+
+def test_source_survives_a_round_trip_through_our_config():
+    """A DDIM built from a DiffcoreScheduler config stays DDIM; ours re-created from ours keeps its source."""
+    ours = DiffcoreScheduler.from_config(diffusers.DPMSolverMultistepScheduler.from_config(SD_PNDM).config)
+    ddim = diffusers.DDIMScheduler.from_config(ours.config, timestep_spacing="trailing")
+    back = DiffcoreScheduler.from_config(ddim.config)
+    assert back.solver.name == "ddim" and back.config.source_config["_class_name"] == "DDIMScheduler"
+    again = DiffcoreScheduler.from_config(back.config)
+    assert again.solver.name == "ddim" and again.config.source_config == back.config.source_config
+    assert (again.config.steps_offset, again.config.set_alpha_to_one) == (1, ddim.config.set_alpha_to_one)
+    ref = diffusers.DDIMScheduler.from_config(ddim.config)
+    assert _compare(ref, again, 10) <= 1e-5
+
+
+def test_zero_snr_linear_betas_matches_diffusers():
+    """rescale_betas_zero_snr with linear betas: diffusers' clamp of the last ᾱ to 2⁻²⁴ lies above the
+    ᾱ before it; the drop-in follows diffusers' levels instead of raising."""
+    ref, ours = _chain("DPMSolverMultistepScheduler", DDPM_HUB, rescale_betas_zero_snr=True,
+                       timestep_spacing="trailing", prediction_type="v_prediction")
+    assert _compare(ref, ours, 10) <= 1e-5
+
+
+def test_flow_sigmas_hand_the_network_integer_timesteps():
+    ref, ours = _chain("DPMSolverMultistepScheduler", SD_PNDM, use_flow_sigmas=True, prediction_type="flow_prediction",
+                       flow_shift=3.0)
+    ref.set_timesteps(8)
+    ours.set_timesteps(8)
+    assert ours.timesteps.dtype == ref.timesteps.dtype
+    assert ours.timesteps.tolist() == ref.timesteps.tolist()
+
+
+def test_compatibles_and_no_ignored_attributes_warning(caplog):
+    names = {c.__name__ for c in DiffcoreScheduler().compatibles}
+    assert {"DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
+            "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"} <= names
+    with caplog.at_level(logging.WARNING):
+        for cls_name, base in (("DDIMScheduler", SD_PNDM), ("DPMSolverMultistepScheduler", SD_PNDM),
+                               ("FlowMatchEulerDiscreteScheduler", SD3_FLOW), ("UniPCMultistepScheduler", SD_PNDM)):
+            _chain(cls_name, base)
+    assert not [r for r in caplog.records if "will be ignored" in r.getMessage()]
+
+
+def test_ddim_pipeline_runs_with_eta_zero_and_names_eta():
+    """DDIMPipeline passes eta and use_clipped_model_output to step()."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32),
+                                 layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8).eval()
+    ref = diffusers.DDIMScheduler.from_config(DDPM_HUB)
+    ours = DiffcoreScheduler.from_config(ref.config)
+
+    def run(s, **kw):
+        pipe = diffusers.DDIMPipeline(unet=unet, scheduler=ref)
+        pipe.scheduler = s  # DDIMPipeline.__init__ converts any scheduler to DDIMScheduler; users swap after
+        pipe.set_progress_bar_config(disable=True)
+        out = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=10,
+                   output_type="np", **kw)
+        assert pipe.scheduler is s
+        return torch.from_numpy(out.images)
+
+    a, b = run(ours), run(ref)
+    assert float((a - b).abs().max()) <= 1e-4
+    with pytest.raises(ValueError, match="eta"):
+        run(DiffcoreScheduler.from_config(ref.config), eta=0.5)
