@@ -347,6 +347,16 @@ def test_bad_input():
     ns = DK.BrownianTreeNoiseSampler(x, 0.1, 1.0, seed=0)
     with pytest.raises(ValueError, match="sigma_next: expected a noise level inside"):
         ns(0.5, 2.0)
+    with pytest.raises(ValueError, match="sigma, sigma_next: expected two different"):
+        ns(0.5, 0.5)
+
+
+def test_dpmpp_sde_single_step_to_zero():
+    """One step to σ = 0 is an Euler step (k-diffusion's), with no Brownian tree to build."""
+    x = start(GRID0)
+    grid = torch.tensor([2.0, 0.0], dtype=F64)
+    out = DK.sample_dpmpp_sde(den, x, grid, disable=True)
+    assert close(out, x + (x - den(x, grid[0].expand(32))) / 2.0 * (0.0 - 2.0))
 
 
 def test_dpm_adaptive_nan_model_raises_instead_of_hanging():
@@ -410,3 +420,24 @@ def test_import_k_diffusion_sampling_with_the_extra_installed():
         except Exception as e:  # noqa: BLE001 — any broken dependency: not this test's subject
             pytest.skip(f"{mod} not importable ({type(e).__name__}: {e}); install the k-diffusion-sampling extra")
     expect_ok("import k_diffusion.sampling as s; assert callable(s.sample_dpmpp_2m)")
+
+
+def test_float32_keeps_dtype_and_agrees_with_k_diffusion():
+    """Float32 in, float32 out; against k-diffusion under its float32 defaults the samples agree to
+    float32 rounding (ours computes DPM-Solver's λ-times in float64, k-diffusion in float32)."""
+    kds = kdiff()
+    grid = DK.get_sigmas_karras(8, 0.03, 14.6)
+    x = start(grid).float()
+
+    def m(x, s):
+        return den(x.double(), s.double()).float()
+    runs = [(fn, (grid,), {} if fn == "sample_lms" else {"noise_sampler": keyed(x)})
+            for fn in ("sample_lms", "sample_dpm_2_ancestral", "sample_dpmpp_2s_ancestral", "sample_dpmpp_sde")]
+    runs += [("sample_dpm_fast", (0.03, 14.6, 10), {}), ("sample_dpm_adaptive", (0.03, 14.6), {})]
+    for fn, args, opts in runs:
+        if fn == "sample_lms":
+            pytest.importorskip("scipy")
+        out = getattr(DK, fn)(m, x, *args, disable=True, **opts)
+        ref = getattr(kds, fn)(m, x, *args, disable=True, **opts)
+        assert out.dtype == torch.float32, fn
+        assert (out - ref).abs().max().item() < 1e-4 * ref.abs().max().item(), fn

@@ -132,6 +132,9 @@ class BrownianTreeNoiseSampler:
                 raise ValueError(f"{name}: expected a noise level inside the sampler's [sigma_min, sigma_max], "
                                  f"got time {t.tolist()} outside [{lo}, {hi}]")
         ta, tb = ta.clamp(lo, hi), tb.clamp(lo, hi)
+        if bool((ta == tb).any()):
+            raise ValueError("sigma, sigma_next: expected two different noise levels (the increment over an "
+                             "empty interval has no normalized value)")
         return self.tree.increment(tb if tb.numel() > 1 else float(tb), ta if ta.numel() > 1 else float(ta))
 
 
@@ -292,7 +295,10 @@ def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=N
     kw = extra_args or {}
     if noise_sampler is None:
         pos = grid[grid > 0]
-        noise_sampler = BrownianTreeNoiseSampler(x, float(pos.min()), float(pos.max()))
+        if pos.numel() > 1:
+            noise_sampler = BrownianTreeNoiseSampler(x, float(pos.min()), float(pos.max()))
+        else:  # a single step to σ = 0 is an Euler step: no noise is drawn, and no tree spans one point
+            noise_sampler = lambda sigma, sigma_next: torch.randn_like(x)  # noqa: E731
     ns = _noise_sampler(noise_sampler, x)
     s_in = x.new_ones([x.shape[0]])
     sigma_fn = lambda t: t.neg().exp()  # noqa: E731

@@ -34,6 +34,10 @@ diffusers' rule lowers the last steps' order below 15 steps), and the step to σ
 (x ← x̂ for the data-prediction methods, Euler for the others). A k-diffusion option diffcore
 cannot honour exactly raises ``ValueError`` (``s_churn`` for Euler and DPM-2).
 
+Every function runs under ``torch.no_grad()``, as k-diffusion's: a network with trainable parameters
+builds no autograd graph (memory), and the model outputs reach diffcore's fused step, which an output
+that requires grad would route to the differentiable reference step.
+
 Torch's global generator: the deterministic samplers here draw nothing (k-diffusion's
 ``sample_euler``, ``sample_heun`` and ``sample_dpm_2`` draw and discard one ``randn_like(x)`` per
 step), so a script that chains several samplers under one ``torch.manual_seed`` sees different
