@@ -13,8 +13,9 @@ from .base import Network
 from .embedding import LabelEmbedding, TimeEmbedding, activation, time_transform_for
 from .mlp import MLP
 from .unet import UNet
+from .diffusers_adapter import DiffusersNet, from_diffusers
 
-__all__ = ["Network", "MLP", "UNet", "TimeEmbedding", "LabelEmbedding", "activation", "time_transform_for",
+__all__ = ["Network", "MLP", "UNet", "from_diffusers", "DiffusersNet", "TimeEmbedding", "LabelEmbedding", "activation", "time_transform_for",
            "get", "from_config", "available"]
 
 _REGISTRY = {"mlp": MLP, "unet": UNet}
