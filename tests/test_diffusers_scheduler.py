@@ -189,6 +189,10 @@ CONTINUOUS = ["ddim", "euler", "heun", "dpm_solver_2", "dpm_solver_3", "dpmpp_2s
               "unipc_3", "ipndm", "ddpm", "ddim_eta", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "edm_churn"]
 
 
+#: the drop-in runs Euler and Heun in σ/α on VP schedules, as diffusers' EulerDiscrete/HeunDiscrete
+RHO = {"euler": {"variable": "rho"}, "heun": {"variable": "rho"}}
+
+
 @pytest.mark.parametrize("name", CONTINUOUS)
 @pytest.mark.parametrize("option", [None])  # sigma options: DDPMScheduler has none (it would raise)
 def test_matches_diffcore_sample_in_float64(name, option):
@@ -215,7 +219,8 @@ def test_matches_diffcore_sample_in_float64(name, option):
     for t in sched.timesteps:
         x = sched.step(net(x, t), t, x, generator=g).prev_sample
     ref = diffcore.sample(lambda xx, t: gm.predict(xx, t, vp, "eps"), x0, vp, solver=name, steps=sched.diffcore_times,
-                          prediction="eps", generator=torch.Generator().manual_seed(7), **SMALL.get(name, {}))
+                          prediction="eps", generator=torch.Generator().manual_seed(7), **SMALL.get(name, {}),
+                          **RHO.get(name, {}))
     assert float((x - ref).abs().max()) <= 1e-10 * float(ref.abs().max())
 
 

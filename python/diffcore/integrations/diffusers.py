@@ -94,10 +94,13 @@ _PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_pre
 
 #: the diffusers scheduler classes whose method the drop-in reproduces → the kind of grid they build
 #: ("ddim": DDIM's own steps t → t − N//n; "ddpm": consecutive listed timesteps; "sigmas": the levels
-#: of ``scheduler.sigmas``; "flow_match": flow-matching σ)
+#: of ``scheduler.sigmas``; "sigmas_ve": the same, with diffusers' sample x/α (Karras et al. 2022's
+#: σ-space; ``init_noise_sigma`` > 1, ``scale_model_input`` multiplies by α); "flow_match": flow-matching σ)
 FAMILIES = {
     "DDIMScheduler": "ddim", "DDPMScheduler": "ddpm",
     "DPMSolverMultistepScheduler": "sigmas", "UniPCMultistepScheduler": "sigmas",
+    "EulerDiscreteScheduler": "sigmas_ve", "HeunDiscreteScheduler": "sigmas_ve",
+    "EulerAncestralDiscreteScheduler": "sigmas_ve",
     "FlowMatchEulerDiscreteScheduler": "flow_match", "FlowMatchHeunDiscreteScheduler": "flow_match",
 }
 #: the source class whose grid a direct construction (no ``source_config``) follows, per timestep convention
@@ -107,9 +110,6 @@ _CONVENTION_SOURCE = {"ddim": "DDIMScheduler", "dpmsolver": "DPMSolverMultistepS
 _UNSUPPORTED = {
     "DPMSolverSinglestepScheduler": "its order schedule puts the second stage of each step on a listed level, "
                                     "which no diffcore single-step plan does",
-    "EulerDiscreteScheduler": "its sample is scaled by 1/α (init_noise_sigma = σ_max) and the drop-in's is not",
-    "EulerAncestralDiscreteScheduler": "its sample is scaled by 1/α and its noise is drawn per step in σ-space",
-    "HeunDiscreteScheduler": "its sample is scaled by 1/α (init_noise_sigma = σ_max) and the drop-in's is not",
     "LMSDiscreteScheduler": "diffcore has no linear multistep method in σ",
     "KDPM2DiscreteScheduler": "diffcore has no KDPM2 (σ-space DPM-Solver-2 with log-σ midpoints) plan",
     "KDPM2AncestralDiscreteScheduler": "diffcore has no ancestral KDPM2 plan",
@@ -190,6 +190,12 @@ def _default_solver(src: str, cfg: dict) -> str:
         return "euler"
     if src == "FlowMatchHeunDiscreteScheduler":
         return "heun"
+    if src in ("EulerDiscreteScheduler", "HeunDiscreteScheduler"):
+        if cfg.get("timestep_type", "discrete") != "discrete" and cfg.get("prediction_type") != "v_prediction":
+            pass  # the network's timesteps are the source's; the method is unchanged
+        return "euler" if src == "EulerDiscreteScheduler" else "heun"
+    if src == "EulerAncestralDiscreteScheduler":
+        return "euler_ancestral"
     raise ValueError(f"_class_name: {src} has no diffcore method")
 
 
@@ -327,7 +333,9 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"source_config: {name} refused this configuration ({e})") from e
         self._src_name = name
         self._kind = FAMILIES[name]
-        self._convention = {"ddim": "ddim", "ddpm": "ddim", "sigmas": "dpmsolver", "flow_match": "flow_match"}[self._kind]
+        self._convention = {"ddim": "ddim", "ddpm": "ddim", "sigmas": "dpmsolver", "sigmas_ve": "dpmsolver",
+                            "flow_match": "flow_match"}[self._kind]
+        self._ve = self._kind == "sigmas_ve"
         self._flow = self._kind == "flow_match" or bool(getattr(self._src.config, "use_flow_sigmas", False))
         if prediction_type == "flow_prediction" and not self._flow:
             raise ValueError("prediction_type: 'flow_prediction' needs a flow-matching grid (timestep_convention="
@@ -354,7 +362,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         self.solver = self._make_solver(solver, solver_options)
         self.prediction = _PREDICTIONS[prediction_type]
         self.order = int(getattr(self.solver, "stages", 1) or 1)
-        self.init_noise_sigma = 1.0
+        self.init_noise_sigma = float(self._src.init_noise_sigma) if self._ve else 1.0
         self._shift = shift
         self._reset_grid()
 
@@ -425,6 +433,8 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
                 derived["variant"] = cfg.solver_type
             if not cfg.predict_x0:
                 derived["predict_x0"] = False
+        if key in ("euler", "heun") and not self._flow:
+            derived["variable"] = "rho"  # in σ/α with the sample x/α, as diffusers' Euler and Heun (Karras et al. 2022)
         derived.update(options or {})
         try:
             return _solvers.get(key, **derived)
@@ -505,6 +515,10 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         else:
             self.timesteps = torch.from_numpy(ts).to(dev)
         self._ts_host = ts.tolist()
+        if self._ve:  # α at every entry and at the end: diffusers' sample is the VP state over α
+            self.init_noise_sigma = float(self._src.init_noise_sigma)
+            at = torch.tensor([e[4] for e in self._entries] + [float(self.diffcore_times[-1])], dtype=torch.float64)
+            self._alphas = self.schedule.eval(at).alpha.tolist()
         self._ddim_mix = None
         if self._src_name == "DDIMScheduler" and self.solver.name == "ddim" and (self.config.clip_sample
                                                                                  or self.config.thresholding):
@@ -611,9 +625,11 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
                 final = 0.0 if zero_final else float(self.schedule.index_to_t(0.0))
             return _grids.Grid(model_ts, np.concatenate([times, [final]]), integral)
         levels = src.sigmas.detach().cpu().double().numpy()
-        if self._src_name == "FlowMatchHeunDiscreteScheduler":  # its stages are listed: every inner level twice
+        if self._src_name in ("FlowMatchHeunDiscreteScheduler", "HeunDiscreteScheduler"):  # every inner level twice
             levels = np.concatenate([levels[:1], levels[1:-1:2], levels[-1:]])
             model_ts = np.concatenate([model_ts[:1], model_ts[1::2]])
+        if self._kind == "sigmas_ve" and levels.size > model_ts.size + 1:
+            levels = levels[:model_ts.size + 1]  # log_linear lists one level more than it steps to
         if levels.size != model_ts.size + 1:
             raise ValueError(f"{self._src_name}: expected one more sigma than timesteps, got {levels.size} and "
                              f"{model_ts.size}")
@@ -663,8 +679,12 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
 
     # -- protocol -------------------------------------------------------------------------------------
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        """The identity: the sample is already the network's input (VP / flow-matching state)."""
-        return sample
+        """The identity (the sample is the network's input: VP / flow-matching state), except for a σ-space
+        source (Euler, Heun): its sample is x/α, and the network's input α times it."""
+        if not self._ve or self._entries is None:
+            return sample
+        k = (self._begin_index or 0) + self._k
+        return sample * self._alphas[min(k, len(self._alphas) - 1)]
 
     def model_timestep(self, t):
         """The network timestep of diffcore times ``t`` (VP: ``N·t − 1``; flow matching: ``N·t``)."""
@@ -719,6 +739,8 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError("begin_index: no solver step left after it")
         plan = self._build_plan(sample.device, dtype, times)
         x = sample.detach().to(dtype)
+        if self._ve:
+            x = x * self._alphas[self._begin_index or 0]
         if plan.__class__.__name__ == "V3Plan":
             noise = None
         elif not getattr(plan, "noise_draws", 0):
@@ -789,7 +811,9 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
                     and generator is not st.noise.generator:
                 st.noise = Noise(generator=generator)
             buf = st.model_input(s)
-            if sample.data_ptr() != buf.data_ptr():  # the pipeline may have edited the sample (inpainting)
+            if self._ve:
+                buf.copy_(sample * self._alphas[k])
+            elif sample.data_ptr() != buf.data_ptr():  # the pipeline may have edited the sample (inpainting)
                 buf.copy_(sample)
             m = model_output
             if self.config.clip_sample or self.config.thresholding:
@@ -805,6 +829,8 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
                                             and nxt[2] == s + 1) else st.x
         self._k += 1
         prev = out.to(dtype=sample.dtype, copy=True)
+        if self._ve:
+            prev /= self._alphas[k + 1]
         if not return_dict:
             return (prev,)
         return SchedulerOutput(prev_sample=prev)
@@ -845,6 +871,8 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         shape = (-1,) + (1,) * (original_samples.dim() - 1)
         a = v.alpha.to(original_samples.device, original_samples.dtype).reshape(shape)
         s = v.sigma.to(original_samples.device, original_samples.dtype).reshape(shape)
+        if self._ve:  # a σ-space source's sample: x/α = x0 + (σ/α)·noise
+            return original_samples + (s / a) * noise
         return a * original_samples + s * noise
 
     def scale_noise(self, sample: torch.Tensor, timestep, noise: torch.Tensor) -> torch.Tensor:
