@@ -15,6 +15,15 @@ With ``final_zero=True`` the first ``n − 1`` steps go from ``t_start`` to ``t_
 lands exactly on zero noise (σ = 0, λ = +∞), as in k-diffusion's Karras grids; solvers take that step
 with data-form coefficients. Defaults (spacing, range, final_zero) come from the schedule, so
 ``timesteps(schedule, n)`` works for every schedule, including those whose λ is infinite at an end.
+
+The flow paths (rectified flow, the OT path) run from α = 0 (λ = −∞) at t = 1 to σ = 0 at t = 0.
+Methods written in ε-form or with stages at fractions of a λ-step cannot take a step from λ = −∞
+(the exponential-integrator updates of DPM-Solver, Lu et al. 2022, divide by α), and a Langevin or
+adaptive λ-stepping method needs σ > 0 at its end. For them :func:`diffcore.sample`'s *default*
+grid starts ``REGULAR_DELTA`` inside the noisy end (t = 0.999 on [0, 1]: σ/α ≈ 1000, a start
+perturbation of order α ≈ 1e-3 against the N(0, I) prior) and, where needed, ends as far inside the
+clean end; :func:`regular_range` gives that range. An explicit grid or ``t_start``/``t_end`` is used as
+given.
 """
 from __future__ import annotations
 
@@ -27,7 +36,11 @@ import torch
 from ._device import as_device
 from .schedules import Schedule, get as _get_schedule
 
-__all__ = ["timesteps", "SPACINGS"]
+__all__ = ["timesteps", "SPACINGS", "regular_range", "REGULAR_DELTA"]
+
+#: relative distance from an end of the time range at which a default grid starts (or ends) where
+#: the schedule has α = 0 (or σ = 0) at that end, for methods that need a finite λ there
+REGULAR_DELTA = 1e-3
 
 SPACINGS = {
     "uniform_t": "uniform_t", "time_uniform": "uniform_t", "uniform": "uniform_t", "linear": "uniform_t",
@@ -147,3 +160,21 @@ def _spaced(schedule: Schedule, key: str, t_start: float, t_end: float, frac: to
         lam = lam0 - rho * torch.log1p(frac * math.expm1((lam0 - lam1) / rho))
         lam[0], lam[-1] = lam0, lam1
     return schedule.t_of_lam(lam)
+
+
+def regular_range(schedule, start: bool = True, end: bool = True) -> tuple:
+    """``(t_start, t_end)``: the schedule's default sampling range with an end where α = 0
+    (``start``) or σ = 0 (``end``) moved ``REGULAR_DELTA·(t_max − t_min)`` inside, so that λ is
+    finite at both ends (see the module docstring). Unchanged for schedules whose default range is
+    already regular (VP, VE, EDM, trig)."""
+    schedule = _get_schedule(schedule)
+    ts, te = float(schedule.t_start), float(schedule.t_end)
+    width = schedule.t_max - schedule.t_min
+    if not math.isfinite(width):
+        return ts, te
+    v = schedule.eval(torch.tensor([ts, te], dtype=torch.float64))
+    if start and float(v.alpha[0]) == 0.0:
+        ts = ts - REGULAR_DELTA * width
+    if end and float(v.sigma[1]) == 0.0:
+        te = te + REGULAR_DELTA * width
+    return ts, te

@@ -16,11 +16,11 @@ import torch
 from . import _ops
 from . import schedules as _schedules
 from ._device import as_device
-from .grids import timesteps as _timesteps
+from .grids import regular_range as _regular_range, timesteps as _timesteps
 from .guidance import CFG
 from .noise import DOMAIN_PRIOR, Noise, philox_normal
 from .parallel import ParallelConfig, picard_sample, tile_guidance, tile_model_kwargs
-from .param import ModelWrapper, convert, resolve_prediction, singular_hint
+from .param import ModelWrapper, conversion_coefs, convert, resolve_prediction, singular_hint
 from .solvers import get as _get_solver
 from .solvers.v3 import V3Plan
 
@@ -198,7 +198,12 @@ def _cached_plan(solver_arg, solver_options, schedule, steps, spacing, t_start, 
         return solver
     grid = _grid(schedule, steps, spacing, t_start, t_end)
     try:
-        plan = solver.plan(schedule, grid, device=device, dtype=dtype, prediction=prediction)
+        try:
+            plan = solver.plan(schedule, grid, device=device, dtype=dtype, prediction=prediction)
+        except ValueError:
+            plan = _regular_plan(solver, schedule, steps, spacing, t_start, t_end, device, dtype, prediction)
+            if plan is None:
+                raise
     except ValueError as e:  # the plan names its own argument; here the user's is `steps`
         msg = str(e)
         if isinstance(steps, torch.Tensor) and msg.startswith("timesteps:"):
@@ -214,6 +219,39 @@ def _cached_plan(solver_arg, solver_options, schedule, steps, spacing, t_start, 
         while len(_PLANS) > _PLAN_CACHE_SIZE:
             _PLANS.popitem(last=False)
     return plan
+
+
+def _regular_plan(solver, schedule, steps, spacing, t_start, t_end, device, dtype, prediction):
+    """The default grid moved inside the ends where λ is infinite (:func:`diffcore.grids.regular_range`)
+    for a method that cannot step from α = 0 or sample at σ = 0; ``None`` where the user chose the
+    grid or the range is already regular (the first error then stands)."""
+    if isinstance(steps, torch.Tensor) or prediction is None:
+        return None
+    native = getattr(solver, "native", prediction)
+    if native != prediction:
+        # a model type that is singular at the schedule's own start (an ε-model on a flow path) is more
+        # likely the wrong type than a wish to start inside: keep the error and its hint
+        vals = schedule.eval(torch.tensor([float(schedule.t_start)], dtype=torch.float64))
+        c_x, c_m = conversion_coefs(prediction, native, vals, schedule)
+        if not bool(torch.isfinite(c_x + c_m).all()):
+            return None
+    attempts = []
+    if t_start is None:
+        ts, _ = _regular_range(schedule, end=False)
+        if ts != schedule.t_start:
+            attempts.append(dict(t_start=ts, t_end=t_end, final_zero=None))
+    if t_end is None and (t_start is None or attempts == []):
+        ts, te = _regular_range(schedule, start=t_start is None)
+        ts = ts if t_start is None else t_start
+        if te != schedule.t_end or schedule.final_zero:  # and no final step to σ = 0
+            attempts.append(dict(t_start=ts, t_end=te, final_zero=False))
+    for kw in attempts:
+        try:
+            grid = _timesteps(schedule, steps, spacing=spacing, **kw)
+            return solver.plan(schedule, grid, device=device, dtype=dtype, prediction=prediction)
+        except ValueError:
+            continue
+    return None
 
 
 def _batch_times(plan, B):
@@ -325,7 +363,7 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
             :mod:`diffcore.parallel`); stochastic samplers use the same noise, fixed up front, so the
             converged result is the sequential sample. ``callback`` is then called once per round
             with ``{"round", "start", "stride", "residual"}``; not with ``cuda_graph``, ``progress``
-            or the adaptive solvers (``dpm_adaptive``, ``dpm_adaptive_ps``).
+            or the adaptive solvers (``dpm_adaptive``, ``dpm_adaptive_ps``, ``dopri5``).
 
     Returns ``x`` at ``t_end`` (and the trajectory when asked).
 
@@ -353,14 +391,23 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
         if cuda_graph or return_trajectory:
             raise ValueError(f"solver: {plan.name} syncs with the host every step; cuda_graph and "
                              "return_trajectory are not available for it")
-        ts = float(schedule.t_start if t_start is None else t_start)
-        te = float(schedule.t_end if t_end is None else t_end)
+        # an adaptive λ-stepper cannot start from α = 0 nor end at σ = 0: on the default range of a flow
+        # schedule it runs over diffcore.grids.regular_range and, where the default end is σ = 0, takes
+        # the exact last step of a data-prediction solver there, x ← x̂0 (one more model call)
+        reg_ts, reg_te = _regular_range(schedule, start=t_start is None, end=t_end is None)
+        if getattr(plan, "native", "eps") == "velocity":  # dopri5 steps in t: any end of the range will do
+            reg_ts, reg_te = schedule.t_start, schedule.t_end
+        ts = float(reg_ts if t_start is None else t_start)
+        te = float(reg_te if t_end is None else t_end)
 
-        def eps_fn(xx, t):
-            return convert(fn(xx, t), xx, t, schedule, prediction, "eps")
+        def eps_fn(xx, t):  # the adaptive solver's native prediction: "eps" (dpm_adaptive) or "velocity" (dopri5)
+            return convert(fn(xx, t), xx, t, schedule, prediction, getattr(plan, "native", "eps"))
 
         with torch.no_grad():
             out, _ = plan.solve(eps_fn, x, schedule, ts, te, callback)
+            if t_end is None and te != float(schedule.t_end):
+                tt = torch.full((out.shape[0],), te, dtype=out.dtype, device=out.device)
+                out = convert(fn(out, tt), out, tt, schedule, prediction, "x0")
         return out
     if getattr(plan, "batch", 1) not in (1, x.shape[0]):
         raise ValueError(f"steps: per-sample times for {plan.batch} samples, but x has batch {x.shape[0]}; expected "

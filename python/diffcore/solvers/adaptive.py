@@ -21,7 +21,8 @@ from .adaptive_control import MAX_REJECTIONS, check_count, check_number, check_o
 def _scalar_vals(schedule: Schedule, t: float):
     v = schedule.eval(torch.tensor([t], dtype=torch.float64))
     a, s = float(v.alpha[0]), float(v.sigma[0])
-    return a, s, math.log(a) - math.log(s)
+    # α = 0 or σ = 0 (the ends of a flow path) give λ = ∓∞, which the callers refuse by name
+    return a, s, (math.log(a) if a > 0 else -math.inf) - (math.log(s) if s > 0 else -math.inf)
 
 
 class DPMAdaptive:
@@ -65,6 +66,10 @@ class DPMAdaptive:
         t_start, t_end = float(t_start), float(t_end)
         a_T, s_T, lam_T = _scalar_vals(schedule, t_start)
         a_0, s_0, lam_end = _scalar_vals(schedule, t_end)
+        if not (a_T > 0 and s_T > 0 and math.isfinite(lam_T)):
+            raise ValueError(f"t_start: dpm_adaptive steps in λ and needs α > 0 and σ > 0 at the start (finite λ), "
+                             f"got α = {a_T:g}, σ = {s_T:g} at t = {t_start:g}; start slightly inside, e.g. "
+                             "t_start=0.999 on rectified flow (diffcore.sample's default range does)")
         if not (s_0 > 0 and math.isfinite(lam_end)):
             raise ValueError("t_end: dpm_adaptive needs a final time with σ > 0 (denoise to zero afterwards)")
         if 0 < abs(t_start - t_end) <= self.t_err:  # the loop would not run: x returned unchanged

@@ -318,7 +318,8 @@ class AnnealedLangevin(Solver):
     each level starting from the previous one's output. ``include_smallest`` (default True, the
     original NCSN) also runs the steps at σ₁; False follows the book's Algorithm 1 (levels L…2).
     ``denoise``: a final Tweedie step ``x ← (x + σ₁² ŝ(x, σ₁))/α₁`` (book Lemma 3.3.2), one more
-    model call. Defaults δ = 2e-5, 100 steps per level (NCSN with σ from 1 to 0.01). The start is the
+    model call. Defaults δ = 0.2·σ₁² (NCSN's 2e-5 for its σ₁ = 0.01; a fixed δ with a much smaller σ₁
+    makes the noisy levels' steps exceed 2σ_ℓ² and diverge), 100 steps per level. The start is the
     caller's ``x`` (the book draws N(0, I); with a large σ_L, N(0, σ_L² I) is the consistent choice:
     :func:`diffcore.prior_sample`)."""
 
@@ -326,11 +327,11 @@ class AnnealedLangevin(Solver):
     native = "score"
     method = "langevin"
 
-    def __init__(self, n_steps_each: int = 100, delta: float = 2e-5, include_smallest: bool = True,
+    def __init__(self, n_steps_each: int = 100, delta: Optional[float] = None, include_smallest: bool = True,
                  denoise: bool = False, **common):
         super().__init__(**common)
         self.n_steps_each = _count("n_steps_each", n_steps_each, 1)
-        self.delta = _number("delta", delta, lo_open=True)
+        self.delta = None if delta is None else _number("delta", delta, lo_open=True)
         for name, v in (("include_smallest", include_smallest), ("denoise", denoise)):
             if not isinstance(v, bool):
                 raise TypeError(f"{name}: expected a bool, got {v!r}")
@@ -355,7 +356,11 @@ class AnnealedLangevin(Solver):
     def _extra(self, schedule, grid_t, grid):
         sig = grid[..., 2]
         s1 = sig[:, -1:]  # the last node is the smallest level
-        eta = self.delta * sig ** 2 / s1 ** 2
+        # default δ = 0.2·σ₁² (NCSN's 2e-5 at σ₁ = 0.01): η_ℓ = 0.2·σ_ℓ², a stable step at every level;
+        # NCSN's fixed 2e-5 with a smaller σ₁ (EDM's 0.002) gives η_ℓ/σ_ℓ² = 5 > 2 and diverges at the
+        # noisy levels, where p_σ ≈ N(·, σ²)
+        delta = 0.2 * s1 ** 2 if self.delta is None else self.delta
+        eta = delta * sig ** 2 / s1 ** 2
         flag = torch.zeros_like(eta)
         if self.denoise:
             flag[:, -2] = 1.0
