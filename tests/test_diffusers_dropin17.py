@@ -89,6 +89,17 @@ MATCH = [
                                               "flow_shift": 3.0}),
     ("UniPCMultistepScheduler", SD_PNDM, {}),
     ("UniPCMultistepScheduler", SD_PNDM, {"solver_type": "bh1", "solver_order": 3}),
+    ("UniPCMultistepScheduler", SD_PNDM, {"predict_x0": False}),
+    ("UniPCMultistepScheduler", SD_PNDM, {"use_karras_sigmas": True}),
+    ("DDIMScheduler", DDPM_HUB, {"set_alpha_to_one": False}),  # zero-length last step, clipped x̂0
+    ("EulerDiscreteScheduler", SD_PNDM, {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"}),
+    ("UniPCMultistepScheduler", SD_PNDM, {"use_flow_sigmas": True, "prediction_type": "flow_prediction",
+                                          "flow_shift": 3.0}),
+    ("EulerDiscreteScheduler", SD_PNDM, {"timestep_type": "continuous", "prediction_type": "v_prediction"}),
+    ("EulerDiscreteScheduler", SD_PNDM, {"use_exponential_sigmas": True}),
+    ("EulerDiscreteScheduler", SD_PNDM, {"use_beta_sigmas": True}),
+    ("EulerAncestralDiscreteScheduler", SD_PNDM, {"timestep_spacing": "trailing"}),
+    ("HeunDiscreteScheduler", DDPM_HUB, {"clip_sample": True, "prediction_type": "sample"}),
     ("EulerDiscreteScheduler", SD_PNDM, {}),
     ("EulerDiscreteScheduler", SD_PNDM, {"use_karras_sigmas": True}),
     ("EulerDiscreteScheduler", SD_PNDM, {"timestep_spacing": "trailing", "prediction_type": "v_prediction"}),
@@ -128,12 +139,25 @@ RAISE = [
      "rescale_betas_zero_snr"),
     ("UniPCMultistepScheduler", SD_PNDM, {"disable_corrector": [0]}, "disable_corrector"),
 ]
+RAISE_AT_SET_TIMESTEPS = [
+    ("UniPCMultistepScheduler", SD_PNDM, {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"},
+     "final_sigmas_type"),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"},
+     "final_sigmas_type"),
+]
 
 
 @pytest.mark.parametrize("cls_name,base,opts,name", RAISE, ids=lambda v: v if isinstance(v, str) else None)
 def test_chained_config_without_a_diffcore_method_raises_naming_it(cls_name, base, opts, name):
     with pytest.raises(ValueError, match=name):
         _chain(cls_name, base, **opts)
+
+
+@pytest.mark.parametrize("cls_name,base,opts,name", RAISE_AT_SET_TIMESTEPS, ids=lambda v: v if isinstance(v, str) else None)
+def test_grid_without_a_diffcore_method_raises_naming_it(cls_name, base, opts, name):
+    ref, ours = _chain(cls_name, base, **opts)
+    with pytest.raises(ValueError, match=name):
+        ours.set_timesteps(10)
 
 
 def test_ddim_linspace_spacing_raises_naming_it():
@@ -218,3 +242,46 @@ def test_ddim_pipeline_runs_with_eta_zero_and_names_eta():
     assert float((a - b).abs().max()) <= 1e-4
     with pytest.raises(ValueError, match="eta"):
         run(DiffcoreScheduler.from_config(ref.config), eta=0.5)
+
+
+def test_sigma_space_add_noise_and_img2img_start_match_diffusers():
+    """A σ-space source (EulerDiscrete): add_noise gives x0 + (σ/α)·noise, and a loop started with
+    set_begin_index steps as diffusers' from the same entry."""
+    ref, ours = _chain("EulerDiscreteScheduler", SD_PNDM)
+    ref.set_timesteps(10)
+    ours.set_timesteps(10)
+    x0 = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    eps = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(4))
+    t = ref.timesteps[4:5]
+    ref.set_begin_index(4)
+    ours.set_begin_index(4)
+    a, b = ref.add_noise(x0, eps, t), ours.add_noise(x0, eps, t)
+    assert float((a - b).abs().max() / a.abs().max()) <= 1e-5
+    x, worst = a, 0.0
+    for tt in ref.timesteps[4:]:
+        m = fake_model(ref.scale_model_input(x, tt), tt)
+        r = ref.step(m, tt, x).prev_sample
+        o = ours.step(m.clone(), tt, x.clone()).prev_sample
+        worst = max(worst, float((r - o).abs().max() / r.abs().max()))
+        x = r
+    assert worst <= 1e-5
+
+
+def test_zero_snr_euler_matches_diffusers_float64():
+    """Zero-SNR Euler starts at σ/α = 4096, where two float32 evaluations of the first step differ by
+    ~1e-5 (x·σ'/σ cancels against x̂0; diffusers' float32 step is 8e-6 off exact): the drop-in is held to
+    diffusers fed float64 model outputs (its step still upcasts only to float32 internally)."""
+    ref, ours = _chain("EulerDiscreteScheduler", SD_PNDM, rescale_betas_zero_snr=True, timestep_spacing="trailing",
+                       prediction_type="v_prediction")
+    ref.set_timesteps(10)
+    ours.set_timesteps(10)
+    assert float(ref.sigmas[0]) == 4096.0
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * float(ref.init_noise_sigma)
+    worst = 0.0
+    for t in ref.timesteps:
+        m = fake_model(ref.scale_model_input(x, t), t)
+        a = ref.step(m.double(), t, x.double()).prev_sample
+        b = ours.step(m, t, x).prev_sample
+        worst = max(worst, float((a - b).abs().max() / a.abs().max()))
+        x = a.float()
+    assert worst <= 1e-5

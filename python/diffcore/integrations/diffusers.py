@@ -437,9 +437,14 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             derived["variable"] = "rho"  # in σ/α with the sample x/α, as diffusers' Euler and Heun (Karras et al. 2022)
         derived.update(options or {})
         try:
-            return _solvers.get(key, **derived)
+            solver = _solvers.get(key, **derived)
         except TypeError as e:
             raise TypeError(f"solver_options: {e} (options given to {key}: {sorted(derived)})") from e
+        if not hasattr(solver, "plan"):
+            raise ValueError(f"solver: {name} chooses its step sizes while it runs, but a diffusers scheduler lists every "
+                             f"model time in `timesteps` before the loop; use diffcore.sample(..., solver={name!r}) or a "
+                             "fixed-grid solver")
+        return solver
 
     # -- grid -----------------------------------------------------------------------------------------
     def _reset_grid(self) -> None:
@@ -492,9 +497,15 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         grid = self._source_grid(num_inference_steps, timesteps, sigmas, mu)
         times = grid.times
         n = len(grid.model_ts)
-        # a zero-length final step (DDIM's ᾱ_0 → ᾱ_0 after index 0) is the identity: it is left out, and
-        # so is its network call
+        # a zero-length final step (DDIM's ᾱ_0 → ᾱ_0 after index 0, a last listed level at sigma_min): a
+        # diffcore solver leaves it out with its network call; replicating DDIM or Euler, the network is
+        # called there as in diffusers and the step is theirs (the identity, or DDIM's clipping of x̂0)
         tail = bool(times[-1] == times[-2])
+        keep_tail = tail and self._replicates and self._src_name in ("DDIMScheduler", "EulerDiscreteScheduler")
+        if tail and self._replicates and not keep_tail:
+            raise ValueError(f"final_sigmas_type: the last listed level of {self._src_name} equals the final one, a "
+                             "zero-length last step that its multistep update still counts (orders, corrector); "
+                             "use final_sigmas_type='zero'")
         solve = times[:-1] if tail else times
         if tail and len(solve) < 2:
             raise ValueError("num_inference_steps: the grid has no step of nonzero length")
@@ -505,7 +516,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = n
         self._plans = {}
         host = self._build_plan(torch.device("cpu"), torch.float64)
-        self._entries, model_t = self._list_entries(host, grid)
+        self._entries, model_t = self._list_entries(host, grid, keep_tail)
         ts = np.asarray(model_t, dtype=np.float64)
         dev = as_device(device)
         if grid.integral and np.all(ts == np.round(ts)):
@@ -556,7 +567,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             self._plans[key] = plan
         return plan
 
-    def _list_entries(self, plan, grid):
+    def _list_entries(self, plan, grid, tail: bool = False):
         """One entry per model evaluation: (kind, step, stage, model timestep, diffcore time, cx, cm) with
         (cx, cm) the weights of x̂0 = cx·input + cm·output (for clipping)."""
         nodes = grid.times
@@ -570,6 +581,8 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
                 j = np.flatnonzero(np.abs(nodes[:-1] - t) <= 1e-12 * max(1.0, abs(t)))
                 ts = float(grid.model_ts[j[0]]) if j.size else float(_grids.model_index(self.schedule, [t], N)[0])
                 entries.append(("step", i, s, ts, t, 0.0, 0.0))
+        if tail:
+            entries.append(("tail", plan.num_steps, 0, float(grid.model_ts[-1]), float(nodes[-1]), 0.0, 0.0))
         if self.config.clip_sample or self.config.thresholding:
             src = self.prediction
             tt = torch.tensor([e[4] for e in entries], dtype=torch.float64)
@@ -731,6 +744,10 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
 
     def _start(self, sample: torch.Tensor, generator) -> None:
         dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
+        if self._ve and sample.device.type == "cpu" and self.solver.name in ("euler", "heun"):
+            # x/α at σ/α ≈ 4096 (zero SNR) loses digits in float32 on the way in and out (the stochastic
+            # solvers stay in the sample's dtype: their noise is drawn in it, as diffusers draws it)
+            dtype = torch.float64
         times = None
         if self._begin_index:
             i0 = self._entries[self._begin_index][1]
@@ -806,6 +823,12 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             i -= self._entries[self._begin_index][1]
         if kind == "prelude":  # the churn of the start was applied by init_state; this output is not used
             out = st.x
+        elif kind == "tail":  # zero-length last step: x, or DDIM's α·clip(x̂0) + σ·ε̂ with the unclipped ε̂
+            out = sample.to(st.x.dtype) * (self._alphas[k] if self._ve else 1.0)
+            if self._ddim_mix is not None and not use_clipped_model_output:
+                x0 = cx * out + cm * model_output.to(out.dtype)
+                a_t = float(self.schedule.eval(torch.tensor([self._entries[k][4]], dtype=torch.float64)).alpha[0])
+                out = out + a_t * (self._clip(x0) - x0)
         else:
             if generator is not None and not isinstance(generator, (list, tuple)) and st.noise.kind == "generator" \
                     and generator is not st.noise.generator:
