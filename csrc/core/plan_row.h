@@ -46,7 +46,8 @@ struct Lin {
 // One sample's inputs and outputs of a plan generator.
 struct PlanIO {
   const double* grid = nullptr;   // [M+1, 4]: t, α, σ, λ
-  const double* stage = nullptr;  // [M, 2, 4] intermediate stage nodes, or null
+  const double* stage = nullptr;  // [M, NS, 4] intermediate stage nodes, or null
+  int NS = 2;                     // intermediate stage nodes per step
   const double* quad = nullptr;   // [M, Q, 2]: quadrature nodes τ and weights (in ρ), or null
   int Q = 0;
   const double* extra = nullptr;  // [M+1, 2] per-node values of some methods (f and g², step sizes), or null
@@ -68,7 +69,8 @@ struct PlanIO {
   }
   Node st(int i, int j) const {
     if (!stage) throw std::invalid_argument("plan: this method needs intermediate stage times");
-    return node(stage + (2 * i + j) * 4);
+    if (j < 0 || j >= NS) throw std::out_of_range("plan: stage node beyond the given intermediate stages");
+    return node(stage + (int64_t(NS) * i + j) * 4);
   }
   int order(int i) const { return orders[i]; }
   double ex(int i, int k) const {

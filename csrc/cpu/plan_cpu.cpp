@@ -3,7 +3,7 @@
 //   layout, nstages = _core.plan_build(method, options, grid, stage, quad, orders, K, S, coefs, mtime, extra)
 //
 // grid  [B, M+1, 4]  (t, α, σ, λ) at the grid times, one row per sample (B = 1: shared grid)
-// stage [B, M, 2, 4] intermediate stage nodes of single-step methods, or None
+// stage [B, M, NS, 4] intermediate stage nodes of single-step methods (NS >= 2), or None
 // quad  [B, M, Q, 2] (τ, weight) Gauss–Legendre nodes in ρ of each step (DEIS), or None
 // extra [B, M+1, 2] per-node values of some stochastic methods (csrc/core/plans/stochastic.h), or None
 // orders: the order of each step (warm-up and lower_order_final already applied by the caller)
@@ -13,6 +13,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <exception>
 #include <functional>
 #include <string>
@@ -61,7 +62,7 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
   const bool has_stage = !is_none(stage_c), has_quad = !is_none(quad_c);
   if (has_stage) {
     stage = f64_cpu(stage_c, "stage", 4);
-    if (stage.shape[0] != B || stage.shape[1] != M || stage.shape[2] != 2 || stage.shape[3] != 4)
+    if (stage.shape[0] != B || stage.shape[1] != M || stage.shape[2] < 2 || stage.shape[3] != 4)
       throw py::value_error("stage: wrong shape " + stage.describe());
   }
   int Q = 0;
@@ -90,6 +91,17 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
   const int predictor = opt<int>(options, "predictor", 0), n_corr = opt<int>(options, "n_corrector", 1);
   const bool denoise = opt<bool>(options, "denoise", true), churn = opt<bool>(options, "churn", false);
   const bool beta_variance = opt<bool>(options, "beta", false);
+  using Vec = std::vector<double>;
+  RKTableau rk_high, rk_low;
+  int rk_order = 1;
+  if (method == "rk") {  // the tableau (python/diffcore/solvers/tableau.py) and the one of lower-order steps
+    rk_high = RKTableau(opt<Vec>(options, "rk_c", {}), opt<Vec>(options, "rk_a", {}), opt<Vec>(options, "rk_b", {}));
+    rk_low = RKTableau(opt<Vec>(options, "rk_low_c", {}), opt<Vec>(options, "rk_low_a", {}),
+                       opt<Vec>(options, "rk_low_b", {}));
+    rk_order = opt<int>(options, "rk_order", 1);
+    if (std::max(rk_high.S, rk_low.S) > S || std::max(rk_high.S, rk_low.S) - 1 > K)
+      throw py::value_error("S, K: a Runge-Kutta plan needs S >= stages and K >= stages - 1");
+  }
 
   std::function<void(const PlanIO&)> gen;
   if (method == "ddim") gen = [](const PlanIO& io) { plan_ddim(io); };
@@ -99,7 +111,7 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
   else if (method == "deis") gen = [](const PlanIO& io) { plan_deis(io); };
   else if (method == "ipndm") gen = [](const PlanIO& io) { plan_ipndm(io); };
   else if (method == "unipc") gen = [=](const PlanIO& io) { plan_unipc(io, uo); };
-  else if (method == "rk") gen = [=](const PlanIO& io) { plan_rk(io, in_rho); };
+  else if (method == "rk") gen = [=](const PlanIO& io) { plan_rk(io, in_rho, rk_high, rk_low, rk_order); };
   else if (method == "ddim_eta") gen = [=](const PlanIO& io) { plan_ddim_eta(io, eta); };
   else if (method == "ddpm") gen = [=](const PlanIO& io) { plan_ddpm(io, beta_variance); };
   else if (method == "euler_ancestral") gen = [=](const PlanIO& io) { plan_euler_ancestral(io, eta, s_noise); };
@@ -125,7 +137,9 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
     for (int64_t b = 0; b < B; ++b) {
       PlanIO io;
       io.grid = reinterpret_cast<const double*>(grid.data) + b * (M + 1) * 4;
-      io.stage = has_stage ? reinterpret_cast<const double*>(stage.data) + b * M * 8 : nullptr;
+      const int NS = has_stage ? int(stage.shape[2]) : 2;
+      io.stage = has_stage ? reinterpret_cast<const double*>(stage.data) + b * M * NS * 4 : nullptr;
+      io.NS = NS;
       io.quad = has_quad ? reinterpret_cast<const double*>(quad.data) + b * M * Q * 2 : nullptr;
       io.Q = Q;
       io.extra = has_extra ? reinterpret_cast<const double*>(extra.data) + b * (M + 1) * 2 : nullptr;

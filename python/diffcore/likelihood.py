@@ -3,7 +3,7 @@
 * :func:`log_likelihood` — ``log p_ε(x)`` by the instantaneous change of variables along the PF-ODE
   (book §4.2.2 III, Eq. (4.2.7); Lemma 5.1.1, Eq. (5.1.9); §5.1.2), with the exact
   divergence (small ``D``) or the Hutchinson–Skilling estimator, integrated by an embedded
-  Dormand–Prince 5(4) pair with per-sample step-size control (:func:`_dopri5`).
+  Dormand–Prince 5(4) pair with per-sample step-size control (:func:`diffcore.solvers.dopri5.integrate`).
 * :func:`bits_per_dim` — nats → bits/dim with the uniform-dequantization offset (Ho et al. 2020; Song et al. 2021).
 * :func:`ddpm_bound` — the DDPM evidence bound ``L_prior + Σ_{i≥2} KL_i + L_recon`` in bits/dim
   (book Thm. 2.2.3 with docs/errata.md B5, Lemma 2.2.2), with the reverse variance ``σ̃²`` or ``b_i`` and the
@@ -27,6 +27,7 @@ from . import schedules as _schedules
 from ._device import as_device
 from .param import ModelWrapper, conversion_coefs, convert, resolve_prediction, singular_hint
 from .paths import _check_data
+from .solvers.dopri5 import integrate as _integrate
 
 __all__ = ["log_likelihood", "bits_per_dim", "ddpm_bound", "ddpm_coefficients", "DDPMCoefficients"]
 
@@ -133,145 +134,9 @@ def _model_time(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 # Dormand–Prince 5(4)
 
-_DP_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
-_DP_A = (
-    (),
-    (1 / 5,),
-    (3 / 40, 9 / 40),
-    (44 / 45, -56 / 15, 32 / 9),
-    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
-    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),  # = the 5th-order weights (FSAL)
-)
-# error weights b5 − b4 (b4: 5179/57600, 0, 7571/16695, 393/640, −92097/339200, 187/2100, 1/40)
-_DP_E = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
-
-
-def _rms(a: torch.Tensor) -> torch.Tensor:
-    return torch.sqrt(torch.mean(a * a, dim=1))
-
-
-def _dopri5(rhs: Callable, y0: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, rtol: float, atol: float,
-            max_steps: int = 10000, batch_control: bool = False, safety: float = 0.9, fac_min: float = 0.2,
-            fac_max: float = 10.0):
-    """Integrate ``dy/dt = rhs(t, y, idx)`` from ``t0`` to ``t1 > t0`` (per sample) with the embedded
-    Dormand–Prince 5(4) pair (Hairer, Nørsett & Wanner I, §II.5; FSAL, local extrapolation).
-
-    Args:
-        rhs: ``rhs(t [b], y [b, N], idx [b] | None) → [b, N]``; ``idx`` are the rows of the full batch
-            being evaluated (``None``: all of them, in order). Must be deterministic.
-        y0: ``[B, N]`` float64 initial state; ``t0, t1``: ``[B]`` float64 end points, ``t1 > t0``.
-        rtol, atol: per-component tolerances; a step is accepted when the scaled RMS error
-            ``‖err_j/(atol + rtol·max(|y_j|, |y_new,j|))‖_rms ≤ 1`` (Hairer's norm).
-        batch_control: ``False`` (default): every sample has its own step size and its own accept /
-            reject decisions, and finished samples drop out of the model calls, so each sample's result
-            is what it would be alone in the batch. ``True``: one step size for the whole batch, accepted
-            when the largest per-sample error norm is ≤ 1 (cheaper bookkeeping, batch-dependent result).
-        max_steps: raise ``RuntimeError`` after this many trial steps of one sample.
-
-    The first step size follows Hairer's starting-step algorithm (one extra evaluation); then
-    ``h ← h·min(fac_max, max(fac_min, safety·err^{−1/5}))``, with no increase right after a rejection.
-
-    Returns ``(y1 [B, N], stats)`` with ``stats = {"nfe": model calls, "nfe_per_sample", "steps",
-    "rejected"}`` (the last three ``[B]`` int64).
-    """
-    B, N = y0.shape
-    dev = y0.device
-    y, t = y0.clone(), t0.clone()
-    span = t1 - t0
-    nfe_s = torch.zeros(B, dtype=torch.long, device=dev)
-    n_acc = torch.zeros(B, dtype=torch.long, device=dev)
-    n_rej = torch.zeros(B, dtype=torch.long, device=dev)
-    calls = 0
-    stats = {"nfe": 0, "nfe_per_sample": nfe_s, "steps": n_acc, "rejected": n_rej}
-    if B == 0:
-        return y, stats
-
-    def ev(tt, yy, idx):
-        nonlocal calls
-        calls += 1
-        out = rhs(tt, yy, idx)
-        if idx is None:
-            nfe_s.add_(1)
-        else:
-            nfe_s.index_add_(0, idx, torch.ones_like(idx))
-        return out
-
-    # Hairer's initial step (per sample; the batch minimum with batch_control)
-    f = ev(t, y, None)
-    bad = ~torch.isfinite(f).all(1)
-    if bool(bad.any()):  # no step size helps: the start itself is NaN (it would retry until max_steps)
-        raise ValueError(f"model: its output (the ODE right-hand side) is NaN or inf at the start t = "
-                         f"{float(t[bad][0])} for {int(bad.sum())} of {B} samples")
-    scale = atol + rtol * y.abs()
-    d0, d1 = _rms(y / scale), _rms(f / scale)
-    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / torch.clamp(d1, min=1e-300))
-    h0 = torch.minimum(h0, span)
-    f1 = ev(t + h0, y + h0[:, None] * f, None)
-    d2 = _rms((f1 - f) / scale) / h0
-    dm = torch.maximum(d1, d2)
-    h1 = torch.where(dm <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / torch.clamp(dm, min=1e-300)) ** 0.2)
-    h = torch.minimum(torch.minimum(100 * h0, h1), span)
-    if batch_control:
-        h = h.min().expand(B).clone()
-
-    done = torch.zeros(B, dtype=torch.bool, device=dev)
-    after_reject = torch.zeros(B, dtype=torch.bool, device=dev)
-    while True:
-        act = torch.nonzero(~done).squeeze(1)
-        na = act.numel()
-        if na == 0:
-            break
-        full = na == B
-        idx = None if full else act
-        ya, ta, fa, t1a = (y, t, f, t1) if full else (y[act], t[act], f[act], t1[act])
-        if int((n_acc + n_rej).max()) >= max_steps:
-            raise RuntimeError(f"rtol, atol: the adaptive solver took more than max_steps={max_steps} trial steps "
-                               f"(tolerances too tight for this model, or a non-smooth/non-finite model output)")
-        rem = t1a - ta  # > 0: t reaches t1 only through an accepted last step
-        ulp = torch.finfo(_F64).eps * torch.maximum(ta.abs(), t1a.abs())
-        hp = h if full else h[act]
-        last = hp >= rem - 16 * ulp  # take the end exactly rather than leave a sliver of a few ulps
-        ha = torch.where(last, rem, hp)
-        tiny = ~last & ((ha <= 64 * ulp) | torch.isnan(ha))
-        if bool(tiny.any()):
-            raise RuntimeError(f"rtol, atol: step size underflow at t = {float(ta[tiny][0])} (the model output is "
-                               f"probably not finite or not smooth there)")
-        hc = ha[:, None]
-        k = [fa]
-        for s in range(1, 7):
-            ys = ya + hc * sum(a * kj for a, kj in zip(_DP_A[s], k) if a != 0.0)
-            ts = torch.where(last, t1a, ta + ha) if _DP_C[s] == 1.0 else ta + _DP_C[s] * ha
-            if s == 6:
-                y5 = ys
-            k.append(ev(ts, ys, idx))
-        err = hc * sum(e * kj for e, kj in zip(_DP_E, k) if e != 0.0)
-        en = _rms(err / (atol + rtol * torch.maximum(ya.abs(), y5.abs())))
-        en = torch.where(torch.isfinite(en), en, torch.full_like(en, math.inf))
-        if batch_control:
-            en = en.max().expand(na)
-        acc = en <= 1.0
-        fac = torch.clamp(safety * en.clamp(min=1e-10) ** -0.2, fac_min, fac_max)
-        fac = torch.where(acc & (after_reject if full else after_reject[act]), torch.clamp(fac, max=1.0), fac)
-        t_new = torch.where(acc, torch.where(last, t1a, ta + ha), ta)
-        y_new = torch.where(acc[:, None], y5, ya)
-        f_new = torch.where(acc[:, None], k[6], fa)
-        if full:
-            y, t, f = y_new, t_new, f_new
-            h = ha * fac
-            done = acc & last
-            after_reject = ~acc
-            n_acc += acc.long()
-            n_rej += (~acc).long()
-        else:
-            y[act], t[act], f[act] = y_new, t_new, f_new
-            h[act] = ha * fac
-            done[act] = acc & last
-            after_reject[act] = ~acc
-            n_acc.index_add_(0, act, acc.long())
-            n_rej.index_add_(0, act, (~acc).long())
-    stats["nfe"] = calls
-    return y, stats
+# one Dormand–Prince engine with the sampler's ``solver="dopri5"``: per-sample step control, the tableau
+# of diffcore.solvers.tableau.DOPRI5
+_dopri5 = _integrate
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,10 +11,12 @@ from typing import Callable, Dict, List
 from .adams import DEIS, IPNDM
 from .adaptive import DPMAdaptive
 from .adaptive_ps import DPMAdaptivePS
+from .dopri5 import Dopri5
 from .base import Plan, Solver, State
 from .exponential import DDIM, DPMSolver, DPMSolverFast, DPMSolverPPMulti, DPMSolverPPSingle, fast_orders
 from .onestep import ddim_step, heun_step
-from .runge_kutta import Euler, Heun, natural_variable
+from .runge_kutta import RK4, Euler, Heun, Midpoint, Ralston, RungeKutta, natural_variable
+from .tableau import ButcherTableau
 from .sde import (DDPM, PC, AnnealedLangevin, DDIMEta, DPMSolverPP2MSDE, DPMSolverPP3MSDE, EDMChurn, EulerAncestral,
                   EulerMaruyama, Langevin)
 from .unipc import UniPC
@@ -23,13 +25,17 @@ from .v3 import DPMSolverV3
 __all__ = [
     "get", "available", "Solver", "Plan", "State", "ddim_step", "heun_step", "fast_orders", "natural_variable",
     "DDIM", "DPMSolver", "DPMSolverFast", "DPMSolverPPSingle", "DPMSolverPPMulti", "DEIS", "IPNDM", "UniPC",
-    "Euler", "Heun", "DPMAdaptive", "DPMAdaptivePS", "DDPM", "DDIMEta", "EulerAncestral", "EulerMaruyama", "PC", "Langevin",
+    "Euler", "Heun", "Midpoint", "Ralston", "RK4", "RungeKutta", "ButcherTableau", "DPMAdaptive", "DPMAdaptivePS",
+    "Dopri5", "DDPM", "DDIMEta", "EulerAncestral", "EulerMaruyama", "PC", "Langevin",
     "AnnealedLangevin", "EDMChurn", "DPMSolverV3", "DPMSolverPP2MSDE", "DPMSolverPP3MSDE", "STOCHASTIC",
 ]
 
 _REGISTRY: Dict[str, Callable[..., object]] = {
     "euler": Euler,
     "heun": Heun,
+    "midpoint": Midpoint,
+    "ralston": Ralston,
+    "rk4": RK4,
     "ddim": DDIM,
     "dpm_solver_1": lambda **kw: DPMSolver(order=1, **kw),
     "dpm_solver_2": lambda **kw: DPMSolver(order=2, **kw),
@@ -48,6 +54,7 @@ _REGISTRY: Dict[str, Callable[..., object]] = {
     "ipndm": IPNDM,
     "dpm_adaptive": DPMAdaptive,
     "dpm_adaptive_ps": DPMAdaptivePS,
+    "dopri5": Dopri5,
     "dpm_solver_v3": DPMSolverV3,
     "ddpm": DDPM,
     "ddim_eta": DDIMEta,
@@ -74,7 +81,7 @@ def available() -> List[str]:
 def get(name, **options):
     """The solver called ``name`` with ``options`` (a :class:`Solver` instance passes through when no
     options are given). Raises ``ValueError`` for unknown names, ``TypeError`` for unknown options."""
-    if isinstance(name, (Solver, DPMAdaptive, DPMAdaptivePS, DPMSolverV3)):
+    if isinstance(name, (Solver, DPMAdaptive, DPMAdaptivePS, DPMSolverV3, Dopri5)):
         if options:
             raise ValueError("options: cannot be given with a solver instance")
         return name

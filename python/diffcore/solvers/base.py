@@ -281,7 +281,7 @@ class Plan:
         self.orders = orders
         stage = None
         if stage_t is not None:
-            stage = _nodes(schedule, stage_t.reshape(Bc, -1)).reshape(Bc, M, 2, 4).contiguous()
+            stage = _nodes(schedule, stage_t.reshape(Bc, -1)).reshape(Bc, M, -1, 4).contiguous()
 
         quad = None
         if solver.method == "deis":
