@@ -5,41 +5,52 @@ with any fixed-grid diffcore solver (deterministic or stochastic), each step one
     pipe.scheduler = DiffcoreScheduler.from_config(pipe.scheduler.config, solver="dpmpp_3m")
     image = pipe(...).images
 
-Protocol (diffusers' ``SchedulerMixin``/``ConfigMixin``, as ``DDIMScheduler``,
-``DPMSolverMultistepScheduler`` and ``FlowMatchEulerDiscreteScheduler`` follow it):
-``set_timesteps(num_inference_steps | timesteps | sigmas, device, mu)``, then for each ``t`` in
-``timesteps`` the pipeline evaluates the network at ``(sample, t)`` and calls ``step(model_output, t,
-sample, generator=...)``, which returns ``prev_sample``. The sample is the VP state
-``x = √ᾱ·x0 + √(1 − ᾱ)·ε`` (flow matching: ``x = (1 − σ)x0 + σε``), so ``init_noise_sigma = 1`` and
-``scale_model_input`` is the identity, and a pipeline that never scales (``DDPMPipeline``) works.
+Protocol (diffusers' ``SchedulerMixin``/``ConfigMixin``): ``set_timesteps(num_inference_steps |
+timesteps | sigmas, device, mu)``, then for each ``t`` in ``timesteps`` the pipeline evaluates the
+network at ``(scale_model_input(sample, t), t)`` and calls ``step(model_output, t, sample, eta=0.0,
+use_clipped_model_output=None, generator=None)``, which returns ``prev_sample``.
 
-Configuration. ``from_config`` accepts the configs of ``DDPMScheduler``, ``DDIMScheduler``,
-``DPMSolverMultistepScheduler`` and ``FlowMatchEulerDiscreteScheduler`` (and their relatives) and
-reproduces their grids exactly (:mod:`.diffusers_grids`): the VP schedule from ``beta_schedule`` /
-``trained_betas`` (diffcore :class:`~diffcore.schedules.VPDiscrete`), ``timestep_spacing``,
-``steps_offset``, ``set_alpha_to_one`` / ``final_sigmas_type``, the sigma options, flow matching's
-``shift``, ``use_dynamic_shifting`` with ``mu``, ``shift_terminal``. The convention (whose
-``set_timesteps`` to follow) and the default solver come from the source config's class:
+The source scheduler. ``from_config`` reads the class a config comes from (its ``_class_name``; extra
+keys are tolerated, so the usual chain ``PNDMScheduler`` hub config → ``DPMSolverMultistepScheduler.
+from_config`` → ours keeps DPM-Solver's grid), builds that diffusers scheduler from the config and
+records its full config as ``source_config`` (a DiffcoreScheduler re-created from its own config keeps
+it). ``set_timesteps`` runs the source's own ``set_timesteps`` and reads what it computes —
+``timesteps`` (handed to the network unchanged), ``sigmas`` and ``alphas_cumprod`` — so every grid
+option (``timestep_spacing``, ``steps_offset``, the Karras / exponential / beta / λ sigmas,
+``final_sigmas_type``, flow shifts, ``rescale_betas_zero_snr``, ...) and every diffusers upgrade carries
+over. Without ``solver=``, the solver is the source's own method, so each ``step()`` output equals
+the source's given the same model outputs (float32 rounding; stochastic methods draw their noise from
+the passed ``generator`` as diffusers does):
 
-================================  =============  =================================================
-source ``_class_name``            convention     default ``solver``
-================================  =============  =================================================
-DDIMScheduler                     ``ddim``       ``ddim``
-DDPMScheduler                     ``ddim``       ``ddpm``
-DPMSolverMultistepScheduler       ``dpmsolver``  ``dpmpp_{1,2m,3m}`` (``dpmpp_{2,3}m_sde`` for SDE)
-UniPC / DEIS (multistep)          ``dpmsolver``  ``unipc_k`` / ``deis_k``
-FlowMatchEulerDiscreteScheduler   ``flow_match`` ``euler`` (``heun`` for FlowMatchHeun)
-anything else                     ``ddim``       ``dpmpp_2m``
-================================  =============  =================================================
+=====================================  ===================================================================
+source class                           diffcore solver
+=====================================  ===================================================================
+DDIMScheduler                          ``ddim`` (with clipping, the unclipped ε̂ unless
+                                       ``use_clipped_model_output``; ``eta`` > 0 raises: ``ddim_eta``)
+DDPMScheduler                          ``ddpm`` (``variance_type="fixed_small"``)
+DPMSolverMultistepScheduler            ``dpmpp_{1,2m,3m}``; ``sde-dpmsolver++`` order 2: ``dpmpp_2m_sde``
+UniPCMultistepScheduler                ``unipc_{1,2,3}`` (bh1/bh2, ``predict_x0``)
+EulerDiscreteScheduler                 ``euler`` in σ/α (Karras et al. 2022, Alg. 1 without churn)
+HeunDiscreteScheduler                  ``heun`` in σ/α
+EulerAncestralDiscreteScheduler        ``euler_ancestral``
+FlowMatchEulerDiscreteScheduler        ``euler`` (``prediction_type="flow_prediction"``)
+FlowMatchHeunDiscreteScheduler         ``heun``
+=====================================  ===================================================================
 
-``prediction_type``: ``epsilon``, ``v_prediction``, ``sample`` and ``flow_prediction`` (the
-velocity ε − x0 of diffusers' flow-matching models; diffcore's ``"velocity"`` on the rectified-flow
-path). ``clip_sample`` / ``thresholding`` act on the data prediction x̂0 of every model evaluation as in
-diffusers (clip to ±``clip_sample_range``; ``s = clamp(quantile(|x̂0|, p), 1, sample_max_value)``), and
-the solver then uses the clipped x̂0 *and the noise consistent with it* — the semantics of
-``DDPMScheduler``, ``DPMSolverMultistepScheduler`` and of ``DDIMScheduler.step(...,
-use_clipped_model_output=True)`` (``DDIMScheduler``'s default keeps the unclipped ε̂, which no ODE
-solver does; without clipping the two agree).
+Everything else raises ``ValueError`` naming the class or the config attribute: ``algorithm_type``
+``"dpmsolver"`` / ``"sde-dpmsolver"``, ``sde-dpmsolver++`` of order 3, DPMSolverSinglestep, DEIS,
+LMS, KDPM2, the EDM schedulers, PNDM, the inverse schedulers, ``stochastic_sampling``, UniPC's
+``solver_p`` / ``disable_corrector``, DDIM with ``timestep_spacing="linspace"`` (it steps t → t − N//n,
+not to the next listed timestep), DDIM/DDPM with ``rescale_betas_zero_snr`` (ᾱ = 0), a multistep
+source whose last listed level equals the final one (``final_sigmas_type="sigma_min"`` with Karras
+sigmas). ``solver=`` runs another diffcore method on the source's grid (a deliberate difference).
+
+The sample is the source's: the VP state ``x = √ᾱ·x0 + √(1 − ᾱ)·ε`` (flow matching ``(1 − σ)x0 + σε``)
+with ``init_noise_sigma = 1`` and an identity ``scale_model_input``, except for the σ-space sources
+(Euler, Heun, Euler ancestral) whose sample is ``x/α`` (``init_noise_sigma`` = σ_max-ish,
+``scale_model_input`` multiplies by α), converted at each step. ``prediction_type``: ``epsilon``,
+``v_prediction``, ``sample`` and ``flow_prediction`` (diffcore's ``"velocity"`` on the rectified-flow
+path). ``clip_sample`` / ``thresholding`` act on x̂0 as in diffusers.
 
 Multi-stage solvers. Every model evaluation is an entry of ``timesteps`` (as ``HeunDiscreteScheduler``
 interleaves its stages), so a plain pipeline loop drives all stages; ``order`` is the solver's stages
@@ -62,8 +73,8 @@ scheduler object is the plan API: ``plan = scheduler.make_plan(device, dtype)``,
 solver=scheduler.solver, steps=scheduler.diffcore_times, prediction=scheduler.prediction)`` with a
 model taking diffcore times (:meth:`DiffcoreScheduler.model_timestep` converts).
 
-Not available: the adaptive solvers (``dpm_adaptive``, ``dpm_adaptive_ps``), which choose their steps
-as they go while the protocol lists every model time up front (use :func:`diffcore.sample`);
+Not available: the adaptive solvers (``dpm_adaptive``, ``dpm_adaptive_ps``, ``dopri5``), which choose
+their steps as they go while the protocol lists every model time up front (use :func:`diffcore.sample`);
 ``dpm_solver_v3`` runs when ``solver_options={"statistics": ems}`` gives it its EMS statistics.
 Solvers that need λ finite at the start (noise-prediction solvers: ``deis_*``, ``dpm_solver_*``) cannot
 start a flow-matching grid at σ = 1 (α = 0) and raise there.
@@ -72,6 +83,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass
 from typing import List, Optional, Union
 
 import numpy as np
@@ -84,8 +96,7 @@ from .. import solvers as _solvers
 from .._device import as_device
 from ..noise import Noise
 from ..param import conversion_coefs
-from ..schedules import VPDiscrete
-from . import diffusers_grids as _grids
+from ..schedules import RectifiedFlow, VPDiscrete
 
 __all__ = ["DiffcoreScheduler", "FAMILIES"]
 
@@ -132,6 +143,17 @@ _SOURCE_ONLY = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule"
                 "invert_sigmas", "shift_terminal", "time_shift_type", "stochastic_sampling")
 _ADAPTIVE = ("dpm_adaptive", "dpm_adaptive_ps")
 _PRIVATE = ("_class_name", "_diffusers_version", "_use_default_values")
+
+
+@dataclass
+class _Grid:
+    """``model_ts`` [n]: the source's timesteps (what the network sees); ``times`` [n + 1]: the diffcore
+    times of their levels plus the final one (the last may equal the one before: a zero-length step);
+    ``integral``: the source lists integer timesteps."""
+
+    model_ts: np.ndarray
+    times: np.ndarray
+    integral: bool
 
 
 def _diffusers_class(name: str):
@@ -235,12 +257,17 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
     accepted configurations, the conventions and the threading rules).
 
     Args (diffcore's own; the others are diffusers' scheduler config keys, same meaning):
-        solver: a name of ``diffcore.solvers.available()`` (default: from the source config's class).
+        solver: a name of ``diffcore.solvers.available()`` (default: the source class's own method; built
+            directly without ``source_config``: ``dpmpp_2m``, flow matching ``euler``).
         solver_options: keyword options of ``diffcore.solvers.get`` (e.g. ``{"solver_type": "heun"}``,
             ``{"eta": 0.5}``); override the ones derived from the config (``solver_type``,
             ``lower_order_final``, UniPC's ``predict_x0``).
-        timestep_convention: ``"ddim"``, ``"dpmsolver"`` or ``"flow_match"`` (default: from the source
-            class; ``"flow_match"`` for ``prediction_type="flow_prediction"``, else ``"ddim"``).
+        timestep_convention: without ``source_config``, whose grid to follow: ``"ddim"``
+            (DDIMScheduler), ``"dpmsolver"`` (DPMSolverMultistepScheduler) or ``"flow_match"``
+            (FlowMatchEulerDiscreteScheduler); default ``"flow_match"`` for ``prediction_type=
+            "flow_prediction"``, ``"dpmsolver"`` with ``use_flow_sigmas``, else ``"ddim"``.
+        source_config: the config of the diffusers scheduler replaced, with its ``_class_name``
+            (``from_config`` fills it in); its grid and method are reproduced.
     """
 
     _compatibles: List[str] = list(FAMILIES)
@@ -349,7 +376,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("euler_at_final: only with final_sigmas_type='zero' (where diffcore's final step is "
                              "first order anyway)")
         if self._flow:
-            self.schedule = _grids.flow_schedule()
+            self.schedule = RectifiedFlow(shift=1.0)  # diffusers' x = (1 − σ)x0 + σε: t = σ
             self.alphas_cumprod = None
             self._patched = np.zeros(0, dtype=np.int64)
         else:
@@ -484,7 +511,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
     def set_timesteps(self, num_inference_steps: Optional[int] = None, device: Union[str, torch.device, None] = None,
                       timesteps: Optional[List] = None, sigmas: Optional[List[float]] = None,
                       mu: Optional[float] = None) -> None:
-        """Build the grid (the source scheduler's, :mod:`.diffusers_grids`), the diffcore plan on it and
+        """Build the grid (the source scheduler's own, read from it), the diffcore plan on it and
         the list of model timesteps; reset the run state.
 
         Args:
@@ -579,7 +606,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             for s in plan.stages(i):
                 t = float(plan.model_time(i, s).reshape(-1)[0])
                 j = np.flatnonzero(np.abs(nodes[:-1] - t) <= 1e-12 * max(1.0, abs(t)))
-                ts = float(grid.model_ts[j[0]]) if j.size else float(_grids.model_index(self.schedule, [t], N)[0])
+                ts = float(grid.model_ts[j[0]]) if j.size else float(self.model_timestep(t))
                 entries.append(("step", i, s, ts, t, 0.0, 0.0))
         if tail:
             entries.append(("tail", plan.num_steps, 0, float(grid.model_ts[-1]), float(nodes[-1]), 0.0, 0.0))
@@ -591,7 +618,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         model_t = [e[3] for e in entries]
         return entries, model_t
 
-    def _source_grid(self, n, timesteps, sigmas, mu) -> "_grids.Grid":
+    def _source_grid(self, n, timesteps, sigmas, mu) -> "_Grid":
         """The grid of the source scheduler: its own ``set_timesteps`` run on a private instance, read back
         (``timesteps``, ``sigmas``, ``alphas_cumprod``), so that what diffusers computes is used as is."""
         src = self._src
@@ -636,7 +663,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
                 final = float(self.schedule.index_to_t(float(last)))
             else:
                 final = 0.0 if zero_final else float(self.schedule.index_to_t(0.0))
-            return _grids.Grid(model_ts, np.concatenate([times, [final]]), integral)
+            return _Grid(model_ts, np.concatenate([times, [final]]), integral)
         levels = src.sigmas.detach().cpu().double().numpy()
         if self._src_name in ("FlowMatchHeunDiscreteScheduler", "HeunDiscreteScheduler"):  # every inner level twice
             levels = np.concatenate([levels[:1], levels[1:-1:2], levels[-1:]])
@@ -660,7 +687,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
                 self._check_unpatched([], fractional=idx[(idx > self._patched[0] - 1) & (idx < N1 - 1e-6)])
         if not (np.all(np.isfinite(times)) and times[:-1].min() > 0 and times.max() <= 1):
             raise ValueError(f"sigmas: expected noise levels inside the schedule, got {levels.tolist()}")
-        return _grids.Grid(model_ts, times, integral)
+        return _Grid(model_ts, times, integral)
 
     def _check_unpatched(self, idx, fractional=()) -> None:
         if not self._patched.size:
