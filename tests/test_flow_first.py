@@ -152,3 +152,70 @@ def test_oracle_demo_on_rectified_flow_runs_and_matches_the_exact_ode():
     assert set(rms) == {"dpmpp_2m", "unipc_2", "dpmpp_3m"}, r.out
     # the exact velocity read as ε̂ (the old default) is ≈ 0.6 away; 10 to 20 solver steps are within 0.15
     assert max(rms.values()) < 0.15 and rms["dpmpp_3m"] < 0.03, rms
+
+
+# ---- 3. torchcfm's time direction (τ = 0 noise) through a time change ----------------------------
+
+def _torchcfm_oracle(sch):
+    """The mixture's exact velocity in torchcfm's convention: τ = 1 − t, u = dx/dτ = −dx/dt."""
+    return lambda tau, x: -GM.predict(x, 1 - tau, sch, "velocity")
+
+
+@pytest.mark.parametrize("name", ["euler", "heun", "dpmpp_2m", "unipc_3", "dpm_solver_2", "euler_ancestral",
+                                  "dpm_adaptive"])
+@pytest.mark.parametrize("sch", [schedules.RectifiedFlow(), schedules.OTSigmaMin(sigma_min=0.01)], ids=repr)
+def test_torchcfm_adapter_equals_the_native_run(sch, name):
+    from diffcore.adapters import torchcfm
+    native = lambda x, t: GM.predict(x, t, sch, "velocity")  # noqa: E731
+    x = _x(sch)
+    a = diffcore.sample(native, x, sch, solver=name, steps=8, seed=1)
+    b = diffcore.sample(torchcfm(_torchcfm_oracle(sch), schedule=sch), x, sch, solver=name, steps=8, seed=1)
+    assert (a - b).abs().max().item() < 1e-10
+
+
+def test_torchcfm_adapter_orders_and_likelihood():
+    from diffcore.adapters import torchcfm
+    sch = schedules.RectifiedFlow()
+    cfm = _torchcfm_oracle(sch)
+    native = lambda x, t: GM.predict(x, t, sch, "velocity")  # noqa: E731
+    x = _x(sch)
+    ref = diffcore.sample(native, x, sch, solver="heun", steps=6)
+    mlp = lambda xt: cfm(xt[:, -1], xt[:, :-1])  # noqa: E731  torchcfm's MLP: one input, t as the last column
+    for model, order in ((cfm, "tx"), (lambda xx, tau: cfm(tau, xx), "xt"), (mlp, "cat")):
+        wrapped = torchcfm(model, order=order)
+        assert wrapped.prediction == "velocity"
+        assert (diffcore.sample(wrapped, x, sch, solver="heun", steps=6) - ref).abs().max().item() < 1e-10
+    # the network sees τ = 1 − t: at the sampler's first time (t = 1, noise) it is called at τ = 0
+    seen = []
+    diffcore.sample(torchcfm(lambda tau, xx: seen.append(tau.clone()) or cfm(tau, xx)), x, sch, solver="euler",
+                    steps=2)
+    assert seen[0].tolist() == [0.0] * 6 and seen[1].tolist() == [0.5] * 6
+    y = GM.sample(2, _gen(3)).to(F64)
+    kw = dict(t_start=1e-2, t_end=1.0, rtol=1e-4, atol=1e-4)
+    assert (log_likelihood(torchcfm(cfm), y, sch, **kw) - log_likelihood(native, y, sch, **kw)).abs().max() < 1e-10
+
+
+def test_time_change_bad_inputs():
+    from diffcore.adapters import torchcfm
+    from diffcore.param import TimeChange
+    net = lambda x, t: x  # noqa: E731
+    with pytest.raises(ValueError, match="schedule: expected rectified_flow"):
+        torchcfm(net, schedule=schedules.RectifiedFlow(shift=3.0))
+    with pytest.raises(ValueError, match="order"):
+        torchcfm(net, order="yx")
+    with pytest.raises(TypeError, match="t_of"):
+        TimeChange(net, "rf", t_of=0.5, dt_of=-1)
+    with pytest.raises(ValueError, match="dt_of: a velocity model needs"):
+        TimeChange(net, "rf", t_of=lambda t: 1 - t)
+    with pytest.raises(ValueError, match="dt_of"):
+        TimeChange(net, "rf", t_of=lambda t: 1 - t, dt_of=math.nan)
+    with pytest.raises(TypeError, match="model"):
+        TimeChange(3, "rf", t_of=lambda t: 1 - t, dt_of=-1)
+    with pytest.raises(ValueError, match="x: order='cat'"):
+        torchcfm(lambda xt: xt[:, :-1], order="cat")(torch.zeros(2, 1, 3, dtype=F64), 0.5)
+    # an ε-model needs no chain rule: τ = 1 − t is all
+    vp = schedules.VPLinear()
+    w = TimeChange(lambda x, tau: GM.predict(x, 1 - tau, vp, "eps"), vp, t_of=lambda t: 1 - t)
+    x = _x(vp)
+    assert torch.allclose(w(x, 0.3, target="eps"), GM.predict(x, torch.full((6,), 0.3, dtype=F64), vp, "eps"),
+                          rtol=0, atol=1e-14)

@@ -43,7 +43,7 @@ from .schedules import Schedule, ScheduleValues, _as_time
 
 __all__ = [
     "PREDICTION_TYPES", "TIME_CONVENTIONS", "canonical_prediction", "resolve_prediction", "conversion_coefs", "convert",
-    "edm_precond_coefs", "ModelWrapper",
+    "edm_precond_coefs", "ModelWrapper", "TimeChange",
 ]
 
 #: The canonical prediction-type names.
@@ -503,3 +503,72 @@ class ModelWrapper:
     def velocity_fn(self, x, t, **model_kwargs):
         """PF-ODE velocity dx/dt = α' x̂0 + σ' ε̂ in diffusion time (book Prop. 6.3.2, Eq. (6.3.2))."""
         return self(x, t, "velocity", **model_kwargs)
+
+
+_CALL_ORDERS = ("xt", "tx", "cat")
+
+
+class TimeChange(ModelWrapper):
+    """A network trained in another time variable ``τ``, seen in the time ``t`` of a diffcore
+    ``schedule``: the network is called at ``τ = t_of(t)`` on the same state (its path at ``τ`` must be
+    the schedule's path at ``t``). Then x̂0, ε̂, the score and Salimans' v are the same quantities in both
+    times, and a velocity obeys the chain rule ``dx/dt = (dτ/dt)·dx/dτ`` (``dt_of`` gives ``dτ/dt``).
+
+    This is what a torchcfm / torchdyn model needs (``τ = 1 − t``, ``dτ/dt = −1``:
+    :func:`diffcore.adapters.torchcfm`). It is a :class:`ModelWrapper` (continuous time), so
+    :func:`diffcore.sample` and :func:`diffcore.log_likelihood` take it and read its prediction type.
+
+    Args:
+        model: the network; called as ``model(x, τ, **kw)`` (``order="xt"``), ``model(τ, x, **kw)``
+            (``"tx"``, the torchdiffeq/torchdyn/torchcfm ``forward(t, x)``) or
+            ``model(torch.cat([x, τ[:, None]], 1), **kw)`` (``"cat"``, torchcfm's MLP on flat ``x``),
+            with ``τ`` a ``[B]`` tensor in ``x``'s dtype.
+        schedule: the diffcore schedule whose time ``t`` the sampler uses.
+        t_of: ``τ(t)``, a callable on ``[B]`` tensors.
+        dt_of: ``dτ/dt``, a number or a callable on ``[B]`` tensors; needed for a velocity model.
+        prediction: the network's output type (default: the schedule's own, ``schedule.prediction``).
+        order: how the network takes its arguments (see ``model``).
+    """
+
+    def __init__(self, model: Callable, schedule, t_of: Callable, dt_of=None, prediction: Optional[str] = None,
+                 order: str = "xt"):
+        if not callable(model):
+            raise TypeError(f"model: expected a callable, got {type(model).__name__}")
+        if not callable(t_of):
+            raise TypeError(f"t_of: expected a callable t -> τ on [B] tensors, got {type(t_of).__name__}")
+        if order not in _CALL_ORDERS:
+            raise ValueError(f"order: expected one of {list(_CALL_ORDERS)}, got {order!r}")
+        schedule = _as_schedule(schedule)
+        pred = resolve_prediction(prediction, schedule)
+        if dt_of is not None and not callable(dt_of):
+            if isinstance(dt_of, bool) or not isinstance(dt_of, (int, float)) or not math.isfinite(dt_of) \
+                    or dt_of == 0:
+                raise ValueError(f"dt_of: expected dτ/dt as a finite non-zero number or a callable, got {dt_of!r}")
+        if pred == "velocity" and dt_of is None:
+            raise ValueError("dt_of: a velocity model needs dτ/dt for the chain rule dx/dt = (dτ/dt)·dx/dτ "
+                             "(e.g. dt_of=-1 for τ = 1 − t)")
+        self.network, self.t_of, self.dt_of, self.order = model, t_of, dt_of, order
+        super().__init__(self._in_schedule_time, schedule, prediction=pred, time_convention="continuous")
+
+    def _in_schedule_time(self, x, t, **kw):
+        tau = torch.as_tensor(self.t_of(t)).to(device=x.device, dtype=x.dtype)
+        if tau.dim() == 0:
+            tau = tau.expand(x.shape[0])
+        if self.order == "xt":
+            out = self.network(x, tau, **kw)
+        elif self.order == "tx":
+            out = self.network(tau, x, **kw)
+        else:
+            if x.dim() != 2:
+                raise ValueError(f"x: order='cat' appends τ as a feature column of a flat [B, D] x, got shape "
+                                 f"{tuple(x.shape)}")
+            out = self.network(torch.cat([x, tau[:, None]], 1), **kw)
+        if self.prediction == "velocity" and isinstance(out, torch.Tensor):
+            d = self.dt_of(t) if callable(self.dt_of) else self.dt_of
+            if isinstance(d, torch.Tensor) and d.dim() == 1:
+                d = d.to(device=out.device, dtype=out.dtype).reshape((-1,) + (1,) * (out.dim() - 1))
+            out = out * d
+        return out
+
+    def __repr__(self) -> str:
+        return f"TimeChange(schedule={self.schedule!r}, prediction={self.prediction!r}, order={self.order!r})"
