@@ -340,7 +340,13 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
             ``ot_sigma_min`` and ``trig``, ``"eps"`` on the diffusion schedules). Ignored for a
             :class:`~diffcore.ModelWrapper`, which carries its own.
         spacing, t_start, t_end: grid options of :func:`diffcore.timesteps` (default: the schedule's).
-            ``t_start < t_end`` inverts (data → noise).
+            ``t_start < t_end`` inverts (data → noise). On the flow paths (α = 0 at t = 1, σ = 0 at
+            t = 0) a method that cannot step from λ = −∞ (ε-form and single-step exponential
+            integrators, ancestral and SDE samplers) or sample at σ = 0 (Langevin, the adaptive
+            solvers) gets the default grid over :func:`diffcore.grids.regular_range`, 1e-3 inside
+            those ends (the adaptive solvers then take a last x̂0 step to σ = 0), and Langevin on a
+            schedule whose default grid ends with a step to σ = 0 (EDM, trig) samples at its last
+            level above it; given ends and explicit grids are used as they are.
         guidance: ``diffcore.CFG(omega, uncond=...)``.
         callback: called after every step with ``{"i", "t", "x"}``.
         return_trajectory: also return the list of states after each step.
