@@ -219,9 +219,9 @@ def test_load_bad_inputs(moons_ckpt, tmp_path):
 
 def test_diffcore_train_uses_one_thread_for_a_small_model_and_gives_it_back(tmp_path, monkeypatch, keep_threads):
     seen = []
-    fit = train.Trainer.fit
-    monkeypatch.setattr(train.Trainer, "fit", lambda self, steps: (seen.append(torch.get_num_threads()),
-                                                                   fit(self, steps))[1])
+    step = train.Trainer.train_step
+    monkeypatch.setattr(train.Trainer, "train_step", lambda self: (seen.append(torch.get_num_threads()),
+                                                                   step(self))[1])
     torch.set_num_threads(2)
     assert cli.main(["train", "--steps", "1", "--batch", "8", "--out", str(tmp_path), "--no-progress"]) == 0
     assert cli.main(["train", "--steps", "2", "--batch", "8", "--out", str(tmp_path), "--no-progress",
@@ -277,3 +277,18 @@ def test_trainer_trains_a_tiny_diffusers_unet(one_thread):
     first, last = sum(t.history["loss"][:4]) / 4, sum(t.history["loss"][-4:]) / 4
     assert last < 0.8 * first, (first, last)  # a seeded run: measured 61.4 -> 39.2
     assert t.sample(4, solver="ddim", steps=4).shape == (4, 1, 8, 8)
+
+
+def test_trainer_fits_a_small_cpu_model_on_one_thread_and_restores_the_count(tmp_path, keep_threads):
+    torch.set_num_threads(2)
+    seen = []
+    t = _trainer(None)
+    step = t.train_step
+    t.train_step = lambda: (seen.append(torch.get_num_threads()), step())[1]
+    t.fit(2)
+    assert seen == [1, 1] and torch.get_num_threads() == 2
+    t.num_threads = None
+    t.fit(3)
+    assert seen[-1] == 2
+    with pytest.raises(ValueError, match="num_threads"):
+        _trainer(None, num_threads=0)

@@ -37,7 +37,53 @@ def _run_readme(pattern: str, what: str) -> dict:
 
 def test_readme_usage_snippet_runs():
     ns = _run_readme(r"## What is there\n\n```python\n(.*?)```", "usage")
-    assert ns["out"].shape == (4, 2)
+    assert ns["x0"].shape == (1000, 2)
+
+
+def test_readme_step_kernel_snippet_runs():
+    ns = _run_readme(r"## The step kernel\n.*?```python\n(.*?)```", "step kernel")
+    # out = c0·x + c1·ring[0] + c2·ring[1] with all c = 1, after `new` is written into slot 0
+    assert torch.allclose(ns["out"], ns["x"] + ns["m"], atol=1e-15)
+
+
+def test_readme_opens_with_sampling_a_diffusers_model_and_training_a_flow_model():
+    text = (ROOT / "README.md").read_text()
+    heads = re.findall(r"^## (.*)$", text, re.M)
+    assert heads[:3] == ["Sample a diffusers model", "Train a flow model", "Quick start"], heads[:3]
+    for head in heads[:2]:  # "ten lines each": the first code block of each, comments and blanks aside
+        block = re.search(rf"## {head}\n\n```python\n(.*?)```", text, re.S).group(1)
+        lines = [ln for ln in block.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        assert len(lines) <= 16, (head, len(lines))
+    assert "lincomb" not in text[:text.index("## Development install")]
+
+
+def test_readme_sample_a_diffusers_model_runs(one_thread):
+    import pytest  # noqa: PLC0415
+
+    pytest.importorskip("diffusers")
+    ns = _run_readme(r"## Sample a diffusers model\n\n```python\n(.*?)```", "sample a diffusers model")
+    assert ns["images"].shape == (2, 8, 8, 3)
+    assert ns["x"].shape == (2, 3, 8, 8) and bool(torch.isfinite(ns["x"]).all())
+
+
+def test_readme_train_a_flow_model_runs(tmp_path, monkeypatch, one_thread):
+    import shlex  # noqa: PLC0415
+
+    from diffcore import cli  # noqa: PLC0415
+
+    monkeypatch.chdir(tmp_path)
+    ns = _run_readme(r"## Train a flow model\n\n```python\n(.*?)```", "train a flow model")
+    assert ns["trainer"].step == 300 and ns["xs"].shape == (1000, 2)
+    assert (tmp_path / "runs" / "moons_py" / "checkpoint.pt").is_file()  # the final checkpoint
+    m = re.search(r"## Train a flow model\n.*?```bash\n(.*?)```\n\n```python\n(.*?)```",
+                  (ROOT / "README.md").read_text(), re.S)
+    (cmd,) = [ln.split("#")[0] for ln in m.group(1).splitlines() if ln.strip()]
+    argv = shlex.split(cmd)[1:]
+    argv[argv.index("--steps") + 1] = "20"  # the command as written, cut short
+    assert cli.main(argv + ["--no-progress"]) == 0
+    ns = {"diffcore": diffcore}
+    exec(compile(m.group(2), "README.md", "exec"), ns)
+    assert ns["m"].prediction == "velocity" and ns["m"].step == 20 and ns["xs"].shape == (2000, 2)
 
 
 def test_readme_sampling_snippets_run():

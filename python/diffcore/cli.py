@@ -50,21 +50,6 @@ def _examples_text(sub: Optional[str] = None) -> str:
 
 __doc__ = __doc__.replace("{examples}", _examples_text())
 
-# below this many parameters a CPU run trains with one torch thread (see _cpu_threads)
-_SMALL_MODEL_PARAMS = 2_000_000
-
-
-def _cpu_threads(requested: Optional[int], net, device: torch.device) -> None:
-    """Set torch's CPU thread count for training. ``auto``: one thread for a small model on the CPU —
-    its step is many sub-millisecond ops, each op's fork/join across threads costs more than it saves,
-    and on a busy machine a helper thread waits for a core at every op (measured on 2 loaded cores with
-    the default MLP: 10 ms/step with one thread, 120 ms/step with two); torch's default otherwise."""
-    if requested is not None:
-        if requested < 1:
-            raise ValueError(f"--threads: expected a positive thread count, got {requested}")
-        torch.set_num_threads(requested)
-    elif device.type == "cpu" and sum(p.numel() for p in net.parameters()) < _SMALL_MODEL_PARAMS:
-        torch.set_num_threads(1)
 
 
 def _options(pairs, flag: str) -> dict:
@@ -160,8 +145,8 @@ def _train(args) -> int:
         transform = "identity" if getattr(loss, "edm", False) else models.time_transform_for(loss.schedule)
     torch.manual_seed(args.seed)  # model initialisation is part of the seeded run
     net = build_model(args.model, tuple(dataset.shape), num_classes, transform, model_opts)
-    device = as_device(args.device, "--device") if args.device else None
-    _cpu_threads(args.threads, net, device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads: expected a positive thread count, got {args.threads}")
     label_dropout = args.label_dropout if args.label_dropout is not None else (0.1 if args.conditional else 0.0)
     config = {"data": {"name": args.data, "options": data_opts},
               "loss": {"name": args.loss, "schedule": args.schedule, "options": loss_opts},
@@ -172,7 +157,8 @@ def _train(args) -> int:
                       precision=args.precision, label_dropout=label_dropout, seed=args.seed, device=args.device,
                       out_dir=out, ckpt_every=args.ckpt_every, log_every=args.log_every,
                       sample_every=args.sample_every, sample_solver=args.sample_solver,
-                      sample_steps=args.sample_steps, progress=not args.no_progress, config=config)
+                      sample_steps=args.sample_steps, progress=not args.no_progress, config=config,
+                      num_threads="auto" if args.threads is None else args.threads)
     resume = args.resume
     if resume == "auto":
         resume = out / "checkpoint.pt" if (out / "checkpoint.pt").is_file() else None
@@ -339,7 +325,6 @@ def main(argv=None) -> int:
     from .train import CheckpointError, NonFiniteLossError  # noqa: PLC0415
     from .train.trainer import TrainingInterrupted  # noqa: PLC0415
 
-    threads = torch.get_num_threads()  # `train` may change it (_cpu_threads): give an in-process caller its own back
     try:
         return _train(args) if args.command == "train" else _sample(args)
     except TrainingInterrupted as e:  # Ctrl-C: the checkpoint is written; one line, no traceback
@@ -352,8 +337,6 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, ImportError, NonFiniteLossError) as e:
         print(f"diffcore {args.command}: error: {e}", file=sys.stderr)
         return 1
-    finally:
-        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ from . import quality
 __all__ = ["Trainer", "NonFiniteLossError", "TrainingInterrupted"]
 
 _CSV_FIELDS = ("step", "loss", "grad_norm", "lr", "ema_decay", "elapsed_s", "steps_per_s")
+_SMALL_MODEL_PARAMS = 2_000_000  # num_threads="auto": one CPU thread below this
 _HELD_OUT_SEED_OFFSET = 0x5DEECE66D  # held-out draws of samplers: a stream disjoint from training's
 
 
@@ -169,6 +170,12 @@ class Trainer:
         held_out: reference data for those evaluations (default: fresh draws for samplers, none for
             finite data).
         progress: tqdm bar (rank 0).
+        num_threads: torch's CPU thread count while :meth:`fit` runs (restored after). ``"auto"``: one
+            thread for a model under 2M parameters on the CPU — its step is many sub-millisecond ops whose
+            fork/join across threads costs more than it saves, and on a busy machine a helper thread
+            waits for a core at every op (measured on 2 loaded cores, the 116k-parameter MLP of the
+            demo: 10 ms/step with one thread, 120 ms/step with two); torch's setting otherwise.
+            ``None``: leave torch's setting alone; an int: that many threads.
         config: a JSON-able dict stored in checkpoints (the CLI stores how to rebuild everything).
     """
 
@@ -179,7 +186,8 @@ class Trainer:
                  device: Union[str, torch.device, None] = None, out_dir: Union[str, os.PathLike, None] = None,
                  ckpt_every: Optional[int] = None, log_every: Optional[int] = 100, sample_every: Optional[int] = None,
                  sample_n: Optional[int] = None, sample_solver: str = "heun", sample_steps: int = 20,
-                 held_out=None, progress: bool = False, config: Optional[dict] = None):
+                 held_out=None, progress: bool = False, config: Optional[dict] = None,
+                 num_threads: Union[int, str, None] = "auto"):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         if not callable(loss) or not all(hasattr(loss, a) for a in ("schedule", "prediction", "sampling_model")):
@@ -197,6 +205,9 @@ class Trainer:
             raise ValueError(f"grad_clip: expected a non-negative norm or None, got {grad_clip!r}")
         if not 0.0 <= label_dropout < 1.0:
             raise ValueError(f"label_dropout: expected a probability in [0, 1), got {label_dropout!r}")
+        if not (num_threads is None or num_threads == "auto"
+                or (isinstance(num_threads, int) and not isinstance(num_threads, bool) and num_threads >= 1)):
+            raise ValueError(f"num_threads: expected 'auto', None or a positive int, got {num_threads!r}")
 
         if device is None:
             local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -258,6 +269,7 @@ class Trainer:
         self.sample_n, self.sample_solver, self.sample_steps = sample_n, sample_solver, sample_steps
         self._held_out = held_out
         self.progress = progress
+        self.num_threads = num_threads
         self.config = dict(config or {})
         self.step = 0
         self.history = {"loss": [], "grad_norm": [], "lr": [], "records": [], "evals": []}
@@ -362,11 +374,14 @@ class Trainer:
         self._log_start = (self.step, time.perf_counter())
         if self._t0 is None:
             self._t0 = time.perf_counter()
+        threads = torch.get_num_threads()
         try:
+            torch.set_num_threads(self._fit_threads())
             with _SigintBetweenSteps(not self.dist.enabled) as sigint:
                 while self.step < steps and not sigint.hit:
                     value = self._fit_step(steps, bar)
         finally:
+            torch.set_num_threads(threads)
             if bar is not None:
                 bar.close()
         # the final checkpoint: at the end, and on Ctrl-C (then the interrupt goes on to the caller)
@@ -380,6 +395,14 @@ class Trainer:
         if sigint.hit:
             raise TrainingInterrupted(self.step, self.last_checkpoint if self.out_dir is not None else None)
         return self.history
+
+    def _fit_threads(self) -> int:
+        if self.num_threads is None:
+            return torch.get_num_threads()
+        if self.num_threads == "auto":
+            small = sum(p.numel() for p in self.model.parameters()) < _SMALL_MODEL_PARAMS
+            return 1 if small and self.device.type == "cpu" else torch.get_num_threads()
+        return self.num_threads
 
     def _fit_step(self, steps: int, bar) -> float:
         value = self.train_step()
