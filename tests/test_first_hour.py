@@ -292,3 +292,56 @@ def test_trainer_fits_a_small_cpu_model_on_one_thread_and_restores_the_count(tmp
     assert seen[-1] == 2
     with pytest.raises(ValueError, match="num_threads"):
         _trainer(None, num_threads=0)
+
+
+# ---- TensorBoard ------------------------------------------------------------------------------------------
+class _FakeWriter:
+    def __init__(self):
+        self.calls = []
+
+    def add_scalar(self, tag, value, step):
+        self.calls.append((tag, float(value), step))
+
+
+def _has_tensorboard() -> bool:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_trainer_logs_the_csv_scalars_to_a_tensorboard_writer(tmp_path, one_thread):
+    writer = _FakeWriter()
+    t = _trainer(tmp_path, tensorboard=writer)
+    t.log_every = 2
+    t.fit(4)
+    losses_seen = t.history["loss"]
+    got = {(tag, step): v for tag, v, step in writer.calls}
+    assert got[("train/loss", 2)] == pytest.approx(sum(losses_seen[:2]) / 2, rel=1e-12)
+    assert got[("train/loss", 4)] == pytest.approx(sum(losses_seen[2:]) / 2, rel=1e-12)
+    assert {tag for tag, _, _ in writer.calls} == {"train/loss", "train/grad_norm", "train/lr", "train/ema_decay",
+                                                   "train/steps_per_s"}
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()  # the CSV is written as well
+    assert len(rows) == 3 and rows[0].startswith("step,loss")
+    t.sample_every = 1
+    t.sample_n = 200
+    t.fit(5)  # an evaluation: its sliced-Wasserstein figures go to the writer too
+    assert ("eval/sw", 5) in {(tag, step) for tag, _, step in writer.calls}
+
+
+def test_tensorboard_argument_is_checked(tmp_path):
+    with pytest.raises(TypeError, match="tensorboard"):
+        _trainer(tmp_path, tensorboard="yes")
+    if _has_tensorboard():
+        t = _trainer(tmp_path, tensorboard=True)
+        t.log_every = 1
+        t.fit(1)
+        assert any((tmp_path / "tensorboard").iterdir())
+    else:
+        with pytest.raises(ImportError, match="tensorboard"):
+            _trainer(tmp_path, tensorboard=True)
+        t = _trainer(tmp_path)  # default: CSV only, no error
+        t.log_every = 1
+        t.fit(1)
+        assert (tmp_path / "metrics.csv").is_file() and not (tmp_path / "tensorboard").exists()

@@ -176,6 +176,13 @@ class Trainer:
             waits for a core at every op (measured on 2 loaded cores, the 116k-parameter MLP of the
             demo: 10 ms/step with one thread, 120 ms/step with two); torch's setting otherwise.
             ``None``: leave torch's setting alone; an int: that many threads.
+        tensorboard: also log the ``metrics.csv`` scalars (``train/loss``, ``train/grad_norm``,
+            ``train/lr``, ``train/ema_decay``, ``train/steps_per_s``) and the evaluations (``eval/sw``,
+            ``eval/sw_floor``) through ``torch.utils.tensorboard`` into ``out_dir/tensorboard``.
+            ``None`` (default): when the ``tensorboard`` package is installed (``pip install
+            "diffcore[tensorboard]"``) and ``out_dir`` is set, CSV only otherwise; ``True``: required
+            (ImportError without the package); ``False``: CSV only; or a writer of your own (anything
+            with ``add_scalar(tag, value, step)``, e.g. a ``SummaryWriter`` or a wandb shim).
         config: a JSON-able dict stored in checkpoints (the CLI stores how to rebuild everything).
     """
 
@@ -187,7 +194,7 @@ class Trainer:
                  ckpt_every: Optional[int] = None, log_every: Optional[int] = 100, sample_every: Optional[int] = None,
                  sample_n: Optional[int] = None, sample_solver: str = "heun", sample_steps: int = 20,
                  held_out=None, progress: bool = False, config: Optional[dict] = None,
-                 num_threads: Union[int, str, None] = "auto"):
+                 num_threads: Union[int, str, None] = "auto", tensorboard=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         if not callable(loss) or not all(hasattr(loss, a) for a in ("schedule", "prediction", "sampling_model")):
@@ -208,6 +215,15 @@ class Trainer:
         if not (num_threads is None or num_threads == "auto"
                 or (isinstance(num_threads, int) and not isinstance(num_threads, bool) and num_threads >= 1)):
             raise ValueError(f"num_threads: expected 'auto', None or a positive int, got {num_threads!r}")
+        if tensorboard not in (None, True, False) and not callable(getattr(tensorboard, "add_scalar", None)):
+            raise TypeError(f"tensorboard: expected None, True, False or a writer with add_scalar(tag, value, step), "
+                            f"got {type(tensorboard).__name__}")
+        if tensorboard is True:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # noqa: F401, PLC0415
+            except ImportError:
+                raise ImportError("tensorboard: torch.utils.tensorboard needs the tensorboard package: "
+                                  "pip install 'diffcore[tensorboard]' (or tensorboard=None for CSV only)") from None
 
         if device is None:
             local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -270,6 +286,7 @@ class Trainer:
         self._held_out = held_out
         self.progress = progress
         self.num_threads = num_threads
+        self._tb_choice, self._tb_writer = tensorboard, None
         self.config = dict(config or {})
         self.step = 0
         self.history = {"loss": [], "grad_norm": [], "lr": [], "records": [], "evals": []}
@@ -384,6 +401,8 @@ class Trainer:
             torch.set_num_threads(threads)
             if bar is not None:
                 bar.close()
+            if callable(getattr(self._tb_writer, "flush", None)):
+                self._tb_writer.flush()
         # the final checkpoint: at the end, and on Ctrl-C (then the interrupt goes on to the caller)
         if self.out_dir is not None and self.step > 0:
             if self.log_every and self.step % self.log_every:
@@ -440,6 +459,28 @@ class Trainer:
                 if new:
                     w.writeheader()
                 w.writerow(rec)
+        self._scalars("train", rec, ("loss", "grad_norm", "lr", "ema_decay", "steps_per_s"))
+
+    def _tensorboard(self):
+        """The TensorBoard writer (rank 0), made at the first use; ``None`` for CSV only."""
+        if self._tb_writer is None and self._tb_choice is not False and self.dist.is_main:
+            if self._tb_choice not in (None, True):
+                self._tb_writer = self._tb_choice
+            elif self.out_dir is not None:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+                except ImportError:  # not installed: CSV only (True was checked at construction)
+                    self._tb_choice = False
+                    return None
+                self._tb_writer = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
+        return self._tb_writer
+
+    def _scalars(self, group: str, rec: dict, keys) -> None:
+        writer = self._tensorboard()
+        if writer is not None:
+            for k in keys:
+                if rec.get(k) is not None:
+                    writer.add_scalar(f"{group}/{k}", rec[k], self.step)
 
     def _write_metrics(self):
         """Rewrite metrics.csv / evals.csv / metrics.json from the in-memory history (after a resume this
@@ -535,6 +576,7 @@ class Trainer:
         else:
             plots.image_grid_png(png, xs, title=f"step {self.step}")
         self.history["evals"].append(rec)
+        self._scalars("eval", rec, ("sw", "sw_floor"))
         self._write_metrics()
         return rec
 
