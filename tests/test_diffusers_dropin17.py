@@ -184,9 +184,9 @@ def test_source_survives_a_round_trip_through_our_config():
     ours = DiffcoreScheduler.from_config(diffusers.DPMSolverMultistepScheduler.from_config(SD_PNDM).config)
     ddim = diffusers.DDIMScheduler.from_config(ours.config, timestep_spacing="trailing")
     back = DiffcoreScheduler.from_config(ddim.config)
-    assert back.solver.name == "ddim" and back.config.source_config["_class_name"] == "DDIMScheduler"
+    assert back.solver.name == "ddim" and back.config._source_config["_class_name"] == "DDIMScheduler"
     again = DiffcoreScheduler.from_config(back.config)
-    assert again.solver.name == "ddim" and again.config.source_config == back.config.source_config
+    assert again.solver.name == "ddim" and again.config._source_config == back.config._source_config
     assert (again.config.steps_offset, again.config.set_alpha_to_one) == (1, ddim.config.set_alpha_to_one)
     ref = diffusers.DDIMScheduler.from_config(ddim.config)
     assert _compare(ref, again, 10) <= 1e-5
@@ -217,7 +217,19 @@ def test_compatibles_and_no_ignored_attributes_warning(caplog):
         for cls_name, base in (("DDIMScheduler", SD_PNDM), ("DPMSolverMultistepScheduler", SD_PNDM),
                                ("FlowMatchEulerDiscreteScheduler", SD3_FLOW), ("UniPCMultistepScheduler", SD_PNDM)):
             _chain(cls_name, base)
+        # and back: a diffusers class built from our config (DDIMPipeline converts its scheduler)
+        ours = DiffcoreScheduler.from_config(diffusers.UniPCMultistepScheduler.from_config(SD_PNDM).config)
+        diffusers.DDIMScheduler.from_config(ours.config)
     assert not [r for r in caplog.records if "will be ignored" in r.getMessage()]
+
+
+def test_save_pretrained_round_trip_keeps_the_source(tmp_path):
+    ours = DiffcoreScheduler.from_config(diffusers.EulerDiscreteScheduler.from_config(SD_PNDM).config)
+    ours.save_pretrained(tmp_path)
+    back = DiffcoreScheduler.from_pretrained(tmp_path)
+    assert back.solver.name == "euler" and back.config._source_config == ours.config._source_config
+    ref = diffusers.EulerDiscreteScheduler.from_config(SD_PNDM)
+    assert _compare(ref, back, 6) <= 1e-5
 
 
 def test_ddim_pipeline_runs_with_eta_zero_and_names_eta():

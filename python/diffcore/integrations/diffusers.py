@@ -13,7 +13,7 @@ use_clipped_model_output=None, generator=None)``, which returns ``prev_sample``.
 The source scheduler. ``from_config`` reads the class a config comes from (its ``_class_name``; extra
 keys are tolerated, so the usual chain ``PNDMScheduler`` hub config → ``DPMSolverMultistepScheduler.
 from_config`` → ours keeps DPM-Solver's grid), builds that diffusers scheduler from the config and
-records its full config as ``source_config`` (a DiffcoreScheduler re-created from its own config keeps
+records its full config as ``_source_config`` (a DiffcoreScheduler re-created from its own config keeps
 it). ``set_timesteps`` runs the source's own ``set_timesteps`` and reads what it computes —
 ``timesteps`` (handed to the network unchanged), ``sigmas`` and ``alphas_cumprod`` — so every grid
 option (``timestep_spacing``, ``steps_offset``, the Karras / exponential / beta / λ sigmas,
@@ -114,7 +114,7 @@ FAMILIES = {
     "EulerAncestralDiscreteScheduler": "sigmas_ve",
     "FlowMatchEulerDiscreteScheduler": "flow_match", "FlowMatchHeunDiscreteScheduler": "flow_match",
 }
-#: the source class whose grid a direct construction (no ``source_config``) follows, per timestep convention
+#: the source class whose grid a direct construction (no ``_source_config``) follows, per timestep convention
 _CONVENTION_SOURCE = {"ddim": "DDIMScheduler", "dpmsolver": "DPMSolverMultistepScheduler",
                       "flow_match": "FlowMatchEulerDiscreteScheduler"}
 #: classes diffusers ships that the drop-in does not reproduce, with why (the error names them)
@@ -258,16 +258,16 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
 
     Args (diffcore's own; the others are diffusers' scheduler config keys, same meaning):
         solver: a name of ``diffcore.solvers.available()`` (default: the source class's own method; built
-            directly without ``source_config``: ``dpmpp_2m``, flow matching ``euler``).
+            directly without ``_source_config``: ``dpmpp_2m``, flow matching ``euler``).
         solver_options: keyword options of ``diffcore.solvers.get`` (e.g. ``{"solver_type": "heun"}``,
             ``{"eta": 0.5}``); override the ones derived from the config (``solver_type``,
             ``lower_order_final``, UniPC's ``predict_x0``).
-        timestep_convention: without ``source_config``, whose grid to follow: ``"ddim"``
+        timestep_convention: without ``_source_config``, whose grid to follow: ``"ddim"``
             (DDIMScheduler), ``"dpmsolver"`` (DPMSolverMultistepScheduler) or ``"flow_match"``
             (FlowMatchEulerDiscreteScheduler); default ``"flow_match"`` for ``prediction_type=
             "flow_prediction"``, ``"dpmsolver"`` with ``use_flow_sigmas``, else ``"ddim"``.
-        source_config: the config of the diffusers scheduler replaced, with its ``_class_name``
-            (``from_config`` fills it in); its grid and method are reproduced.
+        _source_config (a private config key, given by ``from_config``): the config of the diffusers
+            scheduler replaced, with its ``_class_name``; its grid and method are reproduced.
     """
 
     _compatibles: List[str] = list(FAMILIES)
@@ -319,12 +319,14 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         solver: Optional[str] = None,
         solver_options: Optional[dict] = None,
         timestep_convention: Optional[str] = None,
-        source_config: Optional[dict] = None,
     ):
         if prediction_type not in _PREDICTIONS:
             raise ValueError(f"prediction_type: expected one of {sorted(_PREDICTIONS)}, got {prediction_type!r}")
         if not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
             raise ValueError(f"num_train_timesteps: expected a positive int, got {num_train_timesteps!r}")
+        # the replaced scheduler's config: a private config key, so that a diffusers class built from
+        # this config (DDIMPipeline converts its scheduler) drops it without an "ignored attributes" warning
+        source_config = self.config.get("_source_config")
         direct = source_config is None
         if direct:  # built in code: follow the grid of the convention's diffusers class
             conv = timestep_convention
@@ -337,7 +339,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             source_config = {k: own[k] for k in _init_params(_diffusers_class(name)) if k in own}
             source_config["_class_name"] = name
         elif not isinstance(source_config, dict) or not source_config.get("_class_name"):
-            raise ValueError("source_config: expected the config dict of a diffusers scheduler, with its _class_name")
+            raise ValueError("_source_config: expected the config dict of a diffusers scheduler, with its _class_name")
         name = source_config["_class_name"]
         if name not in FAMILIES:
             raise ValueError(f"_class_name: {name} is not reproduced by DiffcoreScheduler "
@@ -357,7 +359,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         try:
             self._src = src_cls(**src_cfg)
         except (NotImplementedError, ValueError, TypeError) as e:
-            raise ValueError(f"source_config: {name} refused this configuration ({e})") from e
+            raise ValueError(f"_source_config: {name} refused this configuration ({e})") from e
         self._src_name = name
         self._kind = FAMILIES[name]
         self._convention = {"ddim": "ddim", "ddpm": "ddim", "sigmas": "dpmsolver", "sigmas_ve": "dpmsolver",
@@ -400,11 +402,11 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         keys tolerated; a DiffcoreScheduler config keeps the source it recorded): the source scheduler
         is built from the config (with every value it holds, including those diffusers marks as
         defaults, since ``DDIMScheduler``'s defaults are not ``DPMSolverMultistepScheduler``'s) and
-        recorded as ``source_config``; the default solver is the source's method."""
+        recorded as ``_source_config``; the default solver is the source's method."""
         if isinstance(config, str) or config is None:
             return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
         config = dict(config)
-        src_cfg = config.get("source_config")
+        src_cfg = config.get("_source_config")
         if isinstance(src_cfg, dict) and config.get("_class_name") == cls.__name__:
             src, base = src_cfg.get("_class_name"), dict(src_cfg)
         else:
@@ -421,7 +423,10 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         for k, v in kwargs.items():
             if k in _SOURCE_ONLY and k not in params and v != inspect.signature(cls.__init__).parameters[k].default:
                 raise ValueError(f"{k}: {src} has no such option (the grid is {src}'s own)")
-        built = src_cls(**{**{k: v for k, v in base.items() if k in params}, **src_over})  # fills the source defaults
+        try:  # fills in the source's defaults
+            built = src_cls(**{**{k: v for k, v in base.items() if k in params}, **src_over})
+        except (NotImplementedError, ValueError, TypeError) as e:
+            raise ValueError(f"_class_name: {src} refused this configuration ({e})") from e
         source = {k: v for k, v in built.config.items() if not k.startswith("_")}
         source["_class_name"] = src
         own = _init_params(cls)
@@ -431,11 +436,20 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         for k in ("solver", "solver_options"):  # a DiffcoreScheduler config keeps its diffcore choices
             if config.get(k) is not None and config.get("_class_name") == cls.__name__:
                 new[k] = config[k]
-        new["source_config"] = source
-        new["timestep_convention"] = None
+        new["_source_config"] = source
         new["_class_name"] = cls.__name__
         ours = {k: v for k, v in kwargs.items() if k not in params or k in own}
         return super().from_config(new, return_unused_kwargs=return_unused_kwargs, **ours)
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        """diffusers' split of a config into ``__init__`` arguments, keeping the private ``_source_config``
+        (diffusers' ``register_to_config`` records it before ``__init__`` runs)."""
+        init_dict, unused, hidden = super().extract_init_dict(config_dict, **kwargs)
+        if isinstance(config_dict.get("_source_config"), dict):
+            init_dict["_source_config"] = config_dict["_source_config"]
+            hidden.pop("_source_config", None)
+        return init_dict, unused, hidden
 
     def _make_solver(self, name, options):
         if not isinstance(name, str):
