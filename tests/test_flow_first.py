@@ -79,8 +79,8 @@ ALL_SCHEDULES = {
     "ve": schedules.VE(), "edm": schedules.EDM(), "rectified_flow": schedules.RectifiedFlow(),
     "rf_shift3": schedules.RectifiedFlow(shift=3.0), "ot_sigma_min": schedules.OTSigmaMin(), "trig": schedules.Trig(),
 }
-#: the flow schedules (α = 0 at the noisy end) run by default; the others are slow-marked
-QUICK = ("rectified_flow", "ot_sigma_min", "trig")
+#: the flow paths (α = 0 at the noisy end, σ = 0 or σ_min at the clean end) run by default; the rest is slow-marked
+QUICK = ("rectified_flow", "ot_sigma_min")
 _REFS = {}
 
 
