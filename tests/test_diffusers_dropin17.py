@@ -279,23 +279,26 @@ def test_sigma_space_add_noise_and_img2img_start_match_diffusers():
     assert worst <= 1e-5
 
 
-def test_zero_snr_euler_matches_diffusers_float64():
-    """Zero-SNR Euler starts at σ/α = 4096, where two float32 evaluations of the first step differ by
-    ~1e-5 (x·σ'/σ cancels against x̂0; diffusers' float32 step is 8e-6 off exact): the drop-in is held to
-    diffusers fed float64 model outputs (its step still upcasts only to float32 internally)."""
-    ref, ours = _chain("EulerDiscreteScheduler", SD_PNDM, rescale_betas_zero_snr=True, timestep_spacing="trailing",
+@pytest.mark.parametrize("cls_name", ["EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler"])
+def test_zero_snr_sigma_space_matches_diffusers_float64(cls_name):
+    """Zero-SNR σ-space sources start at σ/α = 4096, where two float32 evaluations of the first step
+    differ by ~1e-5 (x·σ'/σ cancels against x̂0; diffusers' float32 step is 8e-6 off exact): the
+    drop-in is held to diffusers fed float64 samples and model outputs (both draw float64 noise from
+    the generator; diffusers' step still upcasts only to float32 internally)."""
+    ref, ours = _chain(cls_name, SD_PNDM, rescale_betas_zero_snr=True, timestep_spacing="trailing",
                        prediction_type="v_prediction")
     ref.set_timesteps(10)
     ours.set_timesteps(10)
     assert float(ref.sigmas[0]) == 4096.0
-    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * float(ref.init_noise_sigma)
+    gr, go = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 4096.0
     worst = 0.0
     for t in ref.timesteps:
         m = fake_model(ref.scale_model_input(x, t), t)
-        a = ref.step(m.double(), t, x.double()).prev_sample
-        b = ours.step(m, t, x).prev_sample
+        a = ref.step(m, t, x, generator=gr).prev_sample.double()
+        b = ours.step(m, t, x, generator=go).prev_sample
         worst = max(worst, float((a - b).abs().max() / a.abs().max()))
-        x = a.float()
+        x = a
     assert worst <= 1e-5
 
 

@@ -785,10 +785,11 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
 
     def _start(self, sample: torch.Tensor, generator) -> None:
         dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
-        if self._ve and sample.device.type == "cpu" and self.solver.name in ("euler", "heun"):
-            # x/α at σ/α ≈ 4096 (zero SNR) loses digits in float32 on the way in and out (the stochastic
-            # solvers stay in the sample's dtype: their noise is drawn in it, as diffusers draws it)
+        if self._ve and sample.device.type == "cpu":
+            # x/α at σ/α ≈ 4096 (zero SNR) loses digits in float32 on the way in and out; the noise is
+            # still drawn in the sample's dtype, as diffusers draws it
             dtype = torch.float64
+        draw_dtype = sample.dtype if sample.dtype in (torch.float32, torch.float64) else dtype
         times = None
         if self._begin_index:
             i0 = self._entries[self._begin_index][1]
@@ -806,9 +807,14 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         elif isinstance(generator, (list, tuple)):
             if len(generator) != sample.shape[0]:
                 raise ValueError(f"generator: expected one generator per sample ({sample.shape[0]}), got {len(generator)}")
-            draws = [torch.cat([torch.randn((1,) + tuple(sample.shape[1:]), generator=g, device=g.device, dtype=dtype)
-                                for g in generator]) for _ in range(plan.noise_draws)]
-            noise = Noise(noise=torch.stack(draws).to(sample.device))
+            draws = [torch.cat([torch.randn((1,) + tuple(sample.shape[1:]), generator=g, device=g.device,
+                                            dtype=draw_dtype) for g in generator]) for _ in range(plan.noise_draws)]
+            noise = Noise(noise=torch.stack(draws).to(sample.device, dtype))
+        elif generator is not None and draw_dtype != dtype:
+            self._gen = generator
+            shape, dev = tuple(sample.shape), sample.device
+            noise = Noise(provider=lambda draw: torch.randn(shape, generator=self._gen, device=dev,
+                                                           dtype=draw_dtype).to(dtype))
         elif generator is not None:
             noise = Noise(generator=generator)
         else:
@@ -874,6 +880,8 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             if generator is not None and not isinstance(generator, (list, tuple)) and st.noise.kind == "generator" \
                     and generator is not st.noise.generator:
                 st.noise = Noise(generator=generator)
+            elif generator is not None and not isinstance(generator, (list, tuple)) and st.noise.kind == "provider":
+                self._gen = generator
             buf = st.model_input(s)
             if self._ve:
                 buf.copy_(sample * self._alphas[k])
