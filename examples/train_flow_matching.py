@@ -45,7 +45,7 @@ def make_trainer(cfg: dict, seed: int, out_dir=None) -> train.Trainer:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="CI configuration (800 steps, a few seconds)")
+    ap.add_argument("--quick", action="store_true", help="CI configuration (800 steps; measured 9 s on 2 busy cores)")
     ap.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--check-resume", action="store_true",

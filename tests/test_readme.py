@@ -155,3 +155,21 @@ def test_readme_k_diffusion_snippet_runs():
     ns = _run_readme(r"### k-diffusion-style functions\n\n```python\n(.*?)```", "k-diffusion-style")
     assert torch.equal(ns["out"], ns["same"])
     assert ns["noisy"].shape == (16, 2) and not torch.equal(ns["noisy"], ns["out"])
+
+
+def test_stated_times_are_measured_figures():
+    """Times in the README, the examples' help and the demo are measured on 2 cores, not estimates."""
+    files = [ROOT / "README.md", ROOT / "python" / "diffcore" / "demo.py", ROOT / "python" / "diffcore" / "cli.py",
+             *sorted((ROOT / "examples").glob("*.py"))]
+    for f in files:
+        text = " ".join(f.read_text().lower().split())
+        for vague in ("a few seconds", "about a minute", "a few minutes"):
+            assert vague not in text, (f.name, vague)
+    readme = (ROOT / "README.md").read_text()
+    for cmd in ("python -m diffcore.demo", "diffcore train --data two_moons --steps 3000",
+                "diffcore train --data digits"):
+        assert cmd in readme, cmd
+    # each training command of the README says how long it took on 2 cores (or per step, for the GPU-sized one)
+    for line in re.findall(r"^diffcore train --data (?:two_moons --steps 3000|digits).*$", readme, re.M):
+        i = readme.index(line)
+        assert "measured" in readme[max(0, i - 120):i + len(line) + 120], line

@@ -2,8 +2,8 @@
 
 ``python -m diffcore.demo`` trains :class:`diffcore.models.MLP` with the conditional-flow-matching loss
 (``diffcore.losses.get("cfm")``: rectified-flow path, velocity target; book §5.2, Eq. (5.2.9)) on two moons
-(``--data`` for the other bundled toys) for about a minute on a 2-core CPU (measured: 6000 steps in
-60-75 s, with one torch thread; see ``--threads``), then draws ``-n`` samples
+(``--data`` for the other bundled toys; measured on a 2-core CPU shared with other jobs: 6000 steps in
+58 s on one torch thread, see ``--threads``, 72 s for the whole demo), then draws ``-n`` samples
 from the EMA weights with ``--solver`` (``diffcore.solvers.available()``; default Heun, 10 steps),
 writes a scatter plot of samples next to held-out data (``--out``, PNG), and prints the
 sliced-Wasserstein distance to held-out data next to the distance between two independent data draws
