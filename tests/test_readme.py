@@ -169,6 +169,10 @@ def test_stated_times_are_measured_figures():
     for cmd in ("python -m diffcore.demo", "diffcore train --data two_moons --steps 3000",
                 "diffcore train --data digits"):
         assert cmd in readme, cmd
+    from diffcore import cli  # noqa: PLC0415
+
+    for cmd, what in cli.EXAMPLES:  # --help's examples: a time given is a measured one
+        assert "~" not in what and ("measured" in what or not any(u in what for u in (" s)", " min", " h)"))), what
     # each training command of the README says how long it took on 2 cores (or per step, for the GPU-sized one)
     for line in re.findall(r"^diffcore train --data (?:two_moons --steps 3000|digits).*$", readme, re.M):
         i = readme.index(line)
