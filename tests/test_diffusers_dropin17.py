@@ -252,8 +252,39 @@ def test_ddim_pipeline_runs_with_eta_zero_and_names_eta():
 
     a, b = run(ours), run(ref)
     assert float((a - b).abs().max()) <= 1e-4
+    # eta > 0: DDIM-η with the pipeline's generator, as diffusers
+    a, b = run(ours, eta=0.5), run(ref, eta=0.5)
+    assert float((a - b).abs().max()) <= 1e-4 and ours.solver.name == "ddim_eta"
+    # a source without eta names it
+    dpm = DiffcoreScheduler.from_config(diffusers.DPMSolverMultistepScheduler.from_config(DDPM_HUB).config)
     with pytest.raises(ValueError, match="eta"):
-        run(DiffcoreScheduler.from_config(ref.config), eta=0.5)
+        run(dpm, eta=0.5)
+
+
+@pytest.mark.parametrize("opts", [{}, {"set_alpha_to_one": False}, {"thresholding": True, "clip_sample": False}],
+                         ids=str)
+def test_ddim_eta_steps_match_diffusers(opts):
+    """DDIMScheduler.step(eta=0.7): DDIM-η drawing from the passed generator; clipped x̂0 with the
+    unclipped ε̂ (DDPM_HUB clips), or with use_clipped_model_output=True the consistent one."""
+    for clipped in (None, True):
+        ref, ours = _chain("DDIMScheduler", DDPM_HUB, **opts)
+        ref.set_timesteps(10)
+        ours.set_timesteps(10)
+        assert ours.timesteps.tolist() == ref.timesteps.tolist()
+        gr, go = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+        x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+        worst = 0.0
+        for t in ref.timesteps:
+            m = fake_model(x, t)
+            a = ref.step(m, t, x, eta=0.7, use_clipped_model_output=clipped, generator=gr).prev_sample
+            b = ours.step(m, t, x, eta=0.7, use_clipped_model_output=clipped, generator=go).prev_sample
+            worst = max(worst, float((a - b).abs().max() / a.abs().max()))
+            x = a
+        assert worst <= 1e-5
+        with pytest.raises(ValueError, match="eta: the loop started with eta = 0.7"):
+            ours.set_timesteps(10)
+            ours.step(fake_model(x, ours.timesteps[0]), ours.timesteps[0], x, eta=0.7, generator=go)
+            ours.step(fake_model(x, ours.timesteps[1]), ours.timesteps[1], x, eta=0.2, generator=go)
 
 
 def test_sigma_space_add_noise_and_img2img_start_match_diffusers():

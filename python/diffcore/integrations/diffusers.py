@@ -25,8 +25,8 @@ the passed ``generator`` as diffusers does):
 =====================================  ===================================================================
 source class                           diffcore solver
 =====================================  ===================================================================
-DDIMScheduler                          ``ddim`` (with clipping, the unclipped ε̂ unless
-                                       ``use_clipped_model_output``; ``eta`` > 0 raises: ``ddim_eta``)
+DDIMScheduler                          ``ddim``; ``step(eta > 0)``: ``ddim_eta`` (with clipping, the
+                                       unclipped ε̂ unless ``use_clipped_model_output``)
 DDPMScheduler                          ``ddpm`` (``variance_type="fixed_small"``)
 DPMSolverMultistepScheduler            ``dpmpp_{1,2m,3m}``; ``sde-dpmsolver++`` order 2: ``dpmpp_2m_sde``
 UniPCMultistepScheduler                ``unipc_{1,2,3}`` (bh1/bh2, ``predict_x0``)
@@ -389,6 +389,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         if solver is None:  # the source's own method; built in code: diffcore's default (the grid is the source's)
             solver = ("euler" if self._flow else "dpmpp_2m") if direct else _default_solver(name, dict(self._src.config))
         self.solver = self._make_solver(solver, solver_options)
+        self._solver0 = self.solver
         self.prediction = _PREDICTIONS[prediction_type]
         self.order = int(getattr(self.solver, "stages", 1) or 1)
         self.init_noise_sigma = float(self._src.init_noise_sigma) if self._ve else 1.0
@@ -572,15 +573,6 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             at = torch.tensor([e[4] for e in self._entries] + [float(self.diffcore_times[-1])], dtype=torch.float64)
             self._alphas = self.schedule.eval(at).alpha.tolist()
         self._ddim_mix = None
-        if self._src_name == "DDIMScheduler" and self.solver.name == "ddim" and (self.config.clip_sample
-                                                                                 or self.config.thresholding):
-            v = self.schedule.eval(self.diffcore_times)
-            al, sg = v.alpha.tolist(), v.sigma.tolist()
-            mix = []
-            for j in range(len(al) - 1):  # x_prev = (σp/σ)x + c·x̂0' with c = αp − σp·α/σ
-                c = al[j + 1] - sg[j + 1] * al[j] / sg[j]
-                mix.append((al[j + 1] / c, -sg[j + 1] * al[j] / sg[j] / c))
-            self._ddim_mix = mix
         levels = self._levels(np.asarray([e[4] for e in self._entries] + [times[-1]]))
         self.sigmas = torch.from_numpy(levels.astype(np.float32))
         self._begin_index = None
@@ -595,8 +587,29 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         v = self.schedule.eval(torch.from_numpy(np.asarray(t, dtype=np.float64)))
         return (v.sigma / v.alpha).numpy()
 
+    def _clip_mix(self):
+        """DDIMScheduler.step with clipping and the unclipped ε̂ (its default): per step, (a, b) with
+        x̂0' = a·clip(x̂0) + b·x̂0 the data prediction that makes the ddim / ddim_eta step give that result.
+        The step is x' = αp·x̂0' + c_ε·(x − α·x̂0')/σ + s·z with s² = η²(σp²/σ²)(1 − α²/αp²) and
+        c_ε = √(σp² − s²) (Song et al. 2021, eq. 12)."""
+        if not (self._src_name == "DDIMScheduler" and self.solver.name in ("ddim", "ddim_eta")
+                and (self.config.clip_sample or self.config.thresholding)):
+            return None
+        eta = float(getattr(self.solver, "eta", 0.0)) if self.solver.name == "ddim_eta" else 0.0
+        v = self.schedule.eval(self.diffcore_times)
+        al, sg = v.alpha.tolist(), v.sigma.tolist()
+        mix = []
+        for j in range(len(al) - 1):
+            a, s, ap, sp = al[j], sg[j], al[j + 1], sg[j + 1]
+            var = eta ** 2 * (sp ** 2 / s ** 2) * (1 - a ** 2 / ap ** 2)
+            ce = math.sqrt(max(sp ** 2 - var, 0.0))
+            c = ap - ce * a / s
+            mix.append((ap / c, -ce * a / s / c))
+        return mix
+
     def _build_plan(self, device: torch.device, dtype: torch.dtype, times: Optional[torch.Tensor] = None):
-        key = (str(device), dtype, None if times is None else tuple(times.tolist()))
+        key = (self.solver.name, getattr(self.solver, "eta", None), str(device), dtype,
+               None if times is None else tuple(times.tolist()))
         plan = self._plans.get(key)
         if plan is None:
             pred = "x0" if (self.config.clip_sample or self.config.thresholding) else self.prediction
@@ -797,6 +810,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             if times.numel() < 2:
                 raise ValueError("begin_index: no solver step left after it")
         plan = self._build_plan(sample.device, dtype, times)
+        self._ddim_mix = self._clip_mix()
         x = sample.detach().to(dtype)
         if self._ve:
             x = x * self._alphas[self._begin_index or 0]
@@ -832,16 +846,24 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         last entry the sample.
 
         ``eta`` and ``use_clipped_model_output`` are ``DDIMScheduler.step``'s (``DDIMPipeline`` passes
-        them): ``eta`` must be 0 (DDIM-η is the solver ``"ddim_eta"``, ``solver_options={"eta": η}``);
-        with clipping, a DDIM source keeps the unclipped ε̂ unless ``use_clipped_model_output`` is true,
-        as diffusers does. Other keyword arguments of other schedulers' ``step`` (``s_churn``, ...) are
+        them; other pipelines pass ``eta=0.0``): a DDIM source runs DDIM-η (``ddim_eta``, one η per
+        loop, noise from ``generator``) and, with clipping, keeps the unclipped ε̂ unless
+        ``use_clipped_model_output`` is true, as diffusers does; for another source ``eta`` > 0 raises
+        unless the solver is ``ddim_eta`` with that η. Other keyword arguments of other schedulers' ``step`` (``s_churn``, ...) are
         rejected: their effect is a diffcore solver option (``solver_options``)."""
         if kwargs:
             raise TypeError(f"step: unexpected keyword arguments {sorted(kwargs)}; sampler options such as s_churn "
                             "are diffcore solver options (DiffcoreScheduler.from_config(..., solver_options={...}))")
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
             raise ValueError(f"eta: expected a finite number >= 0, got {eta!r}")
-        if eta != 0 and not (self.solver.name == "ddim_eta" and float(getattr(self.solver, "eta", -1)) == float(eta)):
+        running = float(getattr(self.solver, "eta", 0.0)) if self.solver.name == "ddim_eta" else 0.0
+        if self._replicates and self._src_name == "DDIMScheduler" and self._solver0.name == "ddim" and eta != running:
+            # DDIMScheduler's eta: the run is DDIM-η (ddim_eta, noise drawn from the passed generator as
+            # diffusers draws it), fixed at the loop's first step
+            if self._started:
+                raise ValueError(f"eta: the loop started with eta = {running}; got {eta} (one eta per sampling loop)")
+            self.solver = _solvers.get("ddim_eta", eta=float(eta)) if eta else self._solver0
+        elif eta != 0 and eta != running:  # eta = 0 is every pipeline's default: the solver's own noise
             raise ValueError(f"eta: step() runs the scheduler's solver ({self.solver.name}); for DDIM with eta = {eta} "
                              f"build it with solver='ddim_eta', solver_options={{'eta': {eta}}}")
         if self._entries is None:
