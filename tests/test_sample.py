@@ -293,3 +293,19 @@ def test_ddim_step_rejects_eps_model_at_alpha_zero():
         ddim_step(lambda xx, t: torch.zeros_like(xx), x, 1.0, 0.5, rf, prediction="eps")
     out = ddim_step(lambda xx, t: torch.zeros_like(xx), x, 1.0, 0.5, rf, prediction="x0")
     assert torch.allclose(out, 0.5 * x)  # x_s = α_s·0 + σ_s·ε̂ with ε̂ = x/σ_t = x at t = 1
+
+
+def test_schedule_defaults_to_the_models_own():
+    """A ModelWrapper (and diffcore.load's result) carries its schedule: sample(m, x) needs no other."""
+    import diffcore
+    from diffcore import oracles, schedules
+    sch = schedules.VPLinear()
+    gm = oracles.GaussianMixture(torch.tensor([0.3, 0.7], dtype=torch.float64),
+                                 torch.tensor([[-1.0], [1.5]], dtype=torch.float64),
+                                 torch.tensor([[0.2], [0.3]], dtype=torch.float64))
+    m = diffcore.ModelWrapper(lambda x, t: gm.eps(x, t, sch), sch, prediction="eps")
+    x = torch.randn(5, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(diffcore.sample(m, x, steps=6), diffcore.sample(m, x, sch, steps=6))
+    with pytest.raises(TypeError, match="schedule: required"):
+        diffcore.sample(lambda x, t: x, x, steps=6)
+    assert diffcore.adapters.torchcfm is not None

@@ -25,9 +25,9 @@ from . import ot
 from . import ems
 from .ems import EMS
 from . import control, align, distill
-from . import k, integrations, grids, convergence, guidance, thresholding
+from . import k, integrations, grids, convergence, guidance, thresholding, adapters
 
-__all__ = ["__version__", "load", "LoadedModel", "ems", "EMS", "control", "align", "distill", "build_info", "set_num_threads", "get_num_threads", "lincomb", "schedules", "Schedule", "timesteps",
+__all__ = ["__version__", "load", "LoadedModel", "adapters", "ems", "EMS", "control", "align", "distill", "build_info", "set_num_threads", "get_num_threads", "lincomb", "schedules", "Schedule", "timesteps",
            "param", "oracles", "metrics", "ModelWrapper", "canonical_prediction", "convert",
            "solvers", "CFG", "noise", "sample", "prior_sample", "parallel", "ParallelConfig", "likelihood", "log_likelihood", "bits_per_dim",
            "ddpm_bound", "ddpm_coefficients", "timesampling", "paths", "losses", "coupling", "models", "data", "train", "ot",

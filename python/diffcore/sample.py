@@ -330,7 +330,8 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
             times (one per sample), returning a ``prediction``; or a :class:`~diffcore.ModelWrapper`
             (which handles time conventions and EDM preconditioning).
         x: the state at ``t_start`` in the schedule's units (:func:`prior_sample` draws it).
-        schedule: a :class:`~diffcore.schedules.Schedule` or its name.
+        schedule: a :class:`~diffcore.schedules.Schedule` or its name; default: ``model.schedule`` (a
+            :class:`~diffcore.ModelWrapper` or :func:`diffcore.load` result carries it).
         solver: a name from ``diffcore.solvers.available()`` or a solver object; ``**solver_options``
             go to :func:`diffcore.solvers.get`.
         steps: number of steps, or explicit times ``[M + 1]`` / per-sample ``[B, M + 1]`` as a tensor,
@@ -379,8 +380,11 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
     """
     if hasattr(model, "few_step_sample"):
         return model.few_step_sample(x, schedule, steps, model_kwargs=model_kwargs, generator=generator)
+    if schedule is None:  # a ModelWrapper / diffcore.load result knows the schedule it was trained on
+        schedule = getattr(model, "schedule", None)
     if schedule is None:
-        raise TypeError("schedule: required (a diffcore Schedule or its name, e.g. 'vp_linear', 'edm', 'rf')")
+        raise TypeError("schedule: required (a diffcore Schedule or its name, e.g. 'vp_linear', 'edm', 'rf'), "
+                        "unless the model carries one (a ModelWrapper or diffcore.load(...))")
     schedule = _schedules.get(schedule)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
         raise TypeError("x: expected a floating-point torch tensor with a batch dimension")
