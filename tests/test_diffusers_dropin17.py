@@ -120,6 +120,52 @@ def test_chained_config_matches_diffusers_step_by_step(cls_name, base, opts):
     assert _compare(ref, ours, 10) <= 1e-5
 
 
+@pytest.mark.parametrize("cls_name,opts,n", [
+    ("UniPCMultistepScheduler", {"solver_order": 3}, 20),  # UniPC lowers its last orders at any step count
+    ("UniPCMultistepScheduler", {"solver_order": 3, "solver_type": "bh1"}, 16),
+    ("DPMSolverMultistepScheduler", {"solver_order": 3}, 20),  # DPM-Solver only below 15 steps
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, 20),
+    ("EulerAncestralDiscreteScheduler", {}, 30),
+], ids=str)
+def test_long_grids_match_diffusers(cls_name, opts, n):
+    ref, ours = _chain(cls_name, SD_PNDM, **opts)
+    assert _compare(ref, ours, n) <= 1e-5
+
+
+@pytest.mark.parametrize("cls_name,base,opts,kw", [
+    ("DDPMScheduler", DDPM_HUB, {}, dict(timesteps=[999, 700, 400, 100, 0])),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {}, dict(timesteps=[999, 700, 400, 100, 10])),
+    ("EulerDiscreteScheduler", SD_PNDM, {}, dict(sigmas=[14.0, 5.0, 2.0, 0.5, 0.1])),
+    ("FlowMatchEulerDiscreteScheduler", SD3_FLOW, {}, dict(sigmas=[1.0, 0.8, 0.5, 0.2])),
+    ("FlowMatchEulerDiscreteScheduler", SD3_FLOW, {"use_dynamic_shifting": True}, dict(num_inference_steps=6, mu=0.8)),
+], ids=str)
+def test_custom_set_timesteps_arguments_match_diffusers(cls_name, base, opts, kw):
+    ref, ours = _chain(cls_name, base, **opts)
+    ref.set_timesteps(**kw)
+    ours.set_timesteps(**kw)
+    assert ours.timesteps.tolist() == ref.timesteps.tolist()
+    gr, go = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    takes_gen = "generator" in inspect.signature(ref.step).parameters
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * float(getattr(ref, "init_noise_sigma", 1.0))
+    worst = 0.0
+    for t in ref.timesteps:
+        m = fake_model(ref.scale_model_input(x, t) if hasattr(ref, "scale_model_input") else x, t)
+        a = ref.step(m, t, x, **({"generator": gr} if takes_gen else {})).prev_sample
+        b = ours.step(m, t, x, generator=go).prev_sample
+        worst = max(worst, float((a - b).abs().max() / a.abs().max()))
+        x = a
+    assert worst <= 1e-5
+
+
+def test_set_timesteps_argument_the_source_lacks_is_named():
+    ref, ours = _chain("UniPCMultistepScheduler", SD_PNDM)
+    with pytest.raises(ValueError, match="sigmas"):
+        ours.set_timesteps(sigmas=[14.0, 5.0, 2.0, 0.5, 0.1])
+    ref, ours = _chain("DDIMScheduler", SD_PNDM)
+    with pytest.raises(ValueError, match="timesteps: DDIMScheduler.set_timesteps does not take it"):
+        ours.set_timesteps(timesteps=[999, 500])
+
+
 RAISE = [
     ("DPMSolverMultistepScheduler", SD_PNDM, {"algorithm_type": "dpmsolver"}, "algorithm_type"),
     ("DPMSolverMultistepScheduler", SD_PNDM, {"algorithm_type": "sde-dpmsolver"}, "algorithm_type"),
@@ -140,6 +186,7 @@ RAISE = [
     ("UniPCMultistepScheduler", SD_PNDM, {"disable_corrector": [0]}, "disable_corrector"),
 ]
 RAISE_AT_SET_TIMESTEPS = [
+    ("FlowMatchEulerDiscreteScheduler", SD3_FLOW, {"invert_sigmas": True}, "invert_sigmas"),
     ("UniPCMultistepScheduler", SD_PNDM, {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"},
      "final_sigmas_type"),
     ("DPMSolverMultistepScheduler", SD_PNDM, {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"},

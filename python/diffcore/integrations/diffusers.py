@@ -221,6 +221,17 @@ def _default_solver(src: str, cfg: dict) -> str:
     raise ValueError(f"_class_name: {src} has no diffcore method")
 
 
+def _lower_every_final(solver) -> None:
+    """UniPCMultistepScheduler lowers the order of its last steps (order ≤ steps left) at any step count,
+    where diffcore follows DPM-Solver's rule (below 15 steps only): this solver instance takes UniPC's."""
+    base = solver._orders
+
+    def orders(M, final_zero, first=0):
+        return [min(o, M - i) for i, o in enumerate(base(M, final_zero, first))]
+
+    solver._orders = orders
+
+
 def _monotone_alphas_cumprod(acp: torch.Tensor):
     """ᾱ for diffcore's VP schedule (strictly decreasing in (0, 1)) and the indices changed to get it.
     ``rescale_betas_zero_snr`` ends at ᾱ = 0, which ``DPMSolverMultistepScheduler`` clamps to 2⁻²⁴ —
@@ -389,6 +400,9 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         if solver is None:  # the source's own method; built in code: diffcore's default (the grid is the source's)
             solver = ("euler" if self._flow else "dpmpp_2m") if direct else _default_solver(name, dict(self._src.config))
         self.solver = self._make_solver(solver, solver_options)
+        if (name == "UniPCMultistepScheduler" and self.solver.name.startswith("unipc")
+                and self.config.lower_order_final and hasattr(self.solver, "_orders")):
+            _lower_every_final(self.solver)
         self._solver0 = self.solver
         self.prediction = _PREDICTIONS[prediction_type]
         self.order = int(getattr(self.solver, "stages", 1) or 1)
@@ -658,6 +672,9 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"num_inference_steps: expected a positive int, got {n!r}")
         if self.config.use_dynamic_shifting and mu is None and self._flow and "mu" in accepted:
             raise ValueError("mu: required when use_dynamic_shifting=True (Flux-style resolution-dependent shift)")
+        if getattr(src.config, "invert_sigmas", False):
+            raise ValueError(f"invert_sigmas: {self._src_name} then integrates from data to noise; the drop-in samples "
+                             "from noise to data")
         if self._kind == "flow_match" and hasattr(src, "set_shift") and src.shift != self._shift:
             src.set_shift(self._shift)
         kw = {k: v for k, v in given.items() if v is not None}
