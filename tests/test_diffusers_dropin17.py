@@ -444,3 +444,27 @@ def test_stable_diffusion_pipeline_matches_diffusers(sd_parts, name):
     a = run(ref)
     b = run(DiffcoreScheduler.from_config(ref.config))
     assert float((a - b).abs().max() / a.abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("cls_name,opts,n,begin", [
+    ("DPMSolverMultistepScheduler", {"solver_order": 3}, 20, 10),  # ≥ 15 steps: no lowering, even 10 steps left
+    ("DPMSolverMultistepScheduler", {"solver_order": 3}, 10, 4),
+    ("UniPCMultistepScheduler", {"solver_order": 3}, 20, 10),
+    ("EulerDiscreteScheduler", {}, 20, 10),
+    ("HeunDiscreteScheduler", {}, 10, 8),  # entry 8 = step 4 (two entries per step)
+], ids=str)
+def test_begin_index_img2img_matches_diffusers(cls_name, opts, n, begin):
+    ref, ours = _chain(cls_name, SD_PNDM, **opts)
+    ref.set_timesteps(n)
+    ours.set_timesteps(n)
+    ref.set_begin_index(begin)
+    ours.set_begin_index(begin)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    worst = 0.0
+    for t in ref.timesteps[begin:]:
+        m = fake_model(ref.scale_model_input(x, t), t)
+        a = ref.step(m, t, x).prev_sample
+        b = ours.step(m, t, x).prev_sample
+        worst = max(worst, float((a - b).abs().max() / a.abs().max()))
+        x = a
+    assert worst <= 1e-5

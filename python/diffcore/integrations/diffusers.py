@@ -81,6 +81,7 @@ start a flow-matching grid at σ = 1 (α = 0) and raise there.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from dataclasses import dataclass
@@ -622,14 +623,20 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         return mix
 
     def _build_plan(self, device: torch.device, dtype: torch.dtype, times: Optional[torch.Tensor] = None):
-        key = (self.solver.name, getattr(self.solver, "eta", None), str(device), dtype,
-               None if times is None else tuple(times.tolist()))
+        solver = self.solver
+        if times is not None and getattr(solver, "lower_order_final", False) and len(self.diffcore_times) - 1 >= 15:
+            # a run started at set_begin_index: diffusers decides the lowering of the last orders on the
+            # whole grid's length (15 steps or more: none), not on the steps left
+            solver = copy.copy(solver)
+            solver.lower_order_final = False
+        key = (solver.name, getattr(solver, "eta", None), solver.lower_order_final if hasattr(solver, "lower_order_final")
+               else None, str(device), dtype, None if times is None else tuple(times.tolist()))
         plan = self._plans.get(key)
         if plan is None:
             pred = "x0" if (self.config.clip_sample or self.config.thresholding) else self.prediction
             try:
-                plan = self.solver.plan(self.schedule, self.diffcore_times if times is None else times, device=device,
-                                        dtype=dtype, prediction=pred)
+                plan = solver.plan(self.schedule, self.diffcore_times if times is None else times, device=device,
+                                   dtype=dtype, prediction=pred)
             except (ValueError, TypeError) as e:
                 raise type(e)(f"solver: {self.solver.name} cannot run this grid ({e})") from e
             self._plans[key] = plan
