@@ -468,3 +468,22 @@ def test_begin_index_img2img_matches_diffusers(cls_name, opts, n, begin):
         worst = max(worst, float((a - b).abs().max() / a.abs().max()))
         x = a
     assert worst <= 1e-5
+
+
+def test_euler_step_keywords():
+    """EulerDiscreteScheduler.step's s_churn = 0 (and its inert s_tmin / s_tmax / s_noise) are accepted;
+    churn and variance_noise are named."""
+    ref, ours = _chain("EulerDiscreteScheduler", SD_PNDM)
+    ours.set_timesteps(4)
+    x = torch.randn(1, 3, 4, 4)
+    t = ours.timesteps[0]
+    with pytest.raises(ValueError, match="s_churn"):
+        ours.step(fake_model(x, t), t, x, s_churn=0.5)
+    with pytest.raises(ValueError, match="variance_noise"):
+        ours.step(fake_model(x, t), t, x, variance_noise=torch.zeros_like(x))
+    with pytest.raises(TypeError, match="per_token"):
+        ours.step(fake_model(x, t), t, x, per_token_timesteps=None)
+    ref.set_timesteps(4)
+    a = ref.step(fake_model(x, t), t, x, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0).prev_sample
+    b = ours.step(fake_model(x, t), t, x, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0).prev_sample
+    assert float((a - b).abs().max() / a.abs().max()) <= 1e-5

@@ -875,9 +875,16 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         ``use_clipped_model_output`` is true, as diffusers does; for another source ``eta`` > 0 raises
         unless the solver is ``ddim_eta`` with that η. Other keyword arguments of other schedulers' ``step`` (``s_churn``, ...) are
         rejected: their effect is a diffcore solver option (``solver_options``)."""
-        if kwargs:
-            raise TypeError(f"step: unexpected keyword arguments {sorted(kwargs)}; sampler options such as s_churn "
-                            "are diffcore solver options (DiffcoreScheduler.from_config(..., solver_options={...}))")
+        if kwargs.get("s_churn", 0.0):
+            raise ValueError(f"s_churn: EulerDiscreteScheduler's churn ({kwargs['s_churn']}) is not reproduced; use "
+                             "solver='edm_churn', solver_options={'s_churn': ...}")
+        if kwargs.get("variance_noise") is not None:
+            raise ValueError("variance_noise: the drop-in draws its noise from generator= (or diffcore's Philox noise)")
+        # without churn, Euler's s_tmin / s_tmax / s_noise do nothing
+        rest = sorted(set(kwargs) - {"s_churn", "s_tmin", "s_tmax", "s_noise", "variance_noise"})
+        if rest:
+            raise TypeError(f"step: unexpected keyword arguments {rest}; sampler options are diffcore solver options "
+                            "(DiffcoreScheduler.from_config(..., solver_options={...}))")
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
             raise ValueError(f"eta: expected a finite number >= 0, got {eta!r}")
         running = float(getattr(self.solver, "eta", 0.0)) if self.solver.name == "ddim_eta" else 0.0
