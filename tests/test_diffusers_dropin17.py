@@ -45,6 +45,7 @@ def _compare(ref, ours, n, shape=(2, 3, 4, 4), seed=0):
     ref.set_timesteps(n)
     ours.set_timesteps(n)
     assert ours.timesteps.tolist() == ref.timesteps.tolist()
+    assert ours.timesteps.dtype == ref.timesteps.dtype
     takes_gen = "generator" in inspect.signature(ref.step).parameters
     gr, go = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 1)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * float(getattr(ref, "init_noise_sigma", 1.0))
@@ -68,6 +69,8 @@ MATCH = [
     ("DDIMScheduler", DDPM_HUB, {"thresholding": True, "sample_max_value": 2.0}),
     ("DDPMScheduler", DDPM_HUB, {}),  # stochastic: noise from the passed generator
     ("DDPMScheduler", SD_PNDM, {"timestep_spacing": "trailing"}),
+    ("DDPMScheduler", DDPM_HUB, {"variance_type": "fixed_small_log"}),
+    ("DDPMScheduler", DDPM_HUB, {"variance_type": "fixed_large", "prediction_type": "v_prediction"}),
     ("DPMSolverMultistepScheduler", SD_PNDM, {}),
     ("DPMSolverMultistepScheduler", SD_PNDM, {"solver_order": 1}),
     ("DPMSolverMultistepScheduler", SD_PNDM, {"solver_order": 3}),
@@ -180,7 +183,7 @@ RAISE = [
     ("DDIMInverseScheduler", SD_PNDM, {}, "DDIMInverseScheduler"),
     ("DPMSolverMultistepInverseScheduler", SD_PNDM, {}, "DPMSolverMultistepInverseScheduler"),
     ("FlowMatchEulerDiscreteScheduler", SD3_FLOW, {"stochastic_sampling": True}, "stochastic_sampling"),
-    ("DDPMScheduler", DDPM_HUB, {"variance_type": "fixed_large"}, "variance_type"),
+    ("DDPMScheduler", DDPM_HUB, {"variance_type": "learned_range"}, "variance_type"),
     ("DDIMScheduler", SD_PNDM, {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"},
      "rescale_betas_zero_snr"),
     ("UniPCMultistepScheduler", SD_PNDM, {"disable_corrector": [0]}, "disable_corrector"),

@@ -178,9 +178,10 @@ def _default_solver(src: str, cfg: dict) -> str:
         return "ddim"
     if src == "DDPMScheduler":
         vt = cfg.get("variance_type", "fixed_small")
-        if vt != "fixed_small":
+        if vt not in ("fixed_small", "fixed_small_log", "fixed_large"):
             raise ValueError(f"variance_type: DDPMScheduler's {vt!r} variance has no diffcore method (the ddpm solver "
-                             "draws the posterior variance, 'fixed_small'); pass solver= to choose one explicitly")
+                             "draws the posterior variance β̃, 'fixed_small', or β, 'fixed_large'); pass solver= to "
+                             "choose one explicitly")
         return "ddpm"
     if src == "DPMSolverMultistepScheduler":
         algo = cfg.get("algorithm_type", "dpmsolver++")
@@ -490,6 +491,8 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
                 derived["variant"] = cfg.solver_type
             if not cfg.predict_x0:
                 derived["predict_x0"] = False
+        if key == "ddpm" and self._src_name == "DDPMScheduler" and cfg.variance_type == "fixed_large":
+            derived["variance"] = "beta"  # the forward step's β (Ho et al. 2020, σ² = β)
         if key in ("euler", "heun") and not self._flow:
             derived["variable"] = "rho"  # in σ/α with the sample x/α, as diffusers' Euler and Heun (Karras et al. 2022)
         derived.update(options or {})
