@@ -224,9 +224,14 @@ def test_pndm_config_chain_keeps_the_dpmsolver_grid():
     ours.set_timesteps(10)
     assert ours.solver.name == "dpmpp_2m"
     assert ours.timesteps.tolist() == [999, 899, 799, 699, 599, 500, 400, 300, 200, 100]
-    # and a PNDM config itself names the class
+    # a PNDM config itself names the class; with an explicit diffcore solver it runs on DDIM's grid
     with pytest.raises(ValueError, match="PNDMScheduler"):
         DiffcoreScheduler.from_config(SD_PNDM)
+    ours = DiffcoreScheduler.from_config(SD_PNDM, solver="dpmpp_3m")
+    ddim = diffusers.DDIMScheduler.from_config(SD_PNDM)
+    ours.set_timesteps(10)
+    ddim.set_timesteps(10)
+    assert ours.solver.name == "dpmpp_3m" and ours.timesteps.tolist() == ddim.timesteps.tolist()
 
 
 def test_source_survives_a_round_trip_through_our_config():

@@ -27,7 +27,8 @@ source class                           diffcore solver
 =====================================  ===================================================================
 DDIMScheduler                          ``ddim``; ``step(eta > 0)``: ``ddim_eta`` (with clipping, the
                                        unclipped ε̂ unless ``use_clipped_model_output``)
-DDPMScheduler                          ``ddpm`` (``variance_type="fixed_small"``)
+DDPMScheduler                          ``ddpm`` (``fixed_small``, ``fixed_small_log``; ``fixed_large``:
+                                       ``variance="beta"``)
 DPMSolverMultistepScheduler            ``dpmpp_{1,2m,3m}``; ``sde-dpmsolver++`` order 2: ``dpmpp_2m_sde``
 UniPCMultistepScheduler                ``unipc_{1,2,3}`` (bh1/bh2, ``predict_x0``)
 EulerDiscreteScheduler                 ``euler`` in σ/α (Karras et al. 2022, Alg. 1 without churn)
@@ -43,7 +44,9 @@ LMS, KDPM2, the EDM schedulers, PNDM, the inverse schedulers, ``stochastic_sampl
 ``solver_p`` / ``disable_corrector``, DDIM with ``timestep_spacing="linspace"`` (it steps t → t − N//n,
 not to the next listed timestep), DDIM/DDPM with ``rescale_betas_zero_snr`` (ᾱ = 0), a multistep
 source whose last listed level equals the final one (``final_sigmas_type="sigma_min"`` with Karras
-sigmas). ``solver=`` runs another diffcore method on the source's grid (a deliberate difference).
+sigmas). ``solver=`` runs another diffcore method on the source's grid (a deliberate difference);
+for PNDM, DEIS, DPMSolverSinglestep, LMS and KDPM2 configs on the grid of the class sharing their grid
+code (DDIM, DPMSolverMultistep, Euler).
 
 The sample is the source's: the VP state ``x = √ᾱ·x0 + √(1 − ᾱ)·ε`` (flow matching ``(1 − σ)x0 + σε``)
 with ``init_noise_sigma = 1`` and an identity ``scale_model_input``, except for the σ-space sources
@@ -142,6 +145,11 @@ _SOURCE_ONLY = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule"
                 "algorithm_type", "solver_type", "euler_at_final", "predict_x0", "use_flow_sigmas", "flow_shift",
                 "shift", "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len",
                 "invert_sigmas", "shift_terminal", "time_shift_type", "stochastic_sampling")
+#: classes not reproduced whose grid code another (reproduced) class shares: with an explicit ``solver=``
+#: (a deliberate diffcore method), that class's grid
+_GRID_FALLBACK = {"PNDMScheduler": "DDIMScheduler", "DEISMultistepScheduler": "DPMSolverMultistepScheduler",
+                  "DPMSolverSinglestepScheduler": "DPMSolverMultistepScheduler",
+                  "LMSDiscreteScheduler": "EulerDiscreteScheduler", "KDPM2DiscreteScheduler": "EulerDiscreteScheduler"}
 _ADAPTIVE = ("dpm_adaptive", "dpm_adaptive_ps")
 _PRIVATE = ("_class_name", "_diffusers_version", "_use_default_values")
 
@@ -431,9 +439,13 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         if src is None or src == cls.__name__:
             config.pop("_use_default_values", None)
             return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        if src not in FAMILIES and src in _GRID_FALLBACK and kwargs.get("solver") is not None:
+            src = _GRID_FALLBACK[src]  # an explicit diffcore solver on the grid of the class sharing its grid code
         if src not in FAMILIES:
             raise ValueError(f"_class_name: {src} is not reproduced by DiffcoreScheduler "
-                             f"({_UNSUPPORTED.get(src, 'no matching diffcore method')}); supported: {sorted(FAMILIES)}")
+                             f"({_UNSUPPORTED.get(src, 'no matching diffcore method')}); supported: {sorted(FAMILIES)}"
+                             + (f"; with solver= the grid of {_GRID_FALLBACK[src]} is used" if src in _GRID_FALLBACK
+                                else ""))
         src_cls = _diffusers_class(src)
         params = _init_params(src_cls)
         src_over = {k: v for k, v in kwargs.items() if k in params}
