@@ -81,6 +81,10 @@ MATCH = [
     ("DPMSolverMultistepScheduler", SD_PNDM, {"solver_type": "heun"}),
     ("DPMSolverMultistepScheduler", SD_PNDM, {"algorithm_type": "sde-dpmsolver++"}),
     ("DPMSolverMultistepScheduler", SD_PNDM, {"algorithm_type": "sde-dpmsolver++", "solver_type": "heun"}),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"algorithm_type": "dpmsolver", "solver_order": 1,
+                                              "final_sigmas_type": "sigma_min"}),
+    ("DPMSolverMultistepScheduler", DDPM_HUB, {"algorithm_type": "dpmsolver", "solver_order": 1, "thresholding": True,
+                                               "final_sigmas_type": "sigma_min"}),
     ("DPMSolverMultistepScheduler", SD_PNDM, {"lower_order_final": False, "solver_order": 3}),
     ("DPMSolverMultistepScheduler", SD_PNDM, {"euler_at_final": True}),
     ("DPMSolverMultistepScheduler", SD_PNDM, {"thresholding": True, "sample_max_value": 2.0}),
@@ -170,8 +174,10 @@ def test_set_timesteps_argument_the_source_lacks_is_named():
 
 
 RAISE = [
-    ("DPMSolverMultistepScheduler", SD_PNDM, {"algorithm_type": "dpmsolver"}, "algorithm_type"),
-    ("DPMSolverMultistepScheduler", SD_PNDM, {"algorithm_type": "sde-dpmsolver"}, "algorithm_type"),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"},
+     "algorithm_type"),
+    ("DPMSolverMultistepScheduler", SD_PNDM, {"algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min"},
+     "algorithm_type"),
     ("DPMSolverMultistepScheduler", SD_PNDM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
      "solver_order"),
     ("DPMSolverSinglestepScheduler", SD_PNDM, {}, "DPMSolverSinglestepScheduler"),

@@ -29,7 +29,8 @@ DDIMScheduler                          ``ddim``; ``step(eta > 0)``: ``ddim_eta``
                                        unclipped ε̂ unless ``use_clipped_model_output``)
 DDPMScheduler                          ``ddpm`` (``fixed_small``, ``fixed_small_log``; ``fixed_large``:
                                        ``variance="beta"``)
-DPMSolverMultistepScheduler            ``dpmpp_{1,2m,3m}``; ``sde-dpmsolver++`` order 2: ``dpmpp_2m_sde``
+DPMSolverMultistepScheduler            ``dpmpp_{1,2m,3m}``; ``sde-dpmsolver++`` order 2: ``dpmpp_2m_sde``;
+                                       ``dpmsolver`` order 1: ``dpmpp_1`` (both DDIM)
 UniPCMultistepScheduler                ``unipc_{1,2,3}`` (bh1/bh2, ``predict_x0``)
 EulerDiscreteScheduler                 ``euler`` in σ/α (Karras et al. 2022, Alg. 1 without churn)
 HeunDiscreteScheduler                  ``heun`` in σ/α
@@ -39,7 +40,7 @@ FlowMatchHeunDiscreteScheduler         ``heun``
 =====================================  ===================================================================
 
 Everything else raises ``ValueError`` naming the class or the config attribute: ``algorithm_type``
-``"dpmsolver"`` / ``"sde-dpmsolver"``, ``sde-dpmsolver++`` of order 3, DPMSolverSinglestep, DEIS,
+``"dpmsolver"`` of order 2-3 / ``"sde-dpmsolver"``, ``sde-dpmsolver++`` of order 3, DPMSolverSinglestep, DEIS,
 LMS, KDPM2, the EDM schedulers, PNDM, the inverse schedulers, ``stochastic_sampling``, UniPC's
 ``solver_p`` / ``disable_corrector``, DDIM with ``timestep_spacing="linspace"`` (it steps t → t − N//n,
 not to the next listed timestep), DDIM/DDPM with ``rescale_betas_zero_snr`` (ᾱ = 0), a multistep
@@ -199,13 +200,15 @@ def _default_solver(src: str, cfg: dict) -> str:
             return {1: "dpmpp_1", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order]
         if algo == "sde-dpmsolver++" and order == 2:
             return "dpmpp_2m_sde"
+        if algo == "dpmsolver" and order == 1:
+            return "dpmpp_1"  # first-order DPM-Solver and DPM-Solver++ are both DDIM (Lu et al. 2022b, §3)
         if algo == "sde-dpmsolver++":
             raise ValueError(f"solver_order: DPMSolverMultistepScheduler's sde-dpmsolver++ of order {order} has no "
                              "matching diffcore method (diffcore's dpmpp_3m_sde is k-diffusion's, another third-order "
                              "update; sde-dpmsolver++ of order 2 is dpmpp_2m_sde); pass solver= to choose one explicitly")
         raise ValueError(f"algorithm_type: DPMSolverMultistepScheduler's {algo!r} (solver_order={order}) has no "
-                         "matching diffcore method (diffcore has dpmsolver++ of orders 1-3 and sde-dpmsolver++ of "
-                         "order 2); pass solver= to choose one explicitly")
+                         "matching diffcore method (diffcore has dpmsolver++ of orders 1-3, dpmsolver of order 1 and "
+                         "sde-dpmsolver++ of order 2); pass solver= to choose one explicitly")
     if src == "UniPCMultistepScheduler":
         if cfg.get("solver_p") is not None:
             raise ValueError("solver_p: UniPC with another predictor has no diffcore method")
