@@ -25,6 +25,10 @@ SD_PNDM = {"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_
 DDPM_HUB = {"_class_name": "DDPMScheduler", "_diffusers_version": "0.1.1", "beta_end": 0.02, "beta_schedule": "linear",
             "beta_start": 0.0001, "clip_sample": True, "num_train_timesteps": 1000, "trained_betas": None,
             "variance_type": "fixed_small"}
+#: an EDM config (as playground-v2.5's EDMDPMSolverMultistepScheduler, Karras sigmas 0.002-80)
+EDM_HUB = {"_class_name": "EDMDPMSolverMultistepScheduler", "sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.5,
+           "sigma_schedule": "karras", "num_train_timesteps": 1000, "prediction_type": "epsilon", "rho": 7.0,
+           "solver_order": 2, "algorithm_type": "dpmsolver++", "final_sigmas_type": "zero"}
 #: SD3's hub config
 SD3_FLOW = {"_class_name": "FlowMatchEulerDiscreteScheduler", "_diffusers_version": "0.29.0.dev0",
             "num_train_timesteps": 1000, "shift": 3.0}
@@ -114,6 +118,12 @@ MATCH = [
     ("HeunDiscreteScheduler", SD_PNDM, {}),
     ("HeunDiscreteScheduler", SD_PNDM, {"use_karras_sigmas": True}),
     ("EulerAncestralDiscreteScheduler", SD_PNDM, {}),  # stochastic: noise from the passed generator
+    ("EDMEulerScheduler", EDM_HUB, {}),  # σ_max 80, preconditioned network (c_skip, c_out, c_in, c_noise)
+    ("EDMEulerScheduler", EDM_HUB, {"sigma_schedule": "exponential", "prediction_type": "v_prediction"}),
+    ("EDMEulerScheduler", EDM_HUB, {"final_sigmas_type": "sigma_min"}),
+    ("EDMDPMSolverMultistepScheduler", EDM_HUB, {}),
+    ("EDMDPMSolverMultistepScheduler", EDM_HUB, {"solver_order": 3, "thresholding": True, "sample_max_value": 2.0}),
+    ("EDMDPMSolverMultistepScheduler", EDM_HUB, {"algorithm_type": "sde-dpmsolver++"}),
     ("FlowMatchEulerDiscreteScheduler", SD3_FLOW, {}),
     ("FlowMatchEulerDiscreteScheduler", SD3_FLOW, {"use_karras_sigmas": True}),
     ("FlowMatchHeunDiscreteScheduler", SD3_FLOW, {}),
@@ -183,8 +193,8 @@ RAISE = [
     ("DPMSolverSinglestepScheduler", SD_PNDM, {}, "DPMSolverSinglestepScheduler"),
     ("LMSDiscreteScheduler", SD_PNDM, {}, "LMSDiscreteScheduler"),
     ("KDPM2DiscreteScheduler", SD_PNDM, {}, "KDPM2DiscreteScheduler"),
-    ("EDMEulerScheduler", SD_PNDM, {}, "EDMEulerScheduler"),
-    ("EDMDPMSolverMultistepScheduler", SD_PNDM, {}, "EDMDPMSolverMultistepScheduler"),
+    ("EDMDPMSolverMultistepScheduler", EDM_HUB, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+     "solver_order"),
     ("DEISMultistepScheduler", SD_PNDM, {}, "DEISMultistepScheduler"),
     ("DDIMInverseScheduler", SD_PNDM, {}, "DDIMInverseScheduler"),
     ("DPMSolverMultistepInverseScheduler", SD_PNDM, {}, "DPMSolverMultistepInverseScheduler"),
@@ -500,4 +510,17 @@ def test_euler_step_keywords():
     ref.set_timesteps(4)
     a = ref.step(fake_model(x, t), t, x, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0).prev_sample
     b = ours.step(fake_model(x, t), t, x, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0).prev_sample
+    assert float((a - b).abs().max() / a.abs().max()) <= 1e-5
+
+
+def test_edm_config_uses_the_edm_schedule():
+    """Issue 17 item 3: an EDMEulerScheduler config ran as a linear-beta VP schedule (σ_max 25.7, 181x off)."""
+    ref, ours = _chain("EDMEulerScheduler", EDM_HUB)
+    ours.set_timesteps(10)
+    ref.set_timesteps(10)
+    assert float(ours.schedule.t_start) == 80.0 and ours.init_noise_sigma == pytest.approx(float(ref.init_noise_sigma))
+    x0 = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    eps = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(4))
+    t = ref.timesteps[3:4]
+    a, b = ref.add_noise(x0, eps, t), ours.add_noise(x0, eps, t)
     assert float((a - b).abs().max() / a.abs().max()) <= 1e-5

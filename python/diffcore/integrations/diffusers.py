@@ -101,7 +101,7 @@ from .. import solvers as _solvers
 from .._device import as_device
 from ..noise import Noise
 from ..param import conversion_coefs
-from ..schedules import RectifiedFlow, VPDiscrete
+from ..schedules import EDM, RectifiedFlow, VPDiscrete
 
 __all__ = ["DiffcoreScheduler", "FAMILIES"]
 
@@ -117,6 +117,7 @@ FAMILIES = {
     "DPMSolverMultistepScheduler": "sigmas", "UniPCMultistepScheduler": "sigmas",
     "EulerDiscreteScheduler": "sigmas_ve", "HeunDiscreteScheduler": "sigmas_ve",
     "EulerAncestralDiscreteScheduler": "sigmas_ve",
+    "EDMEulerScheduler": "edm", "EDMDPMSolverMultistepScheduler": "edm",
     "FlowMatchEulerDiscreteScheduler": "flow_match", "FlowMatchHeunDiscreteScheduler": "flow_match",
 }
 #: the source class whose grid a direct construction (no ``_source_config``) follows, per timestep convention
@@ -129,9 +130,6 @@ _UNSUPPORTED = {
     "LMSDiscreteScheduler": "diffcore has no linear multistep method in σ",
     "KDPM2DiscreteScheduler": "diffcore has no KDPM2 (σ-space DPM-Solver-2 with log-σ midpoints) plan",
     "KDPM2AncestralDiscreteScheduler": "diffcore has no ancestral KDPM2 plan",
-    "EDMEulerScheduler": "its EDM noise schedule (σ_max 80) and preconditioned sample are not a VP schedule",
-    "EDMDPMSolverMultistepScheduler": "its EDM noise schedule (σ_max 80) and preconditioned sample are not a VP "
-                                      "schedule",
     "DDIMInverseScheduler": "it integrates from data to noise; the drop-in samples from noise to data",
     "DPMSolverMultistepInverseScheduler": "it integrates from data to noise; the drop-in samples from noise to data",
     "PNDMScheduler": "diffcore's ipndm is not PNDM's Runge–Kutta warm-up (PLMS)",
@@ -231,6 +229,10 @@ def _default_solver(src: str, cfg: dict) -> str:
         return "euler" if src == "EulerDiscreteScheduler" else "heun"
     if src == "EulerAncestralDiscreteScheduler":
         return "euler_ancestral"
+    if src == "EDMEulerScheduler":
+        return "euler"
+    if src == "EDMDPMSolverMultistepScheduler":
+        return _default_solver("DPMSolverMultistepScheduler", cfg)
     raise ValueError(f"_class_name: {src} has no diffcore method")
 
 
@@ -387,7 +389,8 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         self._src_name = name
         self._kind = FAMILIES[name]
         self._convention = {"ddim": "ddim", "ddpm": "ddim", "sigmas": "dpmsolver", "sigmas_ve": "dpmsolver",
-                            "flow_match": "flow_match"}[self._kind]
+                            "flow_match": "flow_match", "edm": "edm"}[self._kind]
+        self._edm = self._kind == "edm"  # EDM's σ-space (α = 1) and its preconditioned network (Karras et al. 2022)
         self._ve = self._kind == "sigmas_ve"
         self._flow = self._kind == "flow_match" or bool(getattr(self._src.config, "use_flow_sigmas", False))
         if prediction_type == "flow_prediction" and not self._flow:
@@ -401,7 +404,12 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         if euler_at_final and final_sigmas_type != "zero":
             raise ValueError("euler_at_final: only with final_sigmas_type='zero' (where diffcore's final step is "
                              "first order anyway)")
-        if self._flow:
+        if self._edm:
+            sc = self._src.config
+            self.schedule = EDM(sigma_min=float(sc.sigma_min), sigma_max=float(sc.sigma_max))  # t = σ, α = 1
+            self.alphas_cumprod = None
+            self._patched = np.zeros(0, dtype=np.int64)
+        elif self._flow:
             self.schedule = RectifiedFlow(shift=1.0)  # diffusers' x = (1 − σ)x0 + σε: t = σ
             self.alphas_cumprod = None
             self._patched = np.zeros(0, dtype=np.int64)
@@ -419,7 +427,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         self._solver0 = self.solver
         self.prediction = _PREDICTIONS[prediction_type]
         self.order = int(getattr(self.solver, "stages", 1) or 1)
-        self.init_noise_sigma = float(self._src.init_noise_sigma) if self._ve else 1.0
+        self.init_noise_sigma = float(self._src.init_noise_sigma) if (self._ve or self._edm) else 1.0
         self._shift = shift
         self._reset_grid()
 
@@ -576,7 +584,8 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         # diffcore solver leaves it out with its network call; replicating DDIM or Euler, the network is
         # called there as in diffusers and the step is theirs (the identity, or DDIM's clipping of x̂0)
         tail = bool(times[-1] == times[-2])
-        keep_tail = tail and self._replicates and self._src_name in ("DDIMScheduler", "EulerDiscreteScheduler")
+        keep_tail = tail and self._replicates and self._src_name in ("DDIMScheduler", "EulerDiscreteScheduler",
+                                                                     "EDMEulerScheduler")
         if tail and self._replicates and not keep_tail:
             raise ValueError(f"final_sigmas_type: the last listed level of {self._src_name} equals the final one, a "
                              "zero-length last step that its multistep update still counts (orders, corrector); "
@@ -651,7 +660,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
                else None, str(device), dtype, None if times is None else tuple(times.tolist()))
         plan = self._plans.get(key)
         if plan is None:
-            pred = "x0" if (self.config.clip_sample or self.config.thresholding) else self.prediction
+            pred = "x0" if (self.config.clip_sample or self.config.thresholding or self._edm) else self.prediction
             try:
                 plan = solver.plan(self.schedule, self.diffcore_times if times is None else times, device=device,
                                    dtype=dtype, prediction=pred)
@@ -676,7 +685,12 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
                 entries.append(("step", i, s, ts, t, 0.0, 0.0))
         if tail:
             entries.append(("tail", plan.num_steps, 0, float(grid.model_ts[-1]), float(nodes[-1]), 0.0, 0.0))
-        if self.config.clip_sample or self.config.thresholding:
+        if self._edm:  # x̂0 = c_skip·x + c_out·F (EDMEulerScheduler.precondition_outputs)
+            sd = float(self._src.config.sigma_data)
+            sign = -1.0 if self.config.prediction_type == "v_prediction" else 1.0
+            entries = [e[:5] + (sd ** 2 / (e[4] ** 2 + sd ** 2), sign * e[4] * sd / math.sqrt(e[4] ** 2 + sd ** 2))
+                       for e in entries]
+        elif self.config.clip_sample or self.config.thresholding:
             src = self.prediction
             tt = torch.tensor([e[4] for e in entries], dtype=torch.float64)
             cx, cm = conversion_coefs(src, "x0", self.schedule.eval(tt), self.schedule)
@@ -742,7 +756,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         if levels.size != model_ts.size + 1:
             raise ValueError(f"{self._src_name}: expected one more sigma than timesteps, got {levels.size} and "
                              f"{model_ts.size}")
-        if self._flow:
+        if self._flow or self._edm:
             times = levels.copy()
         else:  # noise-to-signal ratios σ/α → diffcore time of the same log-SNR; 0 → t = 0
             lo, hi = self.schedule.lam_range()
@@ -754,7 +768,8 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
                 idx = self.schedule.t_to_index(torch.from_numpy(times[pos])).numpy()
                 N1 = self.config.num_train_timesteps - 1
                 self._check_unpatched([], fractional=idx[(idx > self._patched[0] - 1) & (idx < N1 - 1e-6)])
-        if not (np.all(np.isfinite(times)) and times[:-1].min() > 0 and times.max() <= 1):
+        top = float(self.schedule.t_start) * (1 + 1e-6) if self._edm else 1.0
+        if not (np.all(np.isfinite(times)) and times[:-1].min() > 0 and times.max() <= top):
             raise ValueError(f"sigmas: expected noise levels inside the schedule, got {levels.tolist()}")
         return _Grid(model_ts, times, integral)
 
@@ -790,13 +805,17 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """The identity (the sample is the network's input: VP / flow-matching state), except for a σ-space
         source (Euler, Heun): its sample is x/α, and the network's input α times it."""
-        if not self._ve or self._entries is None:
+        if not (self._ve or self._edm) or self._entries is None:
             return sample
-        k = (self._begin_index or 0) + self._k
-        return sample * self._alphas[min(k, len(self._alphas) - 1)]
+        k = min((self._begin_index or 0) + self._k, len(self._entries) - 1)
+        if self._edm:  # c_in = 1/√(σ² + σ_data²)
+            return sample / math.sqrt(self._entries[k][4] ** 2 + float(self._src.config.sigma_data) ** 2)
+        return sample * self._alphas[k]
 
     def model_timestep(self, t):
         """The network timestep of diffcore times ``t`` (VP: ``N·t − 1``; flow matching: ``N·t``)."""
+        if self._edm:  # EDM's c_noise = ¼·log σ
+            return 0.25 * math.log(t) if isinstance(t, (int, float)) else 0.25 * torch.log(torch.as_tensor(t))
         N = self.config.num_train_timesteps
         return t * N - 1 if not self._flow else t * N
 
@@ -959,7 +978,11 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             elif sample.data_ptr() != buf.data_ptr():  # the pipeline may have edited the sample (inpainting)
                 buf.copy_(sample)
             m = model_output
-            if self.config.clip_sample or self.config.thresholding:
+            if self._edm:
+                m = cx * buf + cm * m.to(buf.dtype)
+                if self.config.thresholding:  # EDMDPMSolverMultistepScheduler thresholds its x̂0
+                    m = self._clip(m)
+            elif self.config.clip_sample or self.config.thresholding:
                 x0 = cx * buf + cm * m.to(buf.dtype)
                 m = self._clip(x0)
                 if self._ddim_mix is not None and not use_clipped_model_output:
@@ -999,6 +1022,8 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         N = self.config.num_train_timesteps
         out = []
         for v, tv in zip(ts.tolist(), t):
+            if tv is None and self._edm:  # c_noise = ¼·log σ
+                tv = math.exp(4 * v)
             if tv is None:
                 if not (0 <= v <= (N if self._flow else N - 1)):
                     raise ValueError(f"timesteps: expected training timesteps in [0, {N - 1}], got {v}")
