@@ -35,13 +35,16 @@ UniPCMultistepScheduler                ``unipc_{1,2,3}`` (bh1/bh2, ``predict_x0`
 EulerDiscreteScheduler                 ``euler`` in σ/α (Karras et al. 2022, Alg. 1 without churn)
 HeunDiscreteScheduler                  ``heun`` in σ/α
 EulerAncestralDiscreteScheduler        ``euler_ancestral``
+EDMEulerScheduler                      ``euler`` on diffcore's EDM schedule (σ_max from the config), the
+                                       network preconditioned as diffusers (c_in, c_skip, c_out, c_noise)
+EDMDPMSolverMultistepScheduler         as DPMSolverMultistepScheduler, on the EDM schedule
 FlowMatchEulerDiscreteScheduler        ``euler`` (``prediction_type="flow_prediction"``)
 FlowMatchHeunDiscreteScheduler         ``heun``
 =====================================  ===================================================================
 
 Everything else raises ``ValueError`` naming the class or the config attribute: ``algorithm_type``
 ``"dpmsolver"`` of order 2-3 / ``"sde-dpmsolver"``, ``sde-dpmsolver++`` of order 3, DPMSolverSinglestep, DEIS,
-LMS, KDPM2, the EDM schedulers, PNDM, the inverse schedulers, ``stochastic_sampling``, UniPC's
+LMS, KDPM2, PNDM, the inverse schedulers, ``stochastic_sampling``, UniPC's
 ``solver_p`` / ``disable_corrector``, DDIM with ``timestep_spacing="linspace"`` (it steps t → t − N//n,
 not to the next listed timestep), DDIM/DDPM with ``rescale_betas_zero_snr`` (ᾱ = 0), a multistep
 source whose last listed level equals the final one (``final_sigmas_type="sigma_min"`` with Karras
