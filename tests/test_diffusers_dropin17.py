@@ -210,6 +210,7 @@ RAISE_AT_SET_TIMESTEPS = [
      "final_sigmas_type"),
     ("DPMSolverMultistepScheduler", SD_PNDM, {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"},
      "final_sigmas_type"),
+    ("EDMDPMSolverMultistepScheduler", EDM_HUB, {"final_sigmas_type": "sigma_min"}, "final_sigmas_type"),
 ]
 
 

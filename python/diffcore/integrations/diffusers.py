@@ -586,7 +586,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         # a zero-length final step (DDIM's ᾱ_0 → ᾱ_0 after index 0, a last listed level at sigma_min): a
         # diffcore solver leaves it out with its network call; replicating DDIM or Euler, the network is
         # called there as in diffusers and the step is theirs (the identity, or DDIM's clipping of x̂0)
-        tail = bool(times[-1] == times[-2])
+        tail = bool(abs(times[-1] - times[-2]) <= 1e-6 * abs(times[-2]))  # float32 vs float64 σ_min: equal
         keep_tail = tail and self._replicates and self._src_name in ("DDIMScheduler", "EulerDiscreteScheduler",
                                                                      "EDMEulerScheduler")
         if tail and self._replicates and not keep_tail:
