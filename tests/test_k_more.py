@@ -40,20 +40,7 @@ def start(grid, n=32, seed=0):
     return torch.randn(n, 2, generator=g, dtype=F64) * grid[0]
 
 
-def keyed(x):
-    """A noise sampler whose normal depends on (σ, σ_next) only: any caller gets the same numbers."""
-    def ns(sigma, sigma_next):
-        g = torch.Generator().manual_seed(int(round(float(sigma) * 1e6)) * 7 + int(round(float(sigma_next) * 1e6)))
-        return torch.randn(x.shape, generator=g, dtype=x.dtype)
-    return ns
-
-
-def kdiff():
-    from diffcore.integrations._peers import load_k_diffusion
-    kds, how = load_k_diffusion()
-    if kds is None:
-        pytest.skip(f"k-diffusion's sampling module unavailable: {how}")
-    return kds
+from k_peer import keyed, kdiff  # noqa: E402  (shared with the other k-diffusion parity module)
 
 
 @contextlib.contextmanager
