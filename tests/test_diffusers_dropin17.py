@@ -74,7 +74,8 @@ MATCH = [
     ("DDPMScheduler", DDPM_HUB, {}),  # stochastic: noise from the passed generator
     ("DDPMScheduler", SD_PNDM, {"timestep_spacing": "trailing"}),
     ("DDPMScheduler", DDPM_HUB, {"variance_type": "fixed_small_log"}),
-    ("DDPMScheduler", DDPM_HUB, {"variance_type": "fixed_large", "prediction_type": "v_prediction"}),
+    ("DDPMScheduler", DDPM_HUB, {"variance_type": "fixed_large", "prediction_type": "v_prediction",
+                                 "clip_sample": False}),
     ("DPMSolverMultistepScheduler", SD_PNDM, {}),
     ("DPMSolverMultistepScheduler", SD_PNDM, {"solver_order": 1}),
     ("DPMSolverMultistepScheduler", SD_PNDM, {"solver_order": 3}),
@@ -203,6 +204,11 @@ RAISE = [
     ("DDIMScheduler", SD_PNDM, {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"},
      "rescale_betas_zero_snr"),
     ("UniPCMultistepScheduler", SD_PNDM, {"disable_corrector": [0]}, "disable_corrector"),
+    # found by a randomized sweep of configs: diffusers ignores thresholding without predict_x0 (3.7 relative off),
+    # and DDPM's σ² = β step with a clipped x̂0 was 0.1 relative off
+    ("UniPCMultistepScheduler", DDPM_HUB, {"predict_x0": False, "thresholding": True}, "thresholding"),
+    ("DDPMScheduler", DDPM_HUB, {"variance_type": "fixed_large"}, "variance_type"),
+    ("DDPMScheduler", SD_PNDM, {"variance_type": "fixed_large", "thresholding": True}, "variance_type"),
 ]
 RAISE_AT_SET_TIMESTEPS = [
     ("FlowMatchEulerDiscreteScheduler", SD3_FLOW, {"invert_sigmas": True}, "invert_sigmas"),

@@ -192,6 +192,11 @@ def _default_solver(src: str, cfg: dict) -> str:
             raise ValueError(f"variance_type: DDPMScheduler's {vt!r} variance has no diffcore method (the ddpm solver "
                              "draws the posterior variance β̃, 'fixed_small', or β, 'fixed_large'); pass solver= to "
                              "choose one explicitly")
+        if vt == "fixed_large" and (cfg.get("clip_sample") or cfg.get("thresholding")):
+            # measured 0.1 relative off diffusers' step: diffcore's σ² = β step keeps its marginals through the
+            # ε form, which a clipped x̂0 no longer matches; refuse rather than differ silently
+            raise ValueError("variance_type: DDPMScheduler's 'fixed_large' with clip_sample or thresholding has no "
+                             "matching diffcore method; use variance_type='fixed_small' or turn clipping off")
         return "ddpm"
     if src == "DPMSolverMultistepScheduler":
         algo = cfg.get("algorithm_type", "dpmsolver++")
@@ -215,6 +220,11 @@ def _default_solver(src: str, cfg: dict) -> str:
             raise ValueError("solver_p: UniPC with another predictor has no diffcore method")
         if cfg.get("disable_corrector"):
             raise ValueError("disable_corrector: UniPC without its corrector at some steps has no diffcore method")
+        if not cfg.get("predict_x0", True) and cfg.get("thresholding"):
+            # diffusers thresholds only the data prediction: with predict_x0=False its UniPC ignores
+            # thresholding, while diffcore's clipping acts on x̂0 of every solver
+            raise ValueError("thresholding: UniPCMultistepScheduler with predict_x0=False ignores thresholding in "
+                             "diffusers; diffcore has no such combination (drop thresholding or use predict_x0=True)")
         return f"unipc_{min(max(order, 1), 3)}"
     if src == "DEISMultistepScheduler":
         return f"deis_{min(max(order, 1), 3)}"
