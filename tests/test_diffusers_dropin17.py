@@ -535,3 +535,63 @@ def test_edm_config_uses_the_edm_schedule():
     t = ref.timesteps[3:4]
     a, b = ref.add_noise(x0, eps, t), ours.add_noise(x0, eps, t)
     assert float((a - b).abs().max() / a.abs().max()) <= 1e-5
+
+
+#: option values a hub config may carry, per class, for the randomized sweep below
+_SWEEP = {
+    "DDIMScheduler": dict(timestep_spacing=["leading", "trailing", "linspace"], set_alpha_to_one=[True, False],
+                          prediction_type=["epsilon", "v_prediction", "sample"], clip_sample=[True, False],
+                          thresholding=[True, False], rescale_betas_zero_snr=[True, False], steps_offset=[0, 1]),
+    "DDPMScheduler": dict(timestep_spacing=["leading", "trailing", "linspace"], clip_sample=[True, False],
+                          prediction_type=["epsilon", "v_prediction", "sample"], thresholding=[True, False],
+                          variance_type=["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log"]),
+    "DPMSolverMultistepScheduler": dict(
+        solver_order=[1, 2, 3], algorithm_type=["dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver"],
+        solver_type=["midpoint", "heun"], use_karras_sigmas=[True, False], use_exponential_sigmas=[True, False],
+        final_sigmas_type=["zero", "sigma_min"], timestep_spacing=["leading", "trailing", "linspace"],
+        prediction_type=["epsilon", "v_prediction", "sample"], lower_order_final=[True, False],
+        euler_at_final=[True, False], thresholding=[True, False], use_lu_lambdas=[True, False]),
+    "UniPCMultistepScheduler": dict(solver_order=[1, 2, 3], solver_type=["bh1", "bh2"], predict_x0=[True, False],
+                                    use_karras_sigmas=[True, False], timestep_spacing=["leading", "trailing"],
+                                    prediction_type=["epsilon", "v_prediction"], thresholding=[True, False]),
+    "EulerDiscreteScheduler": dict(use_karras_sigmas=[True, False], timestep_spacing=["leading", "trailing", "linspace"],
+                                   prediction_type=["epsilon", "v_prediction"], final_sigmas_type=["zero", "sigma_min"]),
+    "EulerAncestralDiscreteScheduler": dict(timestep_spacing=["leading", "trailing"],
+                                            prediction_type=["epsilon", "v_prediction"]),
+    "HeunDiscreteScheduler": dict(use_karras_sigmas=[True, False], timestep_spacing=["leading", "trailing"],
+                                  prediction_type=["epsilon", "v_prediction"]),
+    "FlowMatchEulerDiscreteScheduler": dict(shift=[1.0, 3.0], use_karras_sigmas=[True, False],
+                                            shift_terminal=[None, 0.1], stochastic_sampling=[False, True]),
+    "EDMDPMSolverMultistepScheduler": dict(solver_order=[1, 2, 3], algorithm_type=["dpmsolver++", "sde-dpmsolver++"],
+                                           prediction_type=["epsilon", "v_prediction"]),
+}
+
+
+def test_randomized_hub_configs_match_or_name_the_attribute():
+    """A seeded sweep of option combinations (the kind of check a user's config makes): each either matches
+    diffusers step by step within 1e-5 or raises a ValueError. At 1-3 steps diffusers' own float32 steps
+    from σ/α in the thousands lose more than that to cancellation, so the sweep uses 5 and 10 steps."""
+    import random
+    rng = random.Random(12)
+    base_of = {"EDMDPMSolverMultistepScheduler": EDM_HUB, "FlowMatchEulerDiscreteScheduler": SD3_FLOW}
+    matched = named = 0
+    for _ in range(120):
+        cls = rng.choice(sorted(_SWEEP))
+        opts = {k: rng.choice(v) for k, v in _SWEEP[cls].items() if rng.random() < 0.5}
+        base = base_of.get(cls, rng.choice([SD_PNDM, DDPM_HUB]))
+        n = rng.choice([5, 10])
+        try:
+            ref = getattr(diffusers, cls).from_config(base, **opts)
+            ref.set_timesteps(n)
+        except Exception:  # diffusers itself refuses the combination
+            continue
+        ref = getattr(diffusers, cls).from_config(base, **opts)
+        try:
+            ours = DiffcoreScheduler.from_config(ref.config)
+            worst = _compare(ref, ours, n)
+        except ValueError:
+            named += 1
+            continue
+        assert worst <= 1e-5, f"{cls} {opts} n={n}: {worst:.3g} relative off diffusers"
+        matched += 1
+    assert matched >= 10 and named >= 5, (matched, named)
