@@ -48,7 +48,9 @@ LMS, KDPM2, PNDM, the inverse schedulers, ``stochastic_sampling``, UniPC's
 ``solver_p`` / ``disable_corrector``, DDIM with ``timestep_spacing="linspace"`` (it steps t → t − N//n,
 not to the next listed timestep), DDIM/DDPM with ``rescale_betas_zero_snr`` (ᾱ = 0), a multistep
 source whose last listed level equals the final one (``final_sigmas_type="sigma_min"`` with Karras
-sigmas). ``solver=`` runs another diffcore method on the source's grid (a deliberate difference);
+sigmas), DDPM's ``fixed_large`` with clipping or with a last step from a timestep above 0 (diffusers
+draws β-noise there), UniPC with ``predict_x0=False`` and ``thresholding`` (diffusers ignores the
+thresholding). ``solver=`` runs another diffcore method on the source's grid (a deliberate difference);
 for PNDM, DEIS, DPMSolverSinglestep, LMS and KDPM2 configs on the grid of the class sharing their grid
 code (DDIM, DPMSolverMultistep, Euler).
 
