@@ -150,6 +150,41 @@ def test_long_grids_match_diffusers(cls_name, opts, n):
     assert _compare(ref, ours, n) <= 1e-5
 
 
+#: DDPM 'fixed_large' grids whose last step starts at t > 0 (steps_offset=1, or trailing spacing): diffusers
+#: adds β-noise there, β = 1 − ᾱ_t (0.8 % to 5 % of the output); the drop-in draws it from the same generator
+FIXED_LARGE_LAST_T = [
+    ("DDPMScheduler", SD_PNDM, {"variance_type": "fixed_large"}),
+    ("DDPMScheduler", SD_PNDM, {"variance_type": "fixed_large", "prediction_type": "v_prediction"}),
+    ("DDPMScheduler", DDPM_HUB, {"variance_type": "fixed_large", "clip_sample": False, "timestep_spacing": "trailing"}),
+]
+
+
+@pytest.mark.parametrize("n", [5, 10])
+@pytest.mark.parametrize("cls_name,base,opts", FIXED_LARGE_LAST_T, ids=lambda v: v if isinstance(v, str) else
+                         (",".join(f"{k}={w}" for k, w in v.items()) if "_class_name" not in v else v["_class_name"]))
+def test_ddpm_fixed_large_last_step_from_t_above_0_matches_diffusers(cls_name, base, opts, n):
+    ref, ours = _chain(cls_name, base, **opts)
+    ref.set_timesteps(n)
+    assert int(ref.timesteps[-1]) > 0  # the case: diffusers' last step draws noise
+    assert _compare(ref, ours, n) <= 1e-5
+
+
+def test_ddpm_fixed_large_last_step_draws_from_per_sample_generators_as_diffusers():
+    """Pipelines pass one generator per sample; the last step's β-noise comes from each, after its earlier draws."""
+    ref, ours = _chain("DDPMScheduler", SD_PNDM, variance_type="fixed_large")
+    ref.set_timesteps(4)
+    ours.set_timesteps(4)
+    gr = [torch.Generator().manual_seed(10 + i) for i in range(2)]
+    go = [torch.Generator().manual_seed(10 + i) for i in range(2)]
+    x = torch.randn((2, 3, 4, 4), generator=torch.Generator().manual_seed(0))
+    for t in ref.timesteps:
+        m = fake_model(x, t)
+        a = ref.step(m, t, x, generator=gr).prev_sample
+        b = ours.step(m.clone(), t, x.clone(), generator=go).prev_sample
+        assert float((a - b).abs().max() / a.abs().max()) <= 1e-5
+        x = a
+
+
 @pytest.mark.parametrize("cls_name,base,opts,kw", [
     ("DDPMScheduler", DDPM_HUB, {}, dict(timesteps=[999, 700, 400, 100, 0])),
     ("DPMSolverMultistepScheduler", SD_PNDM, {}, dict(timesteps=[999, 700, 400, 100, 10])),
@@ -217,10 +252,6 @@ RAISE_AT_SET_TIMESTEPS = [
     ("DPMSolverMultistepScheduler", SD_PNDM, {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"},
      "final_sigmas_type"),
     ("EDMDPMSolverMultistepScheduler", EDM_HUB, {"final_sigmas_type": "sigma_min"}, "final_sigmas_type"),
-    # diffusers adds β-noise at a last step from t = 1 > 0 (0.8 % off before this was refused)
-    ("DDPMScheduler", SD_PNDM, {"variance_type": "fixed_large"}, "variance_type"),
-    ("DDPMScheduler", DDPM_HUB, {"variance_type": "fixed_large", "clip_sample": False, "timestep_spacing": "trailing"},
-     "variance_type"),
 ]
 
 

@@ -28,7 +28,8 @@ source class                           diffcore solver
 DDIMScheduler                          ``ddim``; ``step(eta > 0)``: ``ddim_eta`` (with clipping, the
                                        unclipped ε̂ unless ``use_clipped_model_output``)
 DDPMScheduler                          ``ddpm`` (``fixed_small``, ``fixed_small_log``; ``fixed_large``:
-                                       ``variance="beta"``)
+                                       ``variance="beta"``, plus diffusers' β-noise at a last step
+                                       from t > 0, drawn from the passed ``generator``)
 DPMSolverMultistepScheduler            ``dpmpp_{1,2m,3m}``; ``sde-dpmsolver++`` order 2: ``dpmpp_2m_sde``;
                                        ``dpmsolver`` order 1: ``dpmpp_1`` (both DDIM)
 UniPCMultistepScheduler                ``unipc_{1,2,3}`` (bh1/bh2, ``predict_x0``)
@@ -48,8 +49,7 @@ LMS, KDPM2, PNDM, the inverse schedulers, ``stochastic_sampling``, UniPC's
 ``solver_p`` / ``disable_corrector``, DDIM with ``timestep_spacing="linspace"`` (it steps t → t − N//n,
 not to the next listed timestep), DDIM/DDPM with ``rescale_betas_zero_snr`` (ᾱ = 0), a multistep
 source whose last listed level equals the final one (``final_sigmas_type="sigma_min"`` with Karras
-sigmas), DDPM's ``fixed_large`` with clipping or with a last step from a timestep above 0 (diffusers
-draws β-noise there), UniPC with ``predict_x0=False`` and ``thresholding`` (diffusers ignores the
+sigmas), DDPM's ``fixed_large`` with clipping, UniPC with ``predict_x0=False`` and ``thresholding`` (diffusers ignores the
 thresholding). ``solver=`` runs another diffcore method on the source's grid (a deliberate difference);
 for PNDM, DEIS, DPMSolverSinglestep, LMS and KDPM2 configs on the grid of the class sharing their grid
 code (DDIM, DPMSolverMultistep, Euler).
@@ -100,6 +100,7 @@ import numpy as np
 import torch
 
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.utils.torch_utils import randn_tensor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
 from .. import solvers as _solvers
@@ -605,13 +606,12 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"final_sigmas_type: the last listed level of {self._src_name} equals the final one, a "
                              "zero-length last step that its multistep update still counts (orders, corrector); "
                              "use final_sigmas_type='zero'")
-        if (self._src_name == "DDPMScheduler" and self.config.variance_type == "fixed_large"
-                and self.solver.name == "ddpm" and float(grid.model_ts[-1]) > 0):
-            # diffusers draws noise of variance β = 1 − ᾱ_t at a last step from t > 0 to ᾱ = 1 (measured 0.8 % to
-            # 5 % off at the SD config's last step t = 1); diffcore's ddpm ends noise-free at σ = 0
-            raise ValueError(f"variance_type: DDPMScheduler's 'fixed_large' adds noise at its last step from timestep "
-                             f"{int(grid.model_ts[-1])} > 0 (steps_offset / timestep_spacing), which diffcore's ddpm "
-                             "does not; use variance_type='fixed_small' or a grid ending at timestep 0")
+        # DDPMScheduler.step adds β-noise (β = 1 − ᾱ_t/1, Ho et al. 2020 σ² = β) whenever t > 0, its last step
+        # from t > 0 to ᾱ = 1 included (the SD config's last t is 1: 0.8 % to 5 % of the output); diffcore's ddpm
+        # ends noise-free at σ = 0, so step() adds that last draw from the passed generator as diffusers does
+        self._last_beta_noise = (self._src_name == "DDPMScheduler" and self.config.variance_type == "fixed_large"
+                                 and self.solver.name == "ddpm" and getattr(self.solver, "variance", None) == "beta"
+                                 and float(grid.model_ts[-1]) > 0)
         solve = times[:-1] if tail else times
         if tail and len(solve) < 2:
             raise ValueError("num_inference_steps: the grid has no step of nonzero length")
@@ -1017,6 +1017,13 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
                                             and nxt[2] == s + 1) else st.x
         self._k += 1
         prev = out.to(dtype=sample.dtype, copy=True)
+        if kind == "step" and k + 1 == len(self._entries) and getattr(self, "_last_beta_noise", False):
+            # diffusers' draw at the last step: after the mean, from this call's generator, in the model output's
+            # shape, device and dtype (randn_tensor, as DDPMScheduler.step draws it)
+            a_t = float(self.schedule.eval(torch.tensor([self._entries[k][4]], dtype=torch.float64)).alpha[0])
+            z = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                             dtype=model_output.dtype)
+            prev += math.sqrt(1.0 - a_t * a_t) * z.to(prev.dtype)
         if self._ve:
             prev /= self._alphas[k + 1]
         if not return_dict:
