@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from . import schedules as _schedules
 from .distill._common import per_sample_weight
-from .param import canonical_prediction, convert
+from .param import convert, resolve_prediction
 
 __all__ = ["diffusion_dpo_loss"]
 
@@ -33,14 +33,15 @@ Weight = Union[None, float, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]
 
 def diffusion_dpo_loss(model: Callable, ref_model: Callable, x_w: torch.Tensor, x_l: torch.Tensor, schedule,
                        beta: float, *, t=None, eps: Optional[torch.Tensor] = None, labels=None,
-                       weight: Weight = None, prediction: str = "eps", linear: bool = False,
+                       weight: Weight = None, prediction: Optional[str] = None, linear: bool = False,
                        reduction: str = "mean", generator: Optional[torch.Generator] = None,
                        t_range=None) -> torch.Tensor:
     """Diffusion-DPO loss (book §8.5.4 with the bounded softplus form, docs/errata.md D2).
 
     Args:
         model: trainable policy ``model(x, t, labels=...)`` (called without ``labels`` when None),
-            predicting ``prediction`` (converted to ε).
+            predicting ``prediction`` (converted to ε; ``None``: the schedule's own type,
+            ``"velocity"`` on the flow-matching schedules, ``"eps"`` on the diffusion ones).
         ref_model: frozen reference with the same signature; evaluated under ``torch.no_grad``.
         x_w, x_l: winner / loser clean samples, same shape ``(B, D...)``.
         schedule: the diffusion schedule (``x_t = α_t x_0 + σ_t ε``).
@@ -73,7 +74,7 @@ def diffusion_dpo_loss(model: Callable, ref_model: Callable, x_w: torch.Tensor, 
     sched = _schedules.get(schedule) if isinstance(schedule, (str, _schedules.Schedule)) else None
     if sched is None:
         raise TypeError(f"schedule: expected a diffcore Schedule or a schedule name, got {type(schedule).__name__}")
-    pred = canonical_prediction(prediction)
+    pred = resolve_prediction(prediction, sched)
     B, dt, dev = x_w.shape[0], x_w.dtype, x_w.device
 
     if t is None:

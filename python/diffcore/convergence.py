@@ -13,6 +13,7 @@ import torch
 from .grids import timesteps as make_timesteps
 from .noise import Noise
 from .oracles import GaussianMixture, reference_ode
+from .param import resolve_prediction
 from .schedules import Schedule
 
 __all__ = ["reference_mixture", "pinned_starts", "run_plan", "order_study", "lsq_slope", "gaussian_moments"]
@@ -61,15 +62,17 @@ def lsq_slope(steps: Sequence[int], errors: Sequence[float]) -> float:
 
 def order_study(solver, schedule: Schedule, oracle: Optional[GaussianMixture] = None,
                 steps: Sequence[int] = (128, 256, 512, 1024), t_start: Optional[float] = None,
-                t_end: Optional[float] = None, spacing: str = "uniform_lambda", prediction: str = "eps",
+                t_end: Optional[float] = None, spacing: str = "uniform_lambda", prediction: Optional[str] = None,
                 exact_history: bool = False, starts: Optional[torch.Tensor] = None) -> Dict[str, object]:
     """Errors and observed order of ``solver`` on ``oracle`` (float64; RMS over pinned starts).
 
     ``exact_history=True`` measures a multistep solver's steady-state order: the run starts at step
     ``K`` (its history size, where the warm-up is over) from the reference solution, with the history
-    ring holding the exact native predictions at the first ``K`` grid points.
+    ring holding the exact native predictions at the first ``K`` grid points. ``prediction``: the
+    oracle's head handed to the solver (``None``: the schedule's own type).
     Returns ``{"steps", "errors", "order", "nfe"}``."""
     oracle = oracle if oracle is not None else reference_mixture()
+    prediction = resolve_prediction(prediction, schedule)
     t_start = float(schedule.t_start if t_start is None else t_start)
     t_end = float(schedule.t_end if t_end is None else t_end)
     x0 = starts if starts is not None else pinned_starts(oracle, schedule, t_start, t_end)

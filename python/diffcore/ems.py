@@ -40,7 +40,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .param import canonical_prediction, convert
+from .param import convert, resolve_prediction
 from .schedules import Schedule
 
 __all__ = ["EMS", "grid_derivative"]
@@ -221,14 +221,15 @@ class EMS:
 
     @classmethod
     def estimate(cls, model: Callable, schedule: Schedule, *, data: Optional[torch.Tensor] = None,
-                 noise: Optional[torch.Tensor] = None, K: int = 250, prediction: str = "eps",
+                 noise: Optional[torch.Tensor] = None, K: int = 250, prediction: Optional[str] = None,
                  model_kwargs: Optional[dict] = None, t_start: Optional[float] = None,
                  t_end: Optional[float] = None, probes: int = 4, jvp: str = "autograd", fd_step: float = 1e-3,
                  batch_size: Optional[int] = None, chunk: int = 1, seed: int = 0) -> "EMS":
         """Estimate the statistics of a trained model (book §9.7.5).
 
         Args:
-            model: ``model(x, t, **model_kwargs)`` returning ``prediction`` (converted to ε̂ here).
+            model: ``model(x, t, **model_kwargs)`` returning ``prediction`` (converted to ε̂ here;
+                ``None``: the schedule's own type, ``"velocity"`` on the flow-matching schedules).
             data: ``[n, *shape]`` data samples; ``x_λ = α x0 + σ z`` with one fixed ``z`` per sample
                 (the exact marginal of a perfect model). Or
             noise: ``[n, *shape]`` starts at ``t_start``; ``x_λ`` are the model's own PF-ODE trajectories
@@ -255,7 +256,7 @@ class EMS:
         src = data if data is not None else noise
         if not isinstance(src, torch.Tensor) or not src.is_floating_point() or src.dim() < 2 or src.shape[0] < 2:
             raise TypeError("data/noise: expected a floating tensor [n >= 2, *shape]")
-        prediction = canonical_prediction(prediction)
+        prediction = resolve_prediction(prediction, schedule)
         lam, t = _lam_grid(schedule, K, t_start, t_end)
         shape = tuple(src.shape[1:])
         n = src.shape[0]
@@ -282,7 +283,8 @@ class EMS:
                 return a * x0 + sg * z
         else:
             from .solvers import get as _get_solver
-            plan = _get_solver("dpmpp_2m", lower_order_final=False).plan(schedule, t, device=dev, dtype=dt)
+            plan = _get_solver("dpmpp_2m", lower_order_final=False).plan(schedule, t, device=dev, dtype=dt,
+                                                                         prediction="eps")  # eps_fn is ε̂
             traj = {"k": 0, "state": plan.init_state(noise.detach().clone())}
 
             def points(k):

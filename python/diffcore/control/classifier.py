@@ -162,7 +162,7 @@ class ClassifierGuidance(GuidedModel):
     """
 
     def __init__(self, model: Callable, classifier: Callable, omega: Weight, labels, schedule,
-                 prediction="eps", model_kwargs: Optional[dict] = None):
+                 prediction=None, model_kwargs: Optional[dict] = None):
         super().__init__(model, schedule, prediction, omega, model_kwargs)
         self.classifier = check_callable(classifier, "classifier", "a callable classifier(x, t) -> logits [B, K]")
         is_int = isinstance(labels, int) and not isinstance(labels, bool)

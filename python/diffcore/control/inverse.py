@@ -201,7 +201,7 @@ class ScoreProjection(_Projection):
         generator: for ``ε``.
     """
 
-    def __init__(self, model: Callable, operator, y: torch.Tensor, schedule, prediction="eps",
+    def __init__(self, model: Callable, operator, y: torch.Tensor, schedule, prediction=None,
                  weight: Weight = 1.0, noise: bool = True, generator: Optional[torch.Generator] = None,
                  model_kwargs: Optional[dict] = None):
         super().__init__(model, operator, y, schedule, prediction, weight, noise, generator, model_kwargs)
@@ -216,7 +216,7 @@ class ILVR(_Projection):
     ``G_t = A^†(y_t − A x_t)``, ``A^† = (AᵀA)⁻¹Aᵀ`` (the Moore–Penrose pseudo-inverse), with
     ``y_t = α_t y + σ_t ε``. Arguments as :class:`ScoreProjection`."""
 
-    def __init__(self, model: Callable, operator, y: torch.Tensor, schedule, prediction="eps",
+    def __init__(self, model: Callable, operator, y: torch.Tensor, schedule, prediction=None,
                  weight: Weight = 1.0, noise: bool = True, generator: Optional[torch.Generator] = None,
                  model_kwargs: Optional[dict] = None):
         super().__init__(model, operator, y, schedule, prediction, weight, noise, generator, model_kwargs)
@@ -253,7 +253,7 @@ class DPS(GuidedModel):
 
     needs_model_grad = True
 
-    def __init__(self, model: Callable, operator, y: torch.Tensor, schedule, prediction="eps",
+    def __init__(self, model: Callable, operator, y: torch.Tensor, schedule, prediction=None,
                  sigma_y: Optional[float] = None, zeta: Optional[Weight] = None, weight: Weight = 1.0,
                  model_kwargs: Optional[dict] = None):
         super().__init__(model, schedule, prediction, weight, model_kwargs)
@@ -319,7 +319,7 @@ class ExactGaussianLikelihood(GuidedModel):
     """
 
     def __init__(self, model: Callable, operator, y: torch.Tensor, sigma_y: float, mean, cov, schedule,
-                 prediction="eps", weight: Weight = 1.0, model_kwargs: Optional[dict] = None):
+                 prediction=None, weight: Weight = 1.0, model_kwargs: Optional[dict] = None):
         super().__init__(model, schedule, prediction, weight, model_kwargs)
         self.operator = _check_linear(operator)
         self.y = _measurement(y)

@@ -52,7 +52,7 @@ import torch
 
 from .. import schedules as _schedules
 from ..grids import timesteps as _timesteps
-from ..param import canonical_prediction, convert
+from ..param import canonical_prediction, convert, resolve_prediction
 
 __all__ = ["score_coefficient", "add_score_term", "GuidedModel", "LossGuidance", "noise_space_term",
            "data_space_update", "loss_guided_ddim_step", "loss_guided_ddim"]
@@ -175,18 +175,19 @@ class GuidedModel:
         model: ``model(x, t, **model_kwargs)`` returning ``prediction``.
         schedule: the noise schedule (or its name).
         prediction: the model's prediction type (``"eps"``, ``"x0"``, ``"score"``, ``"velocity"``,
-            ``"v"`` or an alias).
+            ``"v"`` or an alias); ``None`` (default): the schedule's own, ``"velocity"`` on the
+            flow-matching schedules and ``"eps"`` on the diffusion ones (the model is never probed).
         weight: ``w_t``, a number or a callable ``t [B] (float64) → [B]``.
         model_kwargs: extra keyword arguments of ``model``.
     """
 
     needs_model_grad = False
 
-    def __init__(self, model: Callable, schedule, prediction="eps", weight: Weight = 1.0,
+    def __init__(self, model: Callable, schedule, prediction=None, weight: Weight = 1.0,
                  model_kwargs: Optional[dict] = None):
         self.model = check_callable(model, "model", "a callable model(x, t, **model_kwargs)")
         self.schedule = check_schedule(schedule)
-        self.prediction = canonical_prediction(prediction)
+        self.prediction = resolve_prediction(prediction, self.schedule)
         if self.prediction == "v" and getattr(self.schedule, "kind", "general") != "vp":
             raise ValueError(f"prediction: 'v' needs a variance-preserving schedule, got {self.schedule!r}")
         self.weight = check_weight(weight, "weight")
@@ -244,7 +245,7 @@ def _loss_grad(loss: Callable, x0: torch.Tensor, cond) -> torch.Tensor:
         return torch.autograd.grad(_checked_loss(loss, xg, cond).sum(), xg)[0]
 
 
-def noise_space_term(model: Callable, x: torch.Tensor, t, loss: Callable, cond, schedule, prediction="eps",
+def noise_space_term(model: Callable, x: torch.Tensor, t, loss: Callable, cond, schedule, prediction=None,
                      eta: float = 1.0, model_kwargs: Optional[dict] = None):
     """``(pred, x̂0, 𝒢_t)`` with ``𝒢_t = −η ∇_{x_t} ℓ(x̂0(x_t), c) = −η (∂x̂0/∂x_t)ᵀ ∇_{x0} ℓ``
     (book §8.4.1 with docs/errata.md D11; one VJP through the model). ``pred`` and ``x̂0`` are
@@ -295,7 +296,7 @@ class LossGuidance(_NoiseSpace):
     density ``p_0 exp(−η^latent η ℓ)``.
     """
 
-    def __init__(self, model: Callable, loss: Callable, schedule, prediction="eps", cond=None,
+    def __init__(self, model: Callable, loss: Callable, schedule, prediction=None, cond=None,
                  eta_latent: Weight = 1.0, eta: Weight = 1.0, model_kwargs: Optional[dict] = None):
         check_callable(loss, "loss", "a callable loss(x0, cond) -> [B]")
         super().__init__(model, schedule, prediction, loss, cond, check_weight(eta, "eta"), model_kwargs)
@@ -317,7 +318,7 @@ def data_space_update(x0: torch.Tensor, loss: Callable, cond=None, eta_data: Uni
 
 
 def loss_guided_ddim_step(model: Callable, x: torch.Tensor, t, s, schedule, loss: Optional[Callable] = None,
-                          cond=None, prediction="eps", eta_data: Weight = 0.0, eta_latent: Weight = 0.0,
+                          cond=None, prediction=None, eta_data: Weight = 0.0, eta_latent: Weight = 0.0,
                           eta: Weight = 1.0, data_iters: int = 1,
                           model_kwargs: Optional[dict] = None) -> torch.Tensor:
     """One generalized DDIM step ``t → s`` (book Eq. (8.4.2), with the
@@ -330,6 +331,7 @@ def loss_guided_ddim_step(model: Callable, x: torch.Tensor, t, s, schedule, loss
     ``t``, ``s``: numbers or ``[B]`` per-sample times with ``σ_t > 0``. With both ``η`` zero the
     result is :func:`diffcore.solvers.ddim_step` (η = 0 DDIM)."""
     schedule = check_schedule(schedule)
+    prediction = resolve_prediction(prediction, schedule)
     check_callable(model, "model", "a callable model(x, t, **model_kwargs)")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
         raise TypeError("x: expected a floating-point tensor with a batch dimension")
@@ -367,7 +369,7 @@ def loss_guided_ddim_step(model: Callable, x: torch.Tensor, t, s, schedule, loss
 
 
 def loss_guided_ddim(model: Callable, x: torch.Tensor, schedule, loss: Optional[Callable] = None, cond=None,
-                     steps: int = 50, prediction="eps", eta_data: Weight = 0.0, eta_latent: Weight = 0.0,
+                     steps: int = 50, prediction=None, eta_data: Weight = 0.0, eta_latent: Weight = 0.0,
                      eta: Weight = 1.0, data_iters: int = 1, spacing: Optional[str] = None,
                      model_kwargs: Optional[dict] = None) -> torch.Tensor:
     """Sample with :func:`loss_guided_ddim_step` over the schedule's default grid of ``steps`` steps

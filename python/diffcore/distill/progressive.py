@@ -21,7 +21,7 @@ from torch import nn
 
 from ._common import col as _col, sched as _sched
 from ..grids import timesteps
-from ..param import _batch_times, canonical_prediction, convert
+from ..param import _batch_times, canonical_prediction, convert, resolve_prediction
 from ..solvers.onestep import ddim_step
 from .students import PDStudent
 
@@ -34,12 +34,13 @@ WEIGHTINGS = ("snr_trunc", "snr_plus_one", "none")
 
 
 
-def pd_target(teacher: Callable, x_s: torch.Tensor, s, u, t, schedule, prediction="eps",
+def pd_target(teacher: Callable, x_s: torch.Tensor, s, u, t, schedule, prediction=None,
               model_kwargs: Optional[dict] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """The PD target of book Lemma 10.3.1 / eq. (10.3.2) without gradient.
 
     Args:
-        teacher: ``teacher(x, t, **model_kwargs)`` returning a ``prediction`` (any head).
+        teacher: ``teacher(x, t, **model_kwargs)`` returning a ``prediction`` (any head; ``None``:
+            the schedule's own type, ``"velocity"`` on the flow-matching schedules).
         x_s: states at ``s`` ``[B, ...]``. s, u, t: scalars or per-sample ``[B]`` times, ``s > u > t``
             (``t`` may have σ = 0, e.g. rectified flow's ``t = 0``).
         schedule: the diffusion schedule.
@@ -47,6 +48,7 @@ def pd_target(teacher: Callable, x_s: torch.Tensor, s, u, t, schedule, predictio
     Returns ``(x̃, x̃_t)``: the student's x-prediction target and the two-step teacher state at ``t``.
     """
     sched = _sched(schedule)
+    prediction = resolve_prediction(prediction, sched)
     B = x_s.shape[0]
     sb, ub, tb = (_batch_times(v, B, n).to(torch.float64) for v, n in ((s, "s"), (u, "u"), (t, "t")))
     if not bool(((sb > ub) & (ub > tb)).all()):
@@ -83,7 +85,7 @@ def _check_grid(grid) -> torch.Tensor:
     return g
 
 
-def pd_loss(student: Callable, teacher: Callable, x0: torch.Tensor, teacher_grid, schedule, teacher_prediction="eps",
+def pd_loss(student: Callable, teacher: Callable, x0: torch.Tensor, teacher_grid, schedule, teacher_prediction=None,
             student_prediction="x0", weighting: str = "snr_trunc", model_kwargs: Optional[dict] = None,
             generator: Optional[torch.Generator] = None, k: Optional[torch.Tensor] = None,
             noise: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -111,6 +113,7 @@ def pd_loss(student: Callable, teacher: Callable, x0: torch.Tensor, teacher_grid
         raise ValueError(f"noise: expected shape {tuple(x0.shape)}, got {tuple(eps.shape)}")
     vs = sched.eval(s)
     x_s = _col(vs.alpha, x0) * x0 + _col(vs.sigma, x0) * eps
+    teacher_prediction = resolve_prediction(teacher_prediction, sched, "teacher_prediction")
     x_tilde, _ = pd_target(teacher, x_s, s, u, t, sched, teacher_prediction, model_kwargs)
     sp = canonical_prediction(student_prediction, "student_prediction")
     out = student(x_s, s.to(device=x0.device, dtype=x0.dtype), **(model_kwargs or {}))
@@ -121,7 +124,7 @@ def pd_loss(student: Callable, teacher: Callable, x0: torch.Tensor, teacher_grid
 
 # ---- guided PD, book §10.3.4 ---------------------------------------------------------------------
 def guided_teacher(teacher: Callable, x: torch.Tensor, t, schedule, labels: torch.Tensor, w, null_label: int,
-                   prediction="eps") -> torch.Tensor:
+                   prediction=None) -> torch.Tensor:
     """Stage-1 target of guided PD (book §10.3.4): ``x^w = (1 + w) x_φ(x, t, c) − w x_φ(x, t, ∅)``.
 
     ``w`` is the SHIFTED guidance weight (w = 0: conditional model); the library's CFG scale is
@@ -129,6 +132,7 @@ def guided_teacher(teacher: Callable, x: torch.Tensor, t, schedule, labels: torc
     The teacher is called ``teacher(x, t, labels=...)``; ``null_label`` is its unconditional token.
     """
     sched = _sched(schedule)
+    prediction = resolve_prediction(prediction, sched)
     B = x.shape[0]
     wb = _batch_times(w, B, "w").to(torch.float64)
     tb = _batch_times(t, B, "t")
@@ -142,7 +146,7 @@ def guided_teacher(teacher: Callable, x: torch.Tensor, t, schedule, labels: torc
 
 
 def guided_stage1_loss(student: Callable, teacher: Callable, x0: torch.Tensor, labels: torch.Tensor, schedule,
-                       null_label: int, w_range=(0.0, 4.0), teacher_prediction="eps", student_prediction="x0",
+                       null_label: int, w_range=(0.0, 4.0), teacher_prediction=None, student_prediction="x0",
                        weighting: str = "snr_trunc", t=None, w=None, noise=None,
                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Stage 1 of guided PD (book §10.3.4): ``E λ(s)‖x_{θ1}(x_s, s, c, w) − sg[x^w_φ(x_s, s, c)]‖²`` with
@@ -168,6 +172,7 @@ def guided_stage1_loss(student: Callable, teacher: Callable, x0: torch.Tensor, l
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device) if noise is None else noise
     v = sched.eval(tb)
     x_s = _col(v.alpha, x0) * x0 + _col(v.sigma, x0) * eps
+    teacher_prediction = resolve_prediction(teacher_prediction, sched, "teacher_prediction")
     target = guided_teacher(teacher, x_s, tb, sched, labels, wb, null_label, teacher_prediction)
     out = student(x_s, tb.to(x0), labels=labels, w=wb.to(x0))
     x_hat = convert(out, x_s, tb, sched, student_prediction, "x0")
@@ -206,7 +211,7 @@ class ProgressiveDistillation:
     """
 
     def __init__(self, teacher: Callable, schedule, teacher_steps, student: Optional[nn.Module] = None,
-                 teacher_prediction="eps", student_prediction="x0", spacing: Optional[str] = None,
+                 teacher_prediction=None, student_prediction="x0", spacing: Optional[str] = None,
                  weighting: str = "snr_trunc", lr: float = 1e-3, iters: int = 500, batch_size: int = 256,
                  model_kwargs: Optional[dict] = None):
         self.schedule = _sched(schedule)
@@ -216,7 +221,7 @@ class ProgressiveDistillation:
             self.grid = timesteps(self.schedule, teacher_steps, spacing=spacing)
         else:
             self.grid = _check_grid(teacher_steps)
-        self.teacher_prediction = canonical_prediction(teacher_prediction, "teacher_prediction")
+        self.teacher_prediction = resolve_prediction(teacher_prediction, self.schedule, "teacher_prediction")
         self.student_prediction = canonical_prediction(student_prediction, "student_prediction")
         if student is None:
             if not isinstance(teacher, nn.Module) or self.teacher_prediction != self.student_prediction:

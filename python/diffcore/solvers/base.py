@@ -24,7 +24,7 @@ from torch.utils.dlpack import to_dlpack as _to_dlpack
 
 from .. import _ops
 from .._device import as_device
-from ..param import canonical_prediction, conversion_coefs
+from ..param import conversion_coefs, resolve_prediction
 from ..schedules import Schedule
 from ..noise import DOMAIN_STEP, Noise, default_seed
 from ..thresholding import dynamic_threshold
@@ -161,7 +161,7 @@ class Solver:
         return None
 
     # -- planning ----------------------------------------------------------------------------------
-    def plan(self, schedule: Schedule, timesteps, device=None, dtype=None, prediction="eps") -> "Plan":
+    def plan(self, schedule: Schedule, timesteps, device=None, dtype=None, prediction=None) -> "Plan":
         """Compute every coefficient of a run once (float64, compiled core).
 
         Args:
@@ -172,11 +172,12 @@ class Solver:
             dtype: dtype of the model times handed to the model (default float32).
             prediction: what the model returns (``"eps"``, ``"x0"``, ``"score"``, ``"velocity"``,
                 ``"v"`` or an alias); the conversion to this solver's native prediction is fused into
-                every step.
+                every step. ``None`` (default): the schedule's own type, ``"velocity"`` on the
+                flow-matching schedules and ``"eps"`` on the diffusion ones.
         """
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule: expected a diffcore Schedule, got {type(schedule).__name__}")
-        return Plan(self, schedule, timesteps, device, dtype, canonical_prediction(prediction))
+        return Plan(self, schedule, timesteps, device, dtype, resolve_prediction(prediction, schedule))
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self._repr_options().items())

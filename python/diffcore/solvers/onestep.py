@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..param import _affine, _batch_times, canonical_prediction, conversion_coefs
+from ..param import _affine, _batch_times, conversion_coefs, resolve_prediction
 from ..schedules import Schedule
 from .runge_kutta import natural_variable
 
@@ -39,12 +39,13 @@ def _out(model, x, tb, model_kwargs):
     return out
 
 
-def ddim_step(model: Callable, x: torch.Tensor, t, s, schedule: Schedule, prediction="eps",
+def ddim_step(model: Callable, x: torch.Tensor, t, s, schedule: Schedule, prediction=None,
               model_kwargs: Optional[dict] = None) -> torch.Tensor:
     """One DDIM (η = 0) step ``x_s = α_s x̂(x_t, t) + σ_s ε̂(x_t, t)`` (book
-    Eq. (9.2.2)). ``t``, ``s``: scalars or ``[B]`` per-sample times; ``s > t`` is DDIM inversion."""
+    Eq. (9.2.2)). ``t``, ``s``: scalars or ``[B]`` per-sample times; ``s > t`` is DDIM inversion.
+    ``prediction=None``: the schedule's own type (``"velocity"`` on the flow-matching schedules)."""
     tb, _, vt, vs = _prep(x, t, s, schedule)
-    pred = canonical_prediction(prediction)
+    pred = resolve_prediction(prediction, schedule)
     if pred in ("eps", "score") and bool((vt.alpha <= 0).any()):
         raise ValueError(f"t: a {pred} model's x̂ = (x − σε̂)/α is undefined where α = 0 (e.g. t = 1 of "
                          "rectified flow); start the step slightly inside, or use an x0/velocity model")
@@ -56,19 +57,20 @@ def ddim_step(model: Callable, x: torch.Tensor, t, s, schedule: Schedule, predic
     return _affine(x, out, c_x, c_m)
 
 
-def heun_step(model: Callable, x: torch.Tensor, t, s, schedule: Schedule, prediction="eps",
+def heun_step(model: Callable, x: torch.Tensor, t, s, schedule: Schedule, prediction=None,
               model_kwargs: Optional[dict] = None, variable: Optional[str] = None) -> torch.Tensor:
     """One Heun step from ``t`` to ``s`` (Karras et al. 2022, Alg. 1): two model calls, second order.
 
     ``variable``: ``"rho"`` (dy/dρ = ε̂, y = x/α; EDM's Algorithm 1), ``"t"`` (dx/dt = v̂) or
     ``None`` (the schedule's natural variable, :func:`~diffcore.solvers.natural_variable`). Samples
     whose target has σ = 0 take the Euler step (the corrector would need the model at zero noise).
+    ``prediction=None``: the schedule's own type (``"velocity"`` on the flow-matching schedules).
     """
     variable = variable or natural_variable(schedule)
     if variable not in ("t", "rho"):
         raise ValueError(f"variable: expected None, 't' or 'rho', got {variable!r}")
     tb, sb, vt, vs = _prep(x, t, s, schedule)
-    pred = canonical_prediction(prediction)
+    pred = resolve_prediction(prediction, schedule)
     native = "eps" if variable == "rho" else "velocity"
 
     def deriv(xx, tt, vals):

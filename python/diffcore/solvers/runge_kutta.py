@@ -72,7 +72,7 @@ class RungeKutta(Solver):
         self.second_buffer = self.stages > 1
         self.native = "eps" if variable == "rho" else "velocity"
 
-    def plan(self, schedule, timesteps, device=None, dtype=None, prediction="eps"):
+    def plan(self, schedule, timesteps, device=None, dtype=None, prediction=None):
         if self.variable is None:
             resolved = copy.copy(self)
             resolved.variable = natural_variable(schedule)

@@ -43,7 +43,7 @@ import torch
 from .. import _ops
 from .._device import as_device
 from ..ems import EMS, grid_derivative
-from ..param import canonical_prediction, conversion_coefs
+from ..param import conversion_coefs, resolve_prediction
 from ..schedules import Schedule
 from .base import _check_bool, _check_order, _grid
 
@@ -174,11 +174,12 @@ class DPMSolverV3:
             out.append(o)
         return out
 
-    def plan(self, schedule: Schedule, timesteps, device=None, dtype=None, prediction="eps") -> "V3Plan":
-        """Snap the grid to the statistics and compute every per-dimension weight (float64)."""
+    def plan(self, schedule: Schedule, timesteps, device=None, dtype=None, prediction=None) -> "V3Plan":
+        """Snap the grid to the statistics and compute every per-dimension weight (float64).
+        ``prediction``: as :meth:`Solver.plan` (``None``: the schedule's own type)."""
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule: expected a diffcore Schedule, got {type(schedule).__name__}")
-        return V3Plan(self, schedule, timesteps, device, dtype, canonical_prediction(prediction))
+        return V3Plan(self, schedule, timesteps, device, dtype, resolve_prediction(prediction, schedule))
 
 
 class V3Plan:
