@@ -185,3 +185,10 @@ def test_bad_prediction_names_argument():
     with pytest.raises(ValueError, match="teacher_prediction"):
         ProgressiveDistillation(_model(sched, "velocity"), sched, 4, student=torch.nn.Linear(1, 1),
                                 teacher_prediction="banana")
+
+
+def test_ddim_step_singular_error_suggests_velocity():
+    """An ε reading of a flow model at α = 0 names the argument and suggests the flow default."""
+    sched = schedules.get("rectified_flow")
+    with pytest.raises(ValueError, match=r"did you mean prediction='velocity'"):
+        ddim_step(_model(sched, "velocity"), _x(), 1.0, 0.5, sched, prediction="eps")

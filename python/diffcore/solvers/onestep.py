@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..param import _affine, _batch_times, conversion_coefs, resolve_prediction
+from ..param import _affine, _batch_times, conversion_coefs, resolve_prediction, singular_hint
 from ..schedules import Schedule
 from .runge_kutta import natural_variable
 
@@ -48,7 +48,8 @@ def ddim_step(model: Callable, x: torch.Tensor, t, s, schedule: Schedule, predic
     pred = resolve_prediction(prediction, schedule)
     if pred in ("eps", "score") and bool((vt.alpha <= 0).any()):
         raise ValueError(f"t: a {pred} model's x̂ = (x − σε̂)/α is undefined where α = 0 (e.g. t = 1 of "
-                         "rectified flow); start the step slightly inside, or use an x0/velocity model")
+                         "rectified flow); start the step slightly inside, or use an x0/velocity model"
+                         + singular_hint(pred, schedule))
     out = _out(model, x, tb.to(x.dtype), model_kwargs)
     cx0, cm0 = conversion_coefs(pred, "x0", vt, schedule)
     cxe, cme = conversion_coefs(pred, "eps", vt, schedule)
