@@ -605,3 +605,16 @@ def test_loss_guidance_bad_arguments():
         data_space_update(x, _half_sq, x, 0.1, iters=-1)
     with pytest.raises(TypeError, match="eta_data"):
         loss_guided_ddim_step(model, x, 0.5, 0.3, sch, _half_sq, x, eta_data=True)
+
+
+def test_latent_guidance_at_zero_signal_is_refused_by_name():
+    # x̂0_g divides by α_t: on a flow schedule's default grid (t = 1, α = 0) it returned NaN silently
+    sch = schedules.get("rectified_flow")
+    orc = oracles.toy_2d_mixture()
+    model = _oracle_model(orc, sch, "velocity")
+    x = diffcore.prior_sample(sch, (4, 2), seed=0).double()
+    c = torch.zeros(4, 2, dtype=F64)
+    with pytest.raises(ValueError, match="eta_latent"):
+        loss_guided_ddim(model, x, sch, _half_sq, c, steps=4, eta_latent=0.5)
+    out = loss_guided_ddim(model, x, sch, _half_sq, c, steps=4, eta_data=0.1)  # data-space guidance needs no α_t
+    assert torch.isfinite(out).all()

@@ -345,6 +345,12 @@ def loss_guided_ddim_step(model: Callable, x: torch.Tensor, t, s, schedule, loss
         raise ValueError("t: the step must start at σ > 0 (the model output cannot be converted at zero noise)")
     kw = check_model_kwargs(model_kwargs)
     use_latent = loss is not None and (callable(eta_latent) or eta_latent != 0.0)
+    if use_latent and bool((vt.alpha <= 0).any()):
+        # x̂0_g = (x_t + σ_t² ŝ_g)/α_t: the latent term has no data estimate where the signal is gone (a flow
+        # schedule's t = 1); it returned NaN there
+        raise ValueError(f"eta_latent: the latent guidance term needs α_t > 0, but the step starts at t = "
+                         f"{float(tb.reshape(-1)[0])} where α = 0; start below it (e.g. t_start from "
+                         "diffcore.grids.regular_range) or use eta_data")
     if use_latent:
         pred, x0, G = noise_space_term(model, x, tb, loss, cond, schedule, prediction, eta, kw)
     else:
