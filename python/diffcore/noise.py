@@ -71,14 +71,9 @@ def default_seed(generator: Optional[torch.Generator] = None) -> int:
 
 def _check_seed(seed) -> int:
     try:
-        if isinstance(seed, bool):
-            raise TypeError
-        seed = operator.index(seed)
-    except TypeError:
-        raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}") from None
-    if not 0 <= seed < 2 ** 64:
-        raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
-    return seed
+        return _check_int("seed", seed, 0, 2 ** 64)
+    except TypeError as e:  # a seed of the wrong type has always been a ValueError
+        raise ValueError(str(e)) from None
 
 
 _ID_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
