@@ -5,9 +5,8 @@
 //   st.step(i, s, o, raw, nthreads, stream, z)      one fused call per model evaluation
 //
 // x, y (or None), ring (or None) and the model output o are DLPack capsules of the run's state;
-// coefs is the plan's float64 table [B|1, steps, stages, 12 + 2K] on the state's device and layout the
-// flattened [steps, stages, 5] list = (model input 0:x / 1:y, ring slot or -1, write x, write y,
-// noise draw or -1). noise is the source of the rows with a draw (kNoise* of solver_step.h): Philox
+// coefs is the plan's float64 table [B|1, steps, stages, NC] on the state's device and layout the
+// flattened [steps, stages, StageRecord::kFields] stage records (both in csrc/core/row_layout.h). noise is the source of the rows with a draw (kNoise* of solver_step.h): Philox
 // under `seed` and the sample ids (int64 [B] capsule or None), a tensor z given per step, or the
 // Brownian tree over [T0, T1] with `depth` levels.
 // The Stepper keeps the capsules (and so the tensors) alive; only o is parsed per step, which keeps
@@ -62,7 +61,7 @@ class Stepper {
     View coef = parse_view(coef_c, "coefs");
     if (coef.dtype != DType::F64) throw py::type_error(std::string("coefs: expected float64, got ") + dtype_name(coef.dtype));
     require_same_device(coef, x_);
-    const int nc = step_ncoef(a_.K);
+    const int nc = RowLayout(a_.K).ncoef();
     if (coef.ndim != 4 || (coef.shape[0] != 1 && coef.shape[0] != a_.B) || coef.shape[3] != nc || !coef.compact_from(0))
       throw py::value_error("coefs: expected a contiguous table (" + std::to_string(a_.B) + " or 1, steps, stages, " +
                             std::to_string(nc) + "), got " + coef.describe());
@@ -70,9 +69,9 @@ class Stepper {
     coef_ = reinterpret_cast<const double*>(coef.data);
     a_.coef_sb = coef.shape[0] == 1 ? 0 : coef.strides[0];
     layout_ = std::move(layout);
-    if (int64_t(layout_.size()) != int64_t(steps_) * stages_ * kLayout)
-      throw py::value_error("layout: expected " + std::to_string(steps_) + " x " + std::to_string(stages_) +
-                            " x 5 entries, got " + std::to_string(layout_.size()));
+    if (int64_t(layout_.size()) != int64_t(steps_) * stages_ * R::kFields)
+      throw py::value_error("layout: expected " + std::to_string(steps_) + " x " + std::to_string(stages_) + " x " +
+                            std::to_string(R::kFields) + " entries, got " + std::to_string(layout_.size()));
     if (noise < kNoiseNone || noise > kNoiseBrownian) throw py::value_error("noise: expected a source 0..3");
     noise_ = noise;
     a_.seed = seed;
@@ -83,13 +82,14 @@ class Stepper {
       a_.T0 = T0; a_.T1 = T1; a_.depth = depth;
     }
     check_noise_extent(a_.N);
-    for (size_t q = 0; q < layout_.size(); q += kLayout) {
-      if (layout_[q + 4] >= 0 && noise == kNoiseNone)
+    for (size_t q = 0; q < layout_.size(); q += R::kFields) {
+      const int32_t* l = &layout_[q];
+      if (l[R::kDraw] >= 0 && noise == kNoiseNone)
         throw py::value_error("noise: the plan draws noise but no noise source was given");
-      if ((layout_[q] == 1 && !a_.y) || (layout_[q + 3] && !a_.y))
+      if ((l[R::kInput] == 1 && !a_.y) || (l[R::kWriteY] && !a_.y))
         throw py::value_error("y: the plan uses a second state buffer but none was given");
-      if (layout_[q + 1] >= a_.K || layout_[q + 1] < -1)
-        throw py::value_error("ring: the plan writes slot " + std::to_string(layout_[q + 1]) + " but the ring has " +
+      if (l[R::kSlot] >= a_.K || l[R::kSlot] < -1)
+        throw py::value_error("ring: the plan writes slot " + std::to_string(l[R::kSlot]) + " but the ring has " +
                               std::to_string(a_.K));
     }
   }
@@ -108,12 +108,12 @@ class Stepper {
         (a_.ring && overlaps(o, ring_)))
       throw py::value_error("out: the model output partially overlaps the sampler state; return a new tensor");
     StepArgs a = a_;
-    const int32_t* l = &layout_[(int64_t(i) * stages_ + s) * kLayout];
-    a.input = l[0]; a.slot = l[1]; a.write_x = l[2] != 0; a.write_y = l[3] != 0;
+    const int32_t* l = &layout_[(int64_t(i) * stages_ + s) * R::kFields];
+    a.input = l[R::kInput]; a.slot = l[R::kSlot]; a.write_x = l[R::kWriteX] != 0; a.write_y = l[R::kWriteY] != 0;
     View z;
-    if (l[4] >= 0) {
+    if (l[R::kDraw] >= 0) {
       a.noise = noise_;
-      a.draw = uint32_t(l[4]);
+      a.draw = uint32_t(l[R::kDraw]);
       if (noise_ == kNoiseTensor) {
         if (is_none(z_c)) throw py::value_error("z: this step draws noise; pass its pre-drawn tensor");
         z = parse_view(z_c, "z");
@@ -127,7 +127,7 @@ class Stepper {
     }
     a.o = o.data; a.o_sb = o.strides[0];
     a.raw = raw;
-    a.coef = coef_ + (int64_t(i) * stages_ + s) * step_ncoef(a.K);
+    a.coef = coef_ + (int64_t(i) * stages_ + s) * RowLayout(a.K).ncoef();
     if (x_.is_cuda()) {
       call_backend(true, [&] { solver_step_cuda(a, x_.dtype, x_.device_id, stream); });
     } else {
@@ -137,7 +137,7 @@ class Stepper {
   }
 
  private:
-  static constexpr int kLayout = 5;
+  using R = StageRecord;
   std::vector<py::object> keep_;
   View x_, y_, ring_, ids_;
   int noise_ = kNoiseNone;

@@ -1,6 +1,6 @@
 // Building blocks of the coefficient plans (docs/design.md, "Coefficient plans"): grid nodes, linear
 // expressions over the step kernel's terms, and the writer that turns one (step, stage) into a row
-// of csrc/core/solver_step.h. Every plan generator (csrc/core/plans/*.h) is written with these, so
+// of csrc/core/solver_step.h (columns: csrc/core/row_layout.h). Every plan generator (csrc/core/plans/*.h) is written with these, so
 // a method reads as its update formula.
 #pragma once
 #include <cmath>
@@ -53,9 +53,9 @@ struct PlanIO {
   const double* extra = nullptr;  // [M+1, 2] per-node values of some methods (f and g², step sizes), or null
   const int* orders = nullptr;    // [M] order of each step
   int M = 0, S = 0, K = 0;
-  double* coef = nullptr;         // [M, S, 8 + 2K]
+  double* coef = nullptr;         // [M, S, RowLayout(K).ncoef()]
   double* mtime = nullptr;        // [M, S]
-  int* layout = nullptr;          // [M, S, kLayout] or null
+  int* layout = nullptr;          // [M, S, StageRecord::kFields] or null
   int* nstages = nullptr;         // [M] or null
 
   static Node node(const double* v) {
@@ -80,18 +80,17 @@ struct PlanIO {
   // Slot of the history ring holding the model output of step j (multistep methods).
   int slot_of(int j) const { return K > 0 ? ((j % K) + K) % K : -1; }
 
-  static constexpr int kLayout = 5;  // model input, ring slot, write x, write y, draws noise
-
   // Writes the row of (step i, stage s): the model is evaluated at `at` on buffer `input`
   // (0: x, 1: y), its native output is stored in `slot` (or not, -1), and x / y are replaced by the
   // given expressions (null: left unchanged). A noisy row's Brownian interval is [ta, tb] (the step's
   // start and end times; equal: plain Philox noise).
   void emit(int i, int s, const Node& at, int input, int slot, const Lin* to_x, const Lin* to_y, double ta = 0,
             double tb = 0) const {
-    const int nc = step_ncoef(K);
+    const RowLayout L(K);
+    const int nc = L.ncoef();
     double* r = coef + (int64_t(i) * S + s) * nc;
     for (int k = 0; k < nc; ++k) r[k] = 0.0;
-    auto put = [&](const Lin* e, int off) {
+    auto put = [&](const Lin* e, int j) {  // j: the updated buffer, 0 = x, 1 = y
       if (!e) return;
       for (int k = 0; k < Lin::kTerms; ++k)
         if (!std::isfinite(e->c[k]))
@@ -99,24 +98,26 @@ struct PlanIO {
                                   std::to_string(s) + " (a step to or from σ = 0 or α = 0 that this method cannot take)");
       for (int k = K; k < kMaxRing; ++k)
         if (e->c[2 + k] != 0.0) throw std::logic_error("plan: expression uses ring slot beyond K");
-      r[off] = e->c[Lin::kX];
-      r[off + 1] = e->c[Lin::kY];
-      for (int k = 0; k < K; ++k) r[off + 2 + k] = e->c[2 + k];
-      r[off + 2 + K] = e->c[Lin::kM];
-      r[step_zcol(K) + (off == 2 ? 0 : 1)] = e->c[Lin::kZ];
+      r[j ? L.bx() : L.ax()] = e->c[Lin::kX];
+      r[j ? L.by() : L.ay()] = e->c[Lin::kY];
+      for (int k = 0; k < K; ++k) r[j ? L.br(k) : L.ar(k)] = e->c[2 + k];
+      r[j ? L.bm() : L.am()] = e->c[Lin::kM];
+      r[j ? L.zy() : L.zx()] = e->c[Lin::kZ];
     };
-    put(to_x, 2);
-    put(to_y, 5 + K);
+    put(to_x, 0);
+    put(to_y, 1);
     const bool noisy = (to_x && to_x->noisy) || (to_y && to_y->noisy);
-    if (noisy) { r[step_zcol(K) + 2] = ta; r[step_zcol(K) + 3] = tb; }
-    for (int k = 2; k < nc; ++k)
+    if (noisy) { r[L.ta()] = ta; r[L.tb()] = tb; }
+    for (int k = L.ax(); k < nc; ++k)
       if (!std::isfinite(r[k]))
         throw std::domain_error("plan: non-finite coefficient at step " + std::to_string(i) + ", stage " +
                                 std::to_string(s) + " (a step to or from σ = 0 the method cannot take?)");
     mtime[int64_t(i) * S + s] = at.t;
     if (layout) {
-      int* l = layout + (int64_t(i) * S + s) * kLayout;
-      l[0] = input; l[1] = slot; l[2] = to_x != nullptr; l[3] = to_y != nullptr; l[4] = noisy ? 1 : -1;
+      using R = StageRecord;
+      int* l = layout + (int64_t(i) * S + s) * R::kFields;
+      l[R::kInput] = input; l[R::kSlot] = slot; l[R::kWriteX] = to_x != nullptr; l[R::kWriteY] = to_y != nullptr;
+      l[R::kDraw] = noisy ? 1 : -1;
     }
     if (nstages && nstages[i] < s + 1) nstages[i] = s + 1;
   }

@@ -15,22 +15,19 @@
 // that element is written, so x' and y' replace x and y in place and the slot being written can
 // still be read as the oldest history entry (a multistep method needs K = order - 1 slots).
 //
-// Coefficient row layout (float64, NC = 12 + 2K, one row per sample or broadcast):
-//   [cu, co, ax, ay, ar_0..ar_{K-1}, am, bx, by, br_0..br_{K-1}, bm, zx, zy, ta, tb]
-// Plans (csrc/core/plan_*.h) produce these rows; the step only applies them.
+// The row's columns and the stage record are declared in csrc/core/row_layout.h; plans
+// (csrc/core/plans/*.h) produce the rows, the step only applies them.
 #pragma once
 #include <cstdint>
 
 #include "core/brownian.h"
 #include "core/numeric.h"
 #include "core/philox.h"
+#include "core/row_layout.h"
 
 namespace dc {
 
 constexpr int kMaxRing = 5;
-
-DC_HD int step_ncoef(int K) { return 12 + 2 * K; }
-DC_HD int step_zcol(int K) { return 8 + 2 * K; }  // zx; zy, ta, tb follow
 
 enum NoiseKind : int { kNoiseNone = 0, kNoisePhilox = 1, kNoiseTensor = 2, kNoiseBrownian = 3 };
 
@@ -63,10 +60,10 @@ template <class T>
 DC_HD double step_noise_at(const StepArgs& a, const double* c, int64_t b, int64_t n) {
   if (a.noise == kNoiseTensor) return double(load_as<double>(static_cast<const T*>(a.z) + b * a.z_sb + n));
   const NoiseKey k = step_noise_key(a, b);
-  const double* zc = c + step_zcol(a.K);
-  if (a.noise == kNoiseBrownian && zc[2] != zc[3]) {
+  const RowLayout L(a.K);
+  if (a.noise == kNoiseBrownian && c[L.ta()] != c[L.tb()]) {
     double z;
-    brownian_increment<1>(k, uint64_t(n), zc[2], zc[3], a.T0, a.T1, a.depth, &z);
+    brownian_increment<1>(k, uint64_t(n), c[L.ta()], c[L.tb()], a.T0, a.T1, a.depth, &z);
     return z;
   }
   return normal_at(k, uint64_t(n));
@@ -79,26 +76,27 @@ DC_HD void step_element(const StepArgs& a, int64_t b, int64_t n) {
   using C = typename Compute<T>::type;
   const double* c = a.coef + b * a.coef_sb;
   const int K = a.K;
+  const RowLayout L(K);
   T* xp = static_cast<T*>(a.x) + b * a.x_sb + n;
   T* yp = a.y ? static_cast<T*>(a.y) + b * a.y_sb + n : nullptr;
   const C xv = load_as<C>(xp);
   const C yv = yp ? load_as<C>(yp) : C(0);
   const C ov = load_as<C>(static_cast<const T*>(a.o) + b * a.o_sb + n);
-  const C m = a.raw ? ov : C(c[0]) * (a.input ? yv : xv) + C(c[1]) * ov;
-  C accx = C(c[2]) * xv + C(c[3]) * yv;
-  C accy = C(c[5 + K]) * xv + C(c[6 + K]) * yv;
+  const C m = a.raw ? ov : C(c[L.cu()]) * (a.input ? yv : xv) + C(c[L.co()]) * ov;
+  C accx = C(c[L.ax()]) * xv + C(c[L.ay()]) * yv;
+  C accy = C(c[L.bx()]) * xv + C(c[L.by()]) * yv;
   T* rp = static_cast<T*>(a.ring) + b * a.ring_sb + n;
   for (int k = 0; k < K; ++k) {
     const C v = load_as<C>(rp + k * a.ring_sk);
-    accx += C(c[4 + k]) * v;
-    accy += C(c[7 + K + k]) * v;
+    accx += C(c[L.ar(k)]) * v;
+    accy += C(c[L.br(k)]) * v;
   }
-  accx += C(c[4 + K]) * m;
-  accy += C(c[7 + 2 * K]) * m;
+  accx += C(c[L.am()]) * m;
+  accy += C(c[L.bm()]) * m;
   if (a.noise != kNoiseNone) {
     const C zv = C(step_noise_at<T>(a, c, b, n));
-    accx += C(c[8 + 2 * K]) * zv;
-    accy += C(c[9 + 2 * K]) * zv;
+    accx += C(c[L.zx()]) * zv;
+    accy += C(c[L.zy()]) * zv;
   }
   if (a.slot >= 0) store_from(rp + a.slot * a.ring_sk, m);
   if (a.write_x) store_from(xp, accx);

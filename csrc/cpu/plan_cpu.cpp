@@ -7,8 +7,8 @@
 // quad  [B, M, Q, 2] (τ, weight) Gauss–Legendre nodes in ρ of each step (DEIS), or None
 // extra [B, M+1, 2] per-node values of some stochastic methods (csrc/core/plans/stochastic.h), or None
 // orders: the order of each step (warm-up and lower_order_final already applied by the caller)
-// coefs [B, M, S, 12 + 2K] and mtime [B, M, S]: outputs (float64, zero-filled by the caller).
-// Returns the stage layout (flattened [M, S, 5]) and the number of stages of each step. All arrays
+// coefs [B, M, S, NC] (NC columns of csrc/core/row_layout.h) and mtime [B, M, S]: outputs (float64, zero-filled by the caller).
+// Returns the stage records (flattened [M, S, StageRecord::kFields]) and the number of stages of each step. All arrays
 // are contiguous float64 CPU tensors; samples are independent, so they run in parallel.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -54,7 +54,7 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
   if (int(orders.size()) != M) throw py::value_error("orders: expected one order per step");
   if (K < 0 || K > kMaxRing) throw py::value_error("K: expected 0 <= K <= " + std::to_string(kMaxRing));
   View coef = f64_cpu(coef_c, "coefs", 4), mtime = f64_cpu(mtime_c, "mtime", 3);
-  if (coef.shape[0] != B || coef.shape[1] != M || coef.shape[2] != S || coef.shape[3] != step_ncoef(K))
+  if (coef.shape[0] != B || coef.shape[1] != M || coef.shape[2] != S || coef.shape[3] != RowLayout(K).ncoef())
     throw py::value_error("coefs: wrong shape " + coef.describe());
   if (mtime.shape[0] != B || mtime.shape[1] != M || mtime.shape[2] != S)
     throw py::value_error("mtime: wrong shape " + mtime.describe());
@@ -124,10 +124,11 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
   else throw py::value_error("method: unknown plan generator '" + method + "'");
   if (method == "deis" && !has_quad) throw py::value_error("quad: DEIS needs quadrature nodes");
 
-  constexpr int L = PlanIO::kLayout;
+  using R = StageRecord;
+  constexpr int L = R::kFields;
   std::vector<int> layout(size_t(M) * S * L, 0), nstages(M, 0);
-  for (size_t q = 0; q < layout.size(); q += L) { layout[q + 1] = -1; layout[q + 4] = -1; }
-  const int nc = step_ncoef(K);
+  for (size_t q = 0; q < layout.size(); q += L) { layout[q + R::kSlot] = -1; layout[q + R::kDraw] = -1; }
+  const int nc = RowLayout(K).ncoef();
   std::string error;
   {
     py::gil_scoped_release nogil;
@@ -163,7 +164,7 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
   // noise draws are numbered in execution order: draw d is the d-th noisy (step, stage)
   int draws = 0;
   for (size_t q = 0; q < layout.size(); q += L)
-    if (layout[q + 4] >= 0) layout[q + 4] = draws++;
+    if (layout[q + R::kDraw] >= 0) layout[q + R::kDraw] = draws++;
   return py::make_tuple(layout, nstages);
 }
 

@@ -22,12 +22,13 @@ void fill_noise(const StepArgs& a, const double* c, int64_t b, int64_t n0, int64
     return;
   }
   const NoiseKey k = step_noise_key(a, b);
-  const double* zc = c + step_zcol(a.K);
+  const RowLayout L(a.K);
+  const double ta = c[L.ta()], tb = c[L.tb()];
   const int nb = int((len + 3) / 4);  // zb holds len rounded up to 4
-  if (a.noise == kNoiseBrownian && zc[2] != zc[3]) {
+  if (a.noise == kNoiseBrownian && ta != tb) {
     double v[4];
     for (int j = 0; j < nb; ++j) {
-      brownian_increment<4>(k, uint64_t(n0 >> 2) + j, zc[2], zc[3], a.T0, a.T1, a.depth, v);
+      brownian_increment<4>(k, uint64_t(n0 >> 2) + j, ta, tb, a.T0, a.T1, a.depth, v);
       for (int l = 0; l < 4; ++l) zb[4 * j + l] = C(v[l]);
     }
     return;
@@ -44,23 +45,24 @@ template <class T, int KK, int WRITE>
 void step_chunk(const StepArgs& a, int64_t b, int64_t n0, int64_t len) {
   using C = typename Compute<T>::type;
   const double* c = a.coef + b * a.coef_sb;
+  constexpr RowLayout L(KK);
   constexpr bool NOISE = (WRITE & 8) != 0;
   alignas(64) C zb[NOISE ? kChunk + 4 : 1];
   C zx = C(0), zy = C(0);
   if (NOISE) {
     fill_noise<T, C>(a, c, b, n0, len, zb);
-    zx = C(c[8 + 2 * KK]);
-    zy = C(c[9 + 2 * KK]);
+    zx = C(c[L.zx()]);
+    zy = C(c[L.zy()]);
   }
   // raw: the output is already native, m = 0·u + 1·o
-  const C cu = a.raw ? C(0) : C(c[0]), co = a.raw ? C(1) : C(c[1]);
-  const C ax = C(c[2]), ay = C(c[3]), am = C(c[4 + KK]);
-  const C bx = C(c[5 + KK]), by = C(c[6 + KK]), bm = C(c[7 + 2 * KK]);
+  const C cu = a.raw ? C(0) : C(c[L.cu()]), co = a.raw ? C(1) : C(c[L.co()]);
+  const C ax = C(c[L.ax()]), ay = C(c[L.ay()]), am = C(c[L.am()]);
+  const C bx = C(c[L.bx()]), by = C(c[L.by()]), bm = C(c[L.bm()]);
   C ar[KK > 0 ? KK : 1], br[KK > 0 ? KK : 1];
   const T* rp[KK > 0 ? KK : 1];
   for (int k = 0; k < KK; ++k) {
-    ar[k] = C(c[4 + k]);
-    br[k] = C(c[7 + KK + k]);
+    ar[k] = C(c[L.ar(k)]);
+    br[k] = C(c[L.br(k)]);
     rp[k] = static_cast<const T*>(a.ring) + k * a.ring_sk + b * a.ring_sb + n0;
   }
   T* xp = static_cast<T*>(a.x) + b * a.x_sb + n0;
