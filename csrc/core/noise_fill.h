@@ -50,6 +50,14 @@ DC_HD void noise_fill_block(const NoiseFillArgs& a, int64_t b, uint64_t q, doubl
 }
 
 void noise_fill_cpu(const NoiseFillArgs& a, DType dtype, int nthreads);
+
+// Instruction-set variants of the CPU generator (normal_blocks): 0 baseline x86-64 / portable, 1 AVX2,
+// 2 AVX-512. normal_blocks uses the widest the running CPU supports; every variant draws the same bits.
+constexpr int kNoiseIsaCount = 3;
+const char* noise_isa_name(int isa);
+bool noise_isa_supported(int isa);
+int noise_isa_active();
+void normal_blocks_isa(int isa, const NoiseKey& k, uint64_t q0, int nb, double* out);
 void noise_fill_cuda(const NoiseFillArgs& a, DType dtype, int device, uintptr_t stream);
 
 }  // namespace dc

@@ -12,6 +12,7 @@
 // intrinsics, and the build disables floating-point contraction (CMakeLists: -ffp-contract=off,
 // nvcc --fmad=false), so every operation rounds the same way on both.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -40,11 +41,13 @@ DC_HD double open_uniform(uint32_t w) { return (double(w) + 0.5) * 2.32830643653
 // log m = 2·atanh(f), f = (m − 1)/(m + 1), |f| < 0.172, by its odd series to f²¹ (error < 1e-17).
 DC_HD double log_unit(double u) {
   const uint64_t b = dbl_bits(u);
-  int e = int((b >> 52) & 0x7ff) - 1023;
-  double m = bits_dbl((b & 0x000fffffffffffffull) | 0x3ff0000000000000ull);
-  const bool big = m > 1.4142135623730951;  // selects, not branches: the CPU loop vectorizes
-  m = big ? m * 0.5 : m;
-  e += big ? 1 : 0;
+  const uint64_t mant = b & 0x000fffffffffffffull;
+  // m = 1.mant > √2 compares as its mantissa bits do (0x3FF6A09E667F3BCD is the double 1.4142135623730951);
+  // halving it is exact (the exponent field drops by one). Integer selects, no conditional floating-point
+  // operation, so the CPU loops vectorize without -fno-trapping-math.
+  const bool big = mant > 0x6a09e667f3bcdull;
+  const int e = int((b >> 52) & 0x7ff) - 1023 + (big ? 1 : 0);
+  const double m = bits_dbl(mant | (big ? 0x3fe0000000000000ull : 0x3ff0000000000000ull));
   const double f = (m - 1.0) / (m + 1.0);
   const double s = f * f;
   double p = 1.0 / 21.0;
@@ -82,11 +85,15 @@ DC_HD void sincos_2pi(double u, double* c_out, double* s_out) {
   c = c * t2 + 1.0 / 24.0;
   c = c * t2 - 0.5;
   c = c * t2 + 1.0;
-  // quadrant k: rotate by kπ/2 (selects, not a switch, so the CPU loop vectorizes)
+  // quadrant k: rotate by kπ/2, i.e. (cos, sin) = (c, s), (−s, c), (−c, −s), (s, −c) for k mod 4 = 0..3.
+  // Integer selects and sign-bit flips (exact, as a product with ±1 is for these finite values): GCC
+  // moves a product by a selected ±1 into branches, which stops the CPU loops from vectorizing.
+  const uint64_t cb = dbl_bits(c), sb = dbl_bits(s);
   const bool swap = (k & 1) != 0;
-  const double sign = (k & 2) ? -1.0 : 1.0;
-  *c_out = sign * (swap ? -s : c);
-  *s_out = sign * (swap ? c : s);
+  const uint64_t neg_c = uint64_t(((k + 1) >> 1) & 1) << 63;
+  const uint64_t neg_s = uint64_t((k >> 1) & 1) << 63;
+  *c_out = bits_dbl((swap ? sb : cb) ^ neg_c);
+  *s_out = bits_dbl((swap ? cb : sb) ^ neg_s);
 }
 
 // Box–Muller on two words: (√(−2 log u₀) cos 2πu₁, √(−2 log u₀) sin 2πu₁).
@@ -117,32 +124,12 @@ DC_HD void normal4(const NoiseKey& k, uint64_t q, double out[4]) {
   box_muller(c[2], c[3], &out[2], &out[3]);
 }
 
-// The normals of elements 4q..4q+3 for q = q0 .. q0 + nb − 1 into out[4·nb]: the Philox words of all
-// blocks first, then the transform, two loops the compiler can vectorize (the CPU kernels).
-inline void normal_blocks(const NoiseKey& k, uint64_t q0, int nb, double* out) {
-  constexpr int kMax = 1024;
-  uint32_t w[4][kMax];
-  for (int j0 = 0; j0 < nb; j0 += kMax) {
-    const int m = nb - j0 < kMax ? nb - j0 : kMax;
-#pragma omp simd
-    for (int j = 0; j < m; ++j) {
-      const uint64_t q = q0 + uint64_t(j0 + j);
-      uint32_t c[4] = {uint32_t(q), k.id, k.draw, k.domain ^ (uint32_t(q >> 32) << 8)};
-      philox4x32_10(c, k.k0, k.k1);
-      w[0][j] = c[0]; w[1][j] = c[1]; w[2][j] = c[2]; w[3][j] = c[3];
-    }
-    double* o = out + 4 * int64_t(j0);
-#pragma omp simd
-    for (int j = 0; j < m; ++j) {
-      double a, b, c, d;
-      box_muller(w[0][j], w[1][j], &a, &b);
-      box_muller(w[2][j], w[3][j], &c, &d);
-      o[4 * j] = a; o[4 * j + 1] = b; o[4 * j + 2] = c; o[4 * j + 3] = d;
-    }
-  }
-}
+// The normals of elements 4q..4q+3 for q = q0 .. q0 + nb − 1 into out[4·nb], bit-identical to nb calls of
+// normal4: the CPU kernels' generator (csrc/cpu/noise_cpu.cpp), many counters per iteration in vector
+// lanes, compiled for the instruction sets the running CPU has.
+void normal_blocks(const NoiseKey& k, uint64_t q0, int nb, double* out);
 
-// The normal of element n alone (the CUDA kernels; the CPU fills whole blocks with normal4).
+// The normal of element n alone (the CUDA kernels; the CPU fills whole blocks with normal_blocks).
 DC_HD double normal_at(const NoiseKey& k, uint64_t n) {
   uint32_t c[4] = {uint32_t(n >> 2), k.id, k.draw, k.domain ^ (uint32_t(n >> 34) << 8)};
   philox4x32_10(c, k.k0, k.k1);

@@ -25,16 +25,12 @@ void fill_noise(const StepArgs& a, const double* c, int64_t b, int64_t n0, int64
   const RowLayout L(a.K);
   const double ta = c[L.ta()], tb = c[L.tb()];
   const int nb = int((len + 3) / 4);  // zb holds len rounded up to 4
-  if (a.noise == kNoiseBrownian && ta != tb) {
-    double v[4];
-    for (int j = 0; j < nb; ++j) {
-      brownian_increment<4>(k, uint64_t(n0 >> 2) + j, ta, tb, a.T0, a.T1, a.depth, v);
-      for (int l = 0; l < 4; ++l) zb[4 * j + l] = C(v[l]);
-    }
-    return;
-  }
   alignas(64) double v[kChunk + 4];
-  normal_blocks(k, uint64_t(n0 >> 2), nb, v);
+  if (a.noise == kNoiseBrownian && ta != tb) {
+    brownian_blocks(k, uint64_t(n0 >> 2), nb, ta, tb, a.T0, a.T1, a.depth, v);
+  } else {
+    normal_blocks(k, uint64_t(n0 >> 2), nb, v);
+  }
   for (int64_t i = 0; i < 4 * nb; ++i) zb[i] = C(v[i]);
 }
 
