@@ -4,6 +4,8 @@
   (book §4.2.2 III, Eq. (4.2.7); Lemma 5.1.1, Eq. (5.1.9); §5.1.2), with the exact
   divergence (small ``D``) or the Hutchinson–Skilling estimator, integrated by an embedded
   Dormand–Prince 5(4) pair with per-sample step-size control (:func:`diffcore.solvers.dopri5.integrate`).
+* :func:`continuous_elbo` — the continuous-time evidence lower bound (Kingma et al. 2021; book §4.4.3,
+  App. C.2): prior KL + reconstruction at ``t_min`` + a Monte-Carlo estimate of the diffusion integral.
 * :func:`bits_per_dim` — nats → bits/dim with the uniform-dequantization offset (Ho et al. 2020; Song et al. 2021).
 * :func:`ddpm_bound` — the DDPM evidence bound ``L_prior + Σ_{i≥2} KL_i + L_recon`` in bits/dim
   (book Thm. 2.2.3 with docs/errata.md B5, Lemma 2.2.2), with the reverse variance ``σ̃²`` or ``b_i`` and the
@@ -29,7 +31,7 @@ from .param import ModelWrapper, conversion_coefs, convert, resolve_prediction, 
 from .paths import _check_data
 from .solvers.dopri5 import integrate as _integrate
 
-__all__ = ["log_likelihood", "bits_per_dim", "ddpm_bound", "ddpm_coefficients", "DDPMCoefficients"]
+__all__ = ["log_likelihood", "bits_per_dim", "ddpm_bound", "ddpm_coefficients", "DDPMCoefficients", "continuous_elbo"]
 
 _F64 = torch.float64
 _LOG_2PI = math.log(2 * math.pi)
@@ -712,3 +714,161 @@ def ddpm_bound(model: Callable, x0: torch.Tensor, schedule=None, prediction: Opt
     if kl_steps is not None:
         terms["kl_steps"] = kl_steps
     return bpd, terms
+
+
+# ------------------------------------------------------------------------------------------------
+# continuous-time evidence bound (VDM / score-SDE ELBO)
+
+_ELBO_T_SAMPLING = ("importance", "uniform")
+_ELBO_DECODERS = ("inverse", "denoiser")
+
+
+def continuous_elbo(model: Callable, x: torch.Tensor, schedule=None, prediction: Optional[str] = None, *,
+                    t_min: Optional[float] = None, t_max: Optional[float] = None, n_t: int = 16,
+                    t_sampling: str = "importance", stratified: bool = True, decoder: str = "inverse",
+                    prior_std: Optional[float] = None, generator: Optional[torch.Generator] = None,
+                    model_kwargs: Optional[dict] = None, return_terms: bool = False):
+    """Per-sample continuous-time evidence lower bound ``ELBO(x) ≤ log p_θ(x)`` in nats (Kingma et al. 2021,
+    "Variational Diffusion Models", eq. (17)–(18); book §4.4.3, the Remark after eq. (4.4.7), and App. C.2,
+    eq. (C.2.1)–(C.2.2), for its path-space form):
+
+        ELBO(x) = −KL(q(x_T|x) ‖ N(0, s_p² I)) + E_{q(x_{t0}|x)}[log p(x | x_{t0})]
+                  − ½ ∫_{t0}^{T} −SNR'(t) E_ε ‖x − x̂(x_t, t)‖² dt,
+
+    with ``x_t = α_t x + σ_t ε``, ``SNR = α²/σ²``. The integrand is evaluated in the ε form
+    ``−½ SNR'(t)‖x − x̂‖² = −λ'(t)‖ε − ε̂(x_t, t)‖²`` (λ = log(α/σ); the two are equal since
+    ``α(x − x̂) = σ(ε̂ − ε)``), which stays finite at small t where SNR is huge. The three terms
+    (docs/bridges.md, "The continuous-time ELBO"):
+
+    * prior: ``KL(N(α_T x, σ_T² I) ‖ N(0, s_p² I))``, closed form;
+    * reconstruction (the truncation at ``t0 = t_min``) with decoder ``"inverse"`` (default):
+      ``p(x | z) = N(x; z/α_{t0}, (σ_{t0}/α_{t0})² I)``, the forward kernel read backwards, whose term
+      ``D/2 (1 + log 2π + 2 log(σ_{t0}/α_{t0}))`` is closed form and needs no model call; with
+      ``"denoiser"``: ``p(x | z) = N(x; x̂(z, t0), (σ_{t0}/α_{t0})² I)``, one model call per draw (tighter
+      where the denoiser is accurate);
+    * diffusion: a Monte-Carlo estimate with ``n_t`` draws of ``(t, ε)`` per sample. ``t_sampling=
+      "importance"`` (default) draws λ uniformly on ``[λ(T), λ(t0)]`` (the importance weight ``−λ'`` of
+      VDM's eq. (18) cancels: the estimate is ``(λ(t0) − λ(T))·‖ε − ε̂‖²``); ``"uniform"`` draws t
+      uniformly on ``[t0, T]`` (estimate ``(T − t0)(−λ'(t))‖ε − ε̂‖²``). ``stratified`` (default) puts
+      the k-th of the ``n_t`` draws in the k-th of ``n_t`` equal strata (VDM's low-discrepancy sampler):
+      unbiased, lower variance.
+
+    For the exact denoiser of the data distribution ``q`` the bound equals (docs/bridges.md)
+    ``log q(x) − Δ_prior(x) − Δ_trunc(x)``, with ``Δ_prior = E_{q(x_T|x)}[log q_T(x_T) − log π(x_T)]`` and
+    ``Δ_trunc = log q(x) − D log α_{t0} − E_{q(x_{t0}|x)} log q_{t0}(x_{t0})`` (decoder ``"inverse"``); both
+    gaps are nonnegative on average over ``x ~ q`` (a KL divergence and an entropy increase) but not
+    pointwise.
+
+    Args:
+        model: ``model(x, t, **model_kwargs)`` returning ``prediction``, or a :class:`~diffcore.ModelWrapper`.
+        x: data ``[B, *S]`` (a floating-point tensor), in the schedule's units; the model sees ``x.dtype``,
+            all accumulation is float64.
+        schedule: a :class:`~diffcore.schedules.Schedule` or name (a ModelWrapper's own by default).
+        prediction: the model's prediction type; ``None``: the schedule's own (converted to ε exactly).
+        t_min: ``t0``, the data end of the integral (default ``schedule.t_end``, e.g. 1e-3 for VP-linear);
+            needs ``σ(t0) > 0`` and ``α(t0) > 0``.
+        t_max: ``T``, the noise end (default ``schedule.t_start``); needs ``α(T) > 0`` (λ(T) finite), so
+            for rectified flow pass e.g. ``t_max = 1 − 1e-3``.
+        n_t: draws of ``(t, ε)`` per sample (one batched model call each).
+        t_sampling: ``"importance"`` or ``"uniform"`` (above).
+        stratified: stratify the ``n_t`` draws (above).
+        decoder: ``"inverse"`` or ``"denoiser"`` (above).
+        prior_std: ``s_p`` (default 1 for VP/sub-VP, else σ(T), as :func:`log_likelihood`).
+        generator: ``torch.Generator`` for t and ε (on ``x``'s device).
+        model_kwargs: passed to the model unchanged.
+        return_terms: also return a dict of ``[B]`` float64 tensors (nats): ``prior`` (the KL), ``recon``
+            (``−E log p(x|x_{t0})``), ``diffusion`` (the integral), ``std_err`` (of the ELBO, from the spread
+            of the ``n_t`` draws; conservative when stratified; ``n_t ≥ 2``), and ``nfe``, ``t_min``, ``t_max``.
+
+    Returns the ELBO ``[B]`` float64 in nats (a bound on a density on the units of ``x``;
+    ``bits_per_dim(elbo, D)`` gives the corresponding upper bound in bits/dim). Evaluation only: runs under
+    ``torch.no_grad``.
+    """
+    x = _check_x(x)
+    call, native, schedule = _resolve_model(model, schedule, prediction, model_kwargs)
+    n_t = _positive_int(n_t, "n_t")
+    t_sampling = _choice(t_sampling, "t_sampling", _ELBO_T_SAMPLING)
+    decoder = _choice(decoder, "decoder", _ELBO_DECODERS)
+    for name, v in (("stratified", stratified), ("return_terms", return_terms)):
+        if not isinstance(v, bool):
+            raise TypeError(f"{name}: expected True or False, got {v!r}")
+    _check_generator(generator, x.device)
+    t0 = schedule.t_end if t_min is None else t_min
+    T = schedule.t_start if t_max is None else t_max
+    for name, tv in (("t_min", t0), ("t_max", T)):
+        if isinstance(tv, bool) or not isinstance(tv, numbers.Real) or not (
+                math.isfinite(tv) and schedule.t_min <= tv <= schedule.t_max):
+            raise ValueError(f"{name}: expected a time in [{schedule.t_min}, {schedule.t_max}] for {schedule!r}, "
+                             f"got {tv}")
+    t0, T = float(t0), float(T)
+    if not t0 < T:
+        raise ValueError(f"t_min, t_max: expected t_min (data end) < t_max (noise end), got {t0} and {T}")
+    ends = schedule.eval(torch.tensor([t0, T], dtype=_F64))
+    a0, s0, aT, sT = (float(v) for v in (ends.alpha[0], ends.sigma[0], ends.alpha[1], ends.sigma[1]))
+    lam0, lamT = float(ends.lam[0]), float(ends.lam[1])
+    if not (s0 > 0 and a0 > 0 and math.isfinite(lam0)):
+        raise ValueError(f"t_min: expected a time with α > 0 and σ > 0 (a finite log-SNR), got t_min = {t0} "
+                         f"(α = {a0:.3g}, σ = {s0:.3g}) for {schedule!r}; e.g. t_min = 1e-3")
+    if not (aT > 0 and math.isfinite(lamT)):
+        raise ValueError(f"t_max: expected a time with α > 0 (a finite log-SNR; the ELBO's weight −λ'(t) diverges "
+                         f"where α = 0), got t_max = {T} (α = {aT:.3g}) for {schedule!r}; e.g. t_max = {T} − 1e-3")
+    if prior_std is None:
+        prior_std = _default_prior_std(schedule, T)
+    prior_std = _positive_float(prior_std, "prior_std")
+    kw = dict(model_kwargs or {})
+    B, shape = x.shape[0], tuple(x.shape)
+    D = x[0].numel()
+    dev = x.device
+    xf = x.to(_F64).reshape(B, D)
+    nfe = 0
+
+    def eps_hat(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        nonlocal nfe
+        nfe += 1
+        xin = xt.reshape(shape).to(x.dtype)
+        out = call(xin, _model_time(t, x.dtype), kw)
+        if not isinstance(out, torch.Tensor) or out.shape != xin.shape:
+            raise ValueError(f"model: expected an output of shape {tuple(xin.shape)}, got "
+                             f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+        out = out.to(_F64)
+        if native != "eps":
+            out = convert(out, xin.to(_F64), t, schedule, native, "eps")
+        return out.reshape(B, D)
+
+    # prior: KL(N(α_T x, σ_T² I) ‖ N(0, s_p² I))
+    vp = prior_std ** 2
+    prior = 0.5 * (((aT * aT) * (xf * xf) + sT * sT) / vp - 1.0 - math.log(sT * sT / vp)).sum(1)
+    log_ratio0 = math.log(s0 / a0)  # log of the decoder's std
+    draws = torch.empty(n_t, B, dtype=_F64, device=dev)
+    with torch.no_grad():
+        if decoder == "inverse":
+            recon = torch.full((B,), 0.5 * D * (1.0 + _LOG_2PI + 2.0 * log_ratio0), dtype=_F64, device=dev)
+        else:
+            eps = torch.randn(B, D, generator=generator, device=dev, dtype=_F64)
+            z = a0 * xf + s0 * eps
+            e_hat = eps_hat(z, torch.full((B,), t0, dtype=_F64, device=dev))
+            # x − x̂0 = (σ/α)(ε̂ − ε): the decoder's squared error in units of its std is ‖ε̂ − ε‖²
+            recon = 0.5 * ((e_hat - eps) ** 2).sum(1) + 0.5 * D * (_LOG_2PI + 2.0 * log_ratio0)
+        for k in range(n_t):
+            u = torch.rand(B, generator=generator, device=dev, dtype=_F64)
+            if stratified:
+                u = (k + u) / n_t
+            if t_sampling == "importance":
+                lam = lam0 + (lamT - lam0) * u
+                t = schedule.t_of_lam(lam).to(_F64).clamp(t0, T)
+                weight = torch.full((B,), lam0 - lamT, dtype=_F64, device=dev)
+            else:
+                t = t0 + (T - t0) * u
+                weight = -(T - t0) * schedule.eval(t).dlam.to(_F64)
+            vals = schedule.eval(t)
+            eps = torch.randn(B, D, generator=generator, device=dev, dtype=_F64)
+            xt = vals.alpha.to(_F64)[:, None] * xf + vals.sigma.to(_F64)[:, None] * eps
+            draws[k] = weight * ((eps - eps_hat(xt, t)) ** 2).sum(1)
+    diffusion = draws.mean(0)
+    elbo = -(prior + recon + diffusion)
+    if not return_terms:
+        return elbo
+    terms = {"prior": prior, "recon": recon, "diffusion": diffusion, "nfe": nfe, "t_min": t0, "t_max": T}
+    if n_t >= 2:
+        terms["std_err"] = draws.std(0) / math.sqrt(n_t)
+    return elbo, terms
