@@ -1,23 +1,28 @@
 // Python binding of the optimal-transport solvers (csrc/ot/): batched Sinkhorn and exact assignment.
 //
 //   _core.sinkhorn(cost, a, b, plan, f, g, stats, iters, work, eps, tol, max_iters, check_every,
-//                  eps_scaling, eps0, eps_q, stage_tol, relax, weight_tol, nthreads, stream)
+//                  eps_scaling, eps0, eps_q, stage_tol, relax, weight_tol, nthreads, stream, blocks=0)
 //       eps_scaling 0 off / 1 on / 2 auto; eps0 0 = each problem's cost range.
 //       cost [B, n, m] float32/float64 (rows contiguous); a [B, n], b [B, m] or None (uniform);
 //       outputs plan [B, n, m], f [B, n], g [B, m] (cost's dtype, contiguous), stats [B, 4] float64
 //       (value, transport cost, marginal error, status), iters [B] int64, all on cost's device;
-//       work [B, W] float64 scratch on CUDA (None on CPU). Value errors (NaN cost, bad weights) are
-//       reported per problem in stats[:, 3] (csrc/ot/ot_math.h, Status), not raised here.
+//       work [B, sinkhorn_work_size(n, m, blocks)] float64 scratch on CUDA (None on CPU). Value errors
+//       (NaN cost, bad weights) are reported per problem in stats[:, 3] (csrc/ot/ot_math.h, Status), not
+//       raised here. blocks: 0 automatic (CUDA splits a large problem over many blocks, the CPU runs
+//       its own solver); > 0 forces the split formulation with that many blocks per problem
+//       (csrc/ot/sinkhorn_blocks.h; on the CPU run block by block, which is how it is tested).
 //   _core.linear_assignment(cost, perm, total, nthreads)
 //       cost [B, n, n] float64 CPU (rows contiguous); perm [B, n] int64, total [B] float64.
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
 #include "bind/dlpack_view.h"
 #include "ot/assignment.h"
 #include "ot/sinkhorn.h"
+#include "ot/sinkhorn_blocks.h"
 
 namespace py = pybind11;
 
@@ -34,6 +39,15 @@ void require_shape(const View& v, std::initializer_list<int64_t> shape, const ch
   if (!ok) throw py::value_error(std::string(v.name) + ": expected shape " + what + ", got " + v.describe());
 }
 
+// float64 scratch entries per problem of the CUDA solver: room for the split the launcher may choose
+// (blocks = 0) or for a forced number of blocks.
+int64_t work_size(int64_t n, int64_t m, int64_t blocks) {
+  if (n < 1 || m < 1) throw py::value_error("n, m: expected n >= 1 and m >= 1");
+  if (blocks < 0 || blocks > ot::kMaxSplit)
+    throw py::value_error("blocks: expected 0 (automatic) or 1 <= blocks <= " + std::to_string(ot::kMaxSplit));
+  return ot::split_work(n, m, blocks > 0 ? blocks : ot::split_room(n, m));
+}
+
 void require_contiguous(const View& v) {
   if (v.numel() != 0 && !v.compact_from(0))
     throw py::value_error(std::string(v.name) + ": expected a contiguous (row-major) tensor");
@@ -42,7 +56,7 @@ void require_contiguous(const View& v) {
 void sinkhorn(py::handle cost_c, py::handle a_c, py::handle b_c, py::handle plan_c, py::handle f_c, py::handle g_c,
               py::handle stats_c, py::handle iters_c, py::handle work_c, double eps, double tol, int64_t max_iters,
               int64_t check_every, int eps_scaling, double eps0, double eps_q, double stage_tol, bool relax,
-              double weight_tol, int nthreads, uintptr_t stream) {
+              double weight_tol, int nthreads, uintptr_t stream, int64_t blocks) {
   View cost = parse_view(cost_c, "cost");
   require_real(cost);
   if (cost.ndim != 3) throw py::value_error("cost: expected shape (B, n, m), got " + cost.describe());
@@ -58,6 +72,9 @@ void sinkhorn(py::handle cost_c, py::handle a_c, py::handle b_c, py::handle plan
   if (!(eps0 >= 0.0) || !std::isfinite(eps0))
     throw py::value_error("eps0: expected a positive finite number (0: the cost range)");
   if (!(eps_q > 0.0 && eps_q < 1.0)) throw py::value_error("eps_q: expected 0 < eps_q < 1");
+  if (blocks < 0 || blocks > ot::kMaxSplit)
+    throw py::value_error("blocks: expected 0 (automatic) or 1 <= blocks <= " + std::to_string(ot::kMaxSplit) +
+                          ", got " + std::to_string(blocks));
 
   SinkhornArgs s;
   s.B = B; s.n = n; s.m = m;
@@ -107,20 +124,24 @@ void sinkhorn(py::handle cost_c, py::handle a_c, py::handle b_c, py::handle plan
   s.eps = eps; s.tol = tol; s.max_iters = max_iters; s.check_every = check_every;
   s.eps_scaling = eps_scaling; s.eps0 = eps0; s.eps_q = eps_q; s.stage_tol = stage_tol;
   s.relax = relax ? 1 : 0; s.weight_tol = weight_tol;
+  s.blocks = blocks;
 
   if (cost.is_cuda()) {
     if (is_none(work_c)) throw py::value_error("work: a float64 scratch tensor is required for CUDA inputs");
     View work = parse_view(work_c, "work");
     if (work.dtype != DType::F64) throw py::type_error("work: expected float64");
     require_same_device(work, cost);
-    require_shape(work, {B, sinkhorn_work_per_problem(n, m)}, "(B, sinkhorn_work_per_problem(n, m))");
+    const int64_t W = work_size(n, m, blocks);
+    require_shape(work, {B, W}, "(B, sinkhorn_work_size(n, m, blocks))");
     require_contiguous(work);
     s.work = reinterpret_cast<double*>(work.data);
+    s.work_sb = W;
     py::gil_scoped_release nogil;
     sinkhorn_cuda(s, cost.dtype, cost.device_id, stream);
   } else {
     py::gil_scoped_release nogil;
-    sinkhorn_cpu(s, cost.dtype, nthreads);
+    if (blocks > 0) sinkhorn_split_cpu(s, cost.dtype);
+    else sinkhorn_cpu(s, cost.dtype, nthreads);
   }
 }
 
@@ -162,10 +183,10 @@ void register_ot_ops(py::module_& m) {
   m.def("sinkhorn", &sinkhorn, py::arg("cost"), py::arg("a"), py::arg("b"), py::arg("plan"), py::arg("f"), py::arg("g"),
         py::arg("stats"), py::arg("iters"), py::arg("work"), py::arg("eps"), py::arg("tol"), py::arg("max_iters"),
         py::arg("check_every"), py::arg("eps_scaling"), py::arg("eps0"), py::arg("eps_q"), py::arg("stage_tol"),
-        py::arg("relax"), py::arg("weight_tol"), py::arg("nthreads"), py::arg("stream"),
+        py::arg("relax"), py::arg("weight_tol"), py::arg("nthreads"), py::arg("stream"), py::arg("blocks") = 0,
         "batched Sinkhorn (csrc/ot/sinkhorn.h); status per problem in stats[:, 3]");
-  m.def("sinkhorn_work_size", &sinkhorn_work_per_problem, py::arg("n"), py::arg("m"),
-        "float64 scratch entries per problem the CUDA Sinkhorn needs");
+  m.def("sinkhorn_work_size", &work_size, py::arg("n"), py::arg("m"), py::arg("blocks") = 0,
+        "float64 scratch entries per problem the CUDA Sinkhorn needs (blocks: as for sinkhorn)");
   m.def("linear_assignment", &linear_assignment, py::arg("cost"), py::arg("perm"), py::arg("total"),
         py::arg("nthreads"), "batched exact assignment, Jonker-Volgenant (csrc/ot/lapjv.h)");
 }

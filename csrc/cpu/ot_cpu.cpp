@@ -21,6 +21,7 @@
 #include "cpu/pool.h"
 #include "ot/ot_math.h"
 #include "ot/sinkhorn.h"
+#include "ot/sinkhorn_blocks.h"
 
 #ifdef DIFFCORE_WITH_OPENMP
 #include <omp.h>
@@ -768,6 +769,28 @@ void sinkhorn_typed(const SinkhornArgs& a, int nthreads) {
 }
 
 }  // namespace
+
+namespace {
+
+template <class T>
+void sinkhorn_split_typed(const SinkhornArgs& a) {
+  const int64_t P = std::max<int64_t>(1, a.blocks);
+  std::vector<double> work(size_t(ot::split_work(a.n, a.m, P)), 0.0);
+  for (int64_t b = 0; b < a.B; ++b) {
+    ot::SerialExec ex;
+    ex.P = P;
+    ot::SplitSolver<T, ot::SerialExec> s(ot::split_problem<T>(a, b, P, work.data()), a, ex);
+    s.run();
+  }
+}
+
+}  // namespace
+
+void sinkhorn_split_cpu(const SinkhornArgs& a, DType dtype) {
+  if (a.B == 0) return;
+  if (dtype == DType::F64) sinkhorn_split_typed<double>(a);
+  else sinkhorn_split_typed<float>(a);
+}
 
 void sinkhorn_cpu(const SinkhornArgs& a, DType dtype, int nthreads) {
   if (a.B == 0) return;

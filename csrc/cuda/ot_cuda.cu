@@ -1,19 +1,27 @@
-// CUDA Sinkhorn solver: one thread block per problem runs the whole solve (every iteration, every ε
-// stage) with no host round trip, on the caller's stream. Same algorithm and decisions as the CPU
-// solver (cpu/ot_cpu.cpp) over the shared element math of ot/ot_math.h: stabilized scaling form with
-// absorption, safeguarded over-relaxation, optional ε-scaling.
+// CUDA Sinkhorn solvers: the whole solve (every iteration, every ε stage) runs on the device with no
+// host round trip, on the caller's stream. Same algorithm and decisions as the CPU solver
+// (cpu/ot_cpu.cpp) over the shared element math of ot/ot_math.h: stabilized scaling form with
+// absorption, safeguarded over-relaxation, optional ε-scaling. Two kernels:
 //
-// Layout: a warp per row for K̃β (coalesced along the row), a thread per column for K̃ᵀα (coalesced
-// across the warp), a thread per row/column for the O(n + m) updates; block reductions in a fixed
-// order, so every thread takes the same branches. One block per problem suits the minibatch sizes of
-// OT-CFM (Tong et al. 2024; n ≤ a few thousand, many problems); a single huge problem uses one SM.
+// * one thread block per problem (sinkhorn_kernel), for batches of small problems (the minibatch
+//   sizes of OT-CFM, Tong et al. 2024): a warp per row for K̃β (coalesced along the row), a thread per
+//   column for K̃ᵀα (coalesced across the warp), a thread per row/column for the O(n + m) updates;
+//   block reductions in a fixed order, so every thread takes the same branches;
+// * several blocks per problem (sinkhorn_split_kernel) for problems of at least 2^20 entries when the
+//   batch leaves most of the GPU idle: the phases of ot/sinkhorn_blocks.h, with a barrier over the
+//   problem's blocks between phases. The launch is cooperative, which guarantees that all blocks are
+//   resident at once, so the spinning barrier cannot wait for a block that never starts.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #include "cuda/launch.cuh"
 #include "ot/ot_math.h"
 #include "ot/sinkhorn.h"
+#include "ot/sinkhorn_blocks.h"
 
 namespace dc {
 namespace {
@@ -158,7 +166,7 @@ __global__ void __launch_bounds__(kOtThreads) sinkhorn_kernel(SinkhornArgs o) {
   const int64_t b = blockIdx.x;
   const int64_t n = o.n, m = o.m;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  double* wk = o.work + b * sinkhorn_work_per_problem(n, m);
+  double* wk = o.work + b * o.work_sb;
   Dev<T> p;
   p.n = n; p.m = m;
   p.C = static_cast<const T*>(o.cost) + b * o.c_sb; p.ldc = o.c_si;
@@ -394,16 +402,166 @@ __global__ void __launch_bounds__(kOtThreads) sinkhorn_kernel(SinkhornArgs o) {
   }
 }
 
+// ------------------------------------------------------------------------------------------------
+// Several blocks per problem: the policies of ot/sinkhorn_blocks.h for a CUDA block (a warp per row
+// group) and for the blocks of one problem (blockIdx.x of gridDim.x; blockIdx.y is the problem).
+
+constexpr int kSplitThreads = 256;
+constexpr int kSplitWarps = kSplitThreads / 32;
+
+struct SplitShared {
+  double red[kSplitWarps][kSlot];
+  double out[kSlot];
+};
+
+struct GridBlock {
+  SplitShared* sh;
+  __device__ int tid() const { return int(threadIdx.x); }
+  __device__ int nthr() const { return kSplitThreads; }
+  __device__ int grp() const { return int(threadIdx.x >> 5); }
+  __device__ int ngrp() const { return kSplitWarps; }
+  __device__ int glane() const { return int(threadIdx.x & 31); }
+  __device__ int gsize() const { return 32; }
+  __device__ void sync() const { __syncthreads(); }
+  __device__ double gsum(double x) const { return warp_sum(x); }
+  __device__ double gmin(double x) const { return warp_min(x); }
+  // Sum (or minimum) of K values over the block into every thread's v, in a fixed order.
+  template <int K, bool kMin>
+  __device__ void reduce(double* v) const {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int q = 0; q < K; ++q) {
+      const double x = kMin ? warp_min(v[q]) : warp_sum(v[q]);
+      if (lane == 0) sh->red[warp][q] = x;
+    }
+    __syncthreads();
+    if (threadIdx.x < K) {
+      double acc = sh->red[0][threadIdx.x];
+      for (int w = 1; w < kSplitWarps; ++w) acc = kMin ? fmin(acc, sh->red[w][threadIdx.x]) : acc + sh->red[w][threadIdx.x];
+      sh->out[threadIdx.x] = acc;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int q = 0; q < K; ++q) v[q] = sh->out[q];
+    __syncthreads();
+  }
+  template <int K>
+  __device__ void sum(double* v) const { reduce<K, false>(v); }
+  template <int K>
+  __device__ void vmin(double* v) const { reduce<K, true>(v); }
+};
+
+struct GridExec {
+  using Blk = GridBlock;
+  GridBlock blk;
+  unsigned int* bar;  // arrival word of this problem, zero at launch
+  int64_t P;
+
+  // The problem's blocks meet (the scheme of cooperative groups' grid barrier, per problem): block 0
+  // adds 2^31 − (P − 1), the others 1, so the top bit flips exactly when all P have arrived and the
+  // low bits return to 0. The fences order each block's writes before its arrival and the others'
+  // reads after the flip.
+  __device__ void barrier() const {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const unsigned int inc = blockIdx.x == 0 ? 0x80000000u - unsigned(P - 1) : 1u;
+      __threadfence();
+      const unsigned int old = atomicAdd(bar, inc);
+      volatile unsigned int* v = bar;
+      while (((old ^ *v) & 0x80000000u) == 0) __nanosleep(32);
+      __threadfence();
+    }
+    __syncthreads();
+  }
+  template <class F>
+  __device__ void each(F&& f) {
+    f(int64_t(blockIdx.x), blk);
+    barrier();
+  }
+  // Sum (slots q < KSUM) or minimum (the others) over the P block slots: warp q reduces slot q, the
+  // same way in every block, so every block holds the same bits.
+  template <int K, int KSUM>
+  __device__ void reduce(const double* part, double* out) const {
+    static_assert(K <= kSplitWarps && K <= kSlot, "one warp per slot");
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (warp < K) {
+      const bool mn = warp >= KSUM;
+      double acc = mn ? INFINITY : 0.0;
+      for (int64_t k = lane; k < P; k += 32) {
+        const double x = part[k * kSlot + warp];
+        acc = mn ? fmin(acc, x) : acc + x;
+      }
+      acc = mn ? warp_min(acc) : warp_sum(acc);
+      if (lane == 0) blk.sh->out[warp] = acc;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int q = 0; q < K; ++q) out[q] = blk.sh->out[q];
+    __syncthreads();
+  }
+  __device__ bool leader() const { return blockIdx.x == 0 && threadIdx.x == 0; }
+};
+
+template <class T>
+__global__ void __launch_bounds__(kSplitThreads, 2) sinkhorn_split_kernel(SinkhornArgs o, int64_t P) {
+  __shared__ SplitShared sh;
+  const int64_t b = blockIdx.y;
+  double* wk = o.work + b * o.work_sb;
+  const SplitProblem<T> p = split_problem<T>(o, b, P, wk);
+  GridExec ex{GridBlock{&sh}, reinterpret_cast<unsigned int*>(p.bar), P};
+  SplitSolver<T, GridExec> solver(p, o, ex);
+  solver.run();
+}
+
+// Blocks per problem: a forced count, or for problems of at least kSplitEntries entries as many as the
+// GPU holds at once divided among the batch (at most the scratch's room); 1 keeps one block per problem.
+template <class T>
+int64_t split_blocks(const SinkhornArgs& a, int device) {
+  int sms = 0, per_sm = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, sinkhorn_split_kernel<T>, kSplitThreads, 0) != cudaSuccess)
+    throw std::runtime_error("diffcore sinkhorn: cannot query the device's multiprocessors");
+  const int64_t resident = int64_t(sms) * int64_t(per_sm);
+  if (a.blocks > 0) {
+    if (a.blocks > 1 && a.blocks * a.B > resident)
+      throw std::invalid_argument("blocks: " + std::to_string(a.blocks) + " blocks for each of " +
+                                  std::to_string(a.B) + " problems exceed the " + std::to_string(resident) +
+                                  " blocks this GPU holds at once");
+    return a.blocks;
+  }
+  const int64_t room = split_room(a.n, a.m);
+  const int64_t share = resident / a.B;
+  const int64_t P = std::min(room, share);
+  return P >= 2 ? P : 1;
+}
+
 }  // namespace
 
 void sinkhorn_cuda(const SinkhornArgs& a, DType dtype, int device, uintptr_t stream_handle) {
   if (a.B == 0) return;
   auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  cudaError_t launched = cudaSuccess;
   launch_on(device, dtype, "sinkhorn", [&](auto tag) {
     using T = decltype(tag);
-    if constexpr (std::is_same<T, float>::value || std::is_same<T, double>::value)
-      sinkhorn_kernel<T><<<unsigned(a.B), kOtThreads, 0, stream>>>(a);
+    if constexpr (std::is_same<T, float>::value || std::is_same<T, double>::value) {
+      const int64_t P = split_blocks<T>(a, device);
+      if (P == 1) {
+        sinkhorn_kernel<T><<<unsigned(a.B), kOtThreads, 0, stream>>>(a);
+        return;
+      }
+      // the barrier words start at zero (one per problem, at the same offset of each scratch row)
+      if (cudaMemset2DAsync(a.work + 6 * (a.n + a.m), size_t(a.work_sb) * sizeof(double), 0, sizeof(double),
+                            size_t(a.B), stream) != cudaSuccess)
+        return;  // launch_on reports the error
+      SinkhornArgs args = a;
+      int64_t blocks = P;
+      void* params[] = {&args, &blocks};
+      launched = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(sinkhorn_split_kernel<T>),
+                                             dim3(unsigned(P), unsigned(a.B)), dim3(kSplitThreads), params, 0, stream);
+    }
   });
+  if (launched != cudaSuccess)
+    throw std::runtime_error(std::string("diffcore sinkhorn CUDA launch failed: ") + cudaGetErrorString(launched));
 }
 
 }  // namespace dc

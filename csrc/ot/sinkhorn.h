@@ -21,7 +21,8 @@ struct SinkhornArgs {
   void* g = nullptr;                            // [B, m] contiguous
   double* stats = nullptr;                      // [B, 4] float64: value, transport cost, marginal error, status
   int64_t* iters = nullptr;                     // [B] iterations (over all ε stages)
-  double* work = nullptr;                       // [B, work_per_problem(n, m)] float64 scratch (CUDA only)
+  double* work = nullptr;                       // [B, work_sb] float64 scratch (CUDA only; sinkhorn_blocks.h, split_work)
+  int64_t work_sb = 0;
   double eps = 1.0;                             // target ε > 0
   double tol = 1e-9;                            // stop when ‖P1 − a‖₁ ≤ tol (after a g-update)
   int64_t max_iters = 1000;
@@ -32,12 +33,13 @@ struct SinkhornArgs {
   double stage_tol = 1e-3;                      // marginal error that ends an intermediate ε stage
   int relax = 1;                                // 1: safeguarded adaptive over-relaxation; 0: plain Sinkhorn
   double weight_tol = 1e-8;                     // |Σa − 1| and |Σb − 1| allowed (weights are then renormalized)
+  int64_t blocks = 0;                           // blocks per problem: 0 automatic; > 0 forces the split
+                                                // formulation of ot/sinkhorn_blocks.h (on the CPU run serially)
 };
 
-// float64 scratch per problem for the CUDA solver: per row a, f̂, α, α_old, s, δ; the same per column.
-DC_HD int64_t sinkhorn_work_per_problem(int64_t n, int64_t m) { return 6 * (n + m); }
-
 void sinkhorn_cpu(const SinkhornArgs& a, DType dtype, int nthreads);
+// The split formulation (ot/sinkhorn_blocks.h) with a.blocks blocks per problem, run block by block.
+void sinkhorn_split_cpu(const SinkhornArgs& a, DType dtype);
 void sinkhorn_cuda(const SinkhornArgs& a, DType dtype, int device, uintptr_t stream);
 
 }  // namespace dc
