@@ -24,6 +24,11 @@ import diffcore
 from diffcore import _ops, noise, schedules, solvers
 
 
+_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and diffcore.build_info()["cuda"]), reason="needs CUDA")
+# the CUDA kernels draw one element per thread with the scalar functions: the same digests
+DEVICES = ["cpu", pytest.param("cuda", marks=_cuda)]
+
+
 def _digest(t: torch.Tensor) -> str:
     t = t.detach().contiguous().cpu()
     if t.dtype in (torch.float16, torch.bfloat16):
@@ -43,10 +48,12 @@ PHILOX = [
 ]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("args,want", PHILOX)
-def test_philox_normal_bits_are_unchanged(args, want):
+def test_philox_normal_bits_are_unchanged(args, want, device):
     shape, seed, ids, draw, domain, dtype = args
-    assert _digest(noise.philox_normal(shape, seed, sample_ids=ids, draw=draw, domain=domain, dtype=dtype)) == want
+    z = noise.philox_normal(shape, seed, sample_ids=ids, draw=draw, domain=domain, dtype=dtype, device=device)
+    assert _digest(z) == want
 
 
 # (shape, t0, t1, seed, depth, ta, tb, dtype) -> digest of BrownianTree.increment
@@ -58,10 +65,11 @@ BROWNIAN = [
 ]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("args,want", BROWNIAN)
-def test_brownian_increment_bits_are_unchanged(args, want):
+def test_brownian_increment_bits_are_unchanged(args, want, device):
     shape, t0, t1, seed, depth, ta, tb, dtype = args
-    tree = noise.BrownianTree(t0, t1, shape, seed=seed, depth=depth, dtype=dtype)
+    tree = noise.BrownianTree(t0, t1, shape, seed=seed, depth=depth, dtype=dtype, device=device)
     assert _digest(tree.increment(ta, tb)) == want
 
 
@@ -91,13 +99,13 @@ STEP = {
 }
 
 
-def _run_loop(name, dtype, nz, x0, o0):
+def _run_loop(name, dtype, nz, x0, o0, device="cpu"):
     sch = schedules.get("vp_linear")
-    plan = solvers.get(name).plan(sch, diffcore.timesteps(sch, 6), dtype=dtype, prediction="eps")
-    st = plan.init_state(x0.to(dtype), nz)
+    plan = solvers.get(name).plan(sch, diffcore.timesteps(sch, 6), dtype=dtype, prediction="eps", device=device)
+    st = plan.init_state(x0.to(device, dtype), nz)
     for i in range(plan.num_steps):
         for s in plan.stages(i):
-            plan.step(st, i, s, (o0 * (1 + 0.1 * i)).to(dtype))
+            plan.step(st, i, s, (o0 * (1 + 0.1 * i)).to(device, dtype))
     return st.x, plan
 
 
@@ -118,14 +126,15 @@ def test_stochastic_step_bits_are_unchanged(name):
     assert got == want
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_in_kernel_noise_equals_the_same_draws_passed_as_a_tensor(dtype):
+def test_in_kernel_noise_equals_the_same_draws_passed_as_a_tensor(dtype, device):
     x0, o0 = _step_data()
     ids = [4, 0, 9]
-    fused, plan = _run_loop("dpmpp_2m_sde", dtype, noise.Noise(seed=5, sample_ids=ids), x0, o0)
-    z = torch.stack([noise.philox_normal((3, 4101), 5, sample_ids=ids, draw=d, dtype=dtype)
+    fused, plan = _run_loop("dpmpp_2m_sde", dtype, noise.Noise(seed=5, sample_ids=ids), x0, o0, device)
+    z = torch.stack([noise.philox_normal((3, 4101), 5, sample_ids=ids, draw=d, dtype=dtype, device=device)
                      for d in range(plan.noise_draws)])
-    passed, _ = _run_loop("dpmpp_2m_sde", dtype, noise.Noise(noise=z), x0, o0)
+    passed, _ = _run_loop("dpmpp_2m_sde", dtype, noise.Noise(noise=z), x0, o0, device)
     assert torch.equal(fused, passed)
 
 
