@@ -58,7 +58,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import dump_json, machine, median_us, table  # noqa: E402
 
 import diffcore  # noqa: E402
-from diffcore import schedules, solvers  # noqa: E402
+from diffcore import _row, schedules, solvers  # noqa: E402
 
 SIZES = [2048, 16384, 262144, 4194304]
 QUICK_SIZES = [2048, 16384]
@@ -192,10 +192,10 @@ def default_solvers() -> List[str]:
 def traffic(plan, i: int, s: int) -> int:
     """Tensors of x's size the fused step reads + writes for row (i, s) (see the module docstring)."""
     sol = plan.solver
-    _inp, slot, wx, wy = plan.layout[(i * sol.stages + s) * 4:(i * sol.stages + s + 1) * 4]
+    rec = _row.stage(plan.layout, i * sol.stages + s)
     has_y = 1 if sol.second_buffer else 0
     reads = 2 + has_y + sol.history          # out, x, y, ring
-    writes = int(bool(wx)) + int(bool(wy)) + int(slot >= 0)
+    writes = int(rec.write_x) + int(rec.write_y) + int(rec.slot >= 0)
     return reads + writes
 
 

@@ -16,82 +16,7 @@ from diffcore.noise import Noise
 from diffcore.solvers.base import Solver
 
 
-def _h(*ts):
-    m = hashlib.sha256()
-    for t in ts:
-        if isinstance(t, torch.Tensor):
-            m.update(t.detach().cpu().contiguous().numpy().tobytes())
-        else:
-            m.update(repr(t).encode())
-    return m.hexdigest()[:16]
-
-
-def _cases():
-    vp, edm, rf = schedules.VPLinear(), schedules.EDM(), schedules.RectifiedFlow()
-    for name in solvers.available():
-        try:
-            sv = solvers.get(name)
-        except TypeError:  # needs statistics (dpm_solver_v3)
-            continue
-        if not isinstance(sv, Solver):
-            continue
-        yield name, sv, vp, torch.linspace(1.0, 1e-3, 8), "eps"
-        yield name + "/edm", sv, edm, torch.linspace(80.0, 0.002, 7), "x0"
-        if sv.native != "eps" and name not in ("langevin", "annealed_langevin"):
-            yield name + "/rf", sv, rf, torch.linspace(0.99, 0.0, 6), "velocity"
-    yield "edm_churn/churn", solvers.get("edm_churn", s_churn=40.0, s_tmin=0.05, s_tmax=50.0), edm, \
-        torch.linspace(80.0, 0.002, 7), "eps"
-    yield "edm_churn/churn_vp", solvers.get("edm_churn", s_churn=10.0), vp, torch.linspace(0.6, 1e-3, 6), "eps"
-    yield "unipc_2/bh1", solvers.get("unipc_2"), vp, torch.linspace(1.0, 1e-3, 9), "x0"
-    yield "ddpm/beta", solvers.get("ddpm", variance="beta"), vp, torch.linspace(1.0, 1e-3, 6), "eps"
-    yield "euler_ancestral/eta", solvers.get("euler_ancestral", eta=0.5), vp, torch.linspace(1.0, 1e-3, 6), "score"
-    yield "dpm_solver_3/inv", solvers.get("dpm_solver_3"), vp, torch.linspace(1e-2, 0.9, 7), "eps"
-    yield "dpmpp_2m/thr", solvers.get("dpmpp_2m", thresholding=True), vp, torch.linspace(1.0, 1e-3, 6), "eps"
-    yield "pc/2", solvers.get("pc", n_corrector=2), vp, torch.linspace(1.0, 1e-3, 5), "eps"
-    two = torch.stack([torch.linspace(1.0, 1e-3, 7), torch.linspace(0.9, 2e-3, 7)])
-    yield "unipc_3/batch", solvers.get("unipc_3"), vp, two, "eps"
-    yield "dpmpp_2m_sde/batch", solvers.get("dpmpp_2m_sde"), vp, two, "eps"
-
-
-def _model(x, t):
-    tt = t.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
-    return torch.sin(1.3 * x + tt) * 0.7 + 0.1 * x
-
-
-def _run(plan, dtype, brownian=False, ref=False):
-    g = torch.Generator().manual_seed(0)
-    B = plan.batch if plan.batch > 1 else 3
-    x = torch.randn(B, 5, 7, generator=g).to(dtype)
-    st = plan.init_state(x, Noise(seed=123, brownian=True) if brownian else Noise(seed=123))
-    for i in range(plan.num_steps):
-        for s in plan.stages(i):
-            out = _model(st.model_input(s), plan.model_time(i, s).to(dtype))
-            (plan.step_reference if ref else plan.step)(st, i, s, out)
-    return _h(st.x)
-
-
-CASES = {key: rest for key, *rest in _cases()}
-
-
-@pytest.mark.parametrize("key", sorted(CASES))
-def test_plans_and_steps_are_bit_identical_to_the_recorded_ones(key):
-    sv, sched, ts, pred = CASES[key]
-    want = PINS[key]
-    p = sv.plan(sched, ts, prediction=pred)
-    got = {"coefs": _h(p.coefs), "layout": _h(list(p.layout)), "mtime": _h(p.model_times), "nst": _h(list(p.nstages)),
-           "pre": _h(p.prelude) if p.prelude is not None else None, "draws": p.noise_draws}
-    got["run_float32"] = _run(p, torch.float32)
-    got["run_float64"] = _run(p, torch.float64)
-    got["ref_float64"] = _run(p, torch.float64, ref=True)
-    if p.noise_draws:
-        got["run_brownian"] = _run(p, torch.float32, brownian=True)
-    assert got == want
-
-
-def test_every_pinned_case_is_still_built():
-    assert sorted(CASES) == sorted(PINS)
-
-
+# recorded before the row layout was declared in one place (see the module docstring)
 PINS = {
     'annealed_langevin': {"coefs": "a42db228d7d1dea1", "draws": 800, "layout": "6f41e6d79dcddf39", "mtime": "65539d611d3cf8b1", "nst": "b3db9272f4f15d28", "pre": None, "ref_float64": "e69b920bc7498b48", "run_brownian": "695b5a6eeb69bdff", "run_float32": "695b5a6eeb69bdff", "run_float64": "e69b920bc7498b48"},
     'annealed_langevin/edm': {"coefs": "9de7e6c4d0b54cb5", "draws": 700, "layout": "ee0956cff3c0d596", "mtime": "d06a8b022ec1e9d9", "nst": "c9ebc37c7742be9b", "pre": None, "ref_float64": "35cfbf28269bb1db", "run_brownian": "46a01191a6ea6051", "run_float32": "46a01191a6ea6051", "run_float64": "35cfbf28269bb1db"},
@@ -185,3 +110,80 @@ PINS = {
     'unipc_3/edm': {"coefs": "903b8897726455fe", "draws": 0, "layout": "40e9f44a58155bea", "mtime": "55523a18993fa6ff", "nst": "9ded6c7e637f3673", "pre": None, "ref_float64": "8e6f93eec5bf5a4b", "run_float32": "eac2de00941d3321", "run_float64": "8e6f93eec5bf5a4b"},
     'unipc_3/rf': {"coefs": "54694f01d50a7b33", "draws": 0, "layout": "8725e35039db87e7", "mtime": "61ac8a2696cb2673", "nst": "15d67f715f212612", "pre": None, "ref_float64": "240ad17fb912e8e3", "run_float32": "677ab8e8933e8dd7", "run_float64": "240ad17fb912e8e3"},
 }
+
+
+def _h(*ts):
+    m = hashlib.sha256()
+    for t in ts:
+        if isinstance(t, torch.Tensor):
+            m.update(t.detach().cpu().contiguous().numpy().tobytes())
+        else:
+            m.update(repr(t).encode())
+    return m.hexdigest()[:16]
+
+
+def _cases():
+    vp, edm, rf = schedules.VPLinear(), schedules.EDM(), schedules.RectifiedFlow()
+    for name in solvers.available():
+        try:
+            sv = solvers.get(name)
+        except TypeError:  # needs statistics (dpm_solver_v3)
+            continue
+        if not isinstance(sv, Solver):
+            continue
+        yield name, sv, vp, torch.linspace(1.0, 1e-3, 8), "eps"
+        yield name + "/edm", sv, edm, torch.linspace(80.0, 0.002, 7), "x0"
+        if sv.native != "eps" and name not in ("langevin", "annealed_langevin"):
+            yield name + "/rf", sv, rf, torch.linspace(0.99, 0.0, 6), "velocity"
+    yield "edm_churn/churn", solvers.get("edm_churn", s_churn=40.0, s_tmin=0.05, s_tmax=50.0), edm, \
+        torch.linspace(80.0, 0.002, 7), "eps"
+    yield "edm_churn/churn_vp", solvers.get("edm_churn", s_churn=10.0), vp, torch.linspace(0.6, 1e-3, 6), "eps"
+    yield "unipc_2/bh1", solvers.get("unipc_2"), vp, torch.linspace(1.0, 1e-3, 9), "x0"
+    yield "ddpm/beta", solvers.get("ddpm", variance="beta"), vp, torch.linspace(1.0, 1e-3, 6), "eps"
+    yield "euler_ancestral/eta", solvers.get("euler_ancestral", eta=0.5), vp, torch.linspace(1.0, 1e-3, 6), "score"
+    yield "dpm_solver_3/inv", solvers.get("dpm_solver_3"), vp, torch.linspace(1e-2, 0.9, 7), "eps"
+    yield "dpmpp_2m/thr", solvers.get("dpmpp_2m", thresholding=True), vp, torch.linspace(1.0, 1e-3, 6), "eps"
+    yield "pc/2", solvers.get("pc", n_corrector=2), vp, torch.linspace(1.0, 1e-3, 5), "eps"
+    two = torch.stack([torch.linspace(1.0, 1e-3, 7), torch.linspace(0.9, 2e-3, 7)])
+    yield "unipc_3/batch", solvers.get("unipc_3"), vp, two, "eps"
+    yield "dpmpp_2m_sde/batch", solvers.get("dpmpp_2m_sde"), vp, two, "eps"
+
+
+def _model(x, t):
+    tt = t.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+    return torch.sin(1.3 * x + tt) * 0.7 + 0.1 * x
+
+
+def _run(plan, dtype, brownian=False, ref=False):
+    g = torch.Generator().manual_seed(0)
+    B = plan.batch if plan.batch > 1 else 3
+    x = torch.randn(B, 5, 7, generator=g).to(dtype)
+    st = plan.init_state(x, Noise(seed=123, brownian=True) if brownian else Noise(seed=123))
+    for i in range(plan.num_steps):
+        for s in plan.stages(i):
+            out = _model(st.model_input(s), plan.model_time(i, s).to(dtype))
+            (plan.step_reference if ref else plan.step)(st, i, s, out)
+    return _h(st.x)
+
+
+CASES = {key: rest for key, *rest in _cases()}
+
+
+@pytest.mark.parametrize("key", sorted(PINS))
+def test_plans_and_steps_are_bit_identical_to_the_recorded_ones(key):
+    sv, sched, ts, pred = CASES[key]
+    want = PINS[key]
+    p = sv.plan(sched, ts, prediction=pred)
+    got = {"coefs": _h(p.coefs), "layout": _h(list(p.layout)), "mtime": _h(p.model_times), "nst": _h(list(p.nstages)),
+           "pre": _h(p.prelude) if p.prelude is not None else None, "draws": p.noise_draws}
+    got["run_float32"] = _run(p, torch.float32)
+    got["run_float64"] = _run(p, torch.float64)
+    got["ref_float64"] = _run(p, torch.float64, ref=True)
+    if p.noise_draws:
+        got["run_brownian"] = _run(p, torch.float32, brownian=True)
+    assert got == want
+
+
+def test_every_pinned_case_is_still_built():
+    # solvers added later are not pinned; every pinned one must still exist
+    assert set(PINS) <= set(CASES)

@@ -21,6 +21,7 @@ void register_noise_ops(py::module_& m);     // bind/noise_bind.cpp
 void register_ot_ops(py::module_& m);        // bind/ot_bind.cpp
 void register_picard_ops(py::module_& m);    // bind/picard_bind.cpp
 void register_adaptive_ops(py::module_& m);  // bind/adaptive_bind.cpp
+void register_layout_ops(py::module_& m);    // bind/layout_bind.cpp
 
 namespace {
 
@@ -184,4 +185,5 @@ PYBIND11_MODULE(_core, m) {
   dc::register_ot_ops(m);
   dc::register_picard_ops(m);
   dc::register_adaptive_ops(m);
+  dc::register_layout_ops(m);
 }

@@ -32,6 +32,13 @@ _is_compiling = torch.compiler.is_compiling
 _num_threads: Optional[int] = None
 #: The most dimensions a tensor handed to a compiled kernel may have (csrc/bind/dlpack_view.h).
 MAX_DIMS: int = _core.MAX_DIMS
+#: The coefficient row's columns and the stage record's fields (csrc/core/row_layout.h; Python reads
+#: rows through diffcore._row), the fused step's noise sources and the Philox key domains.
+RowLayout = _core.RowLayout
+StageRecord = _core.StageRecord
+MAX_RING: int = _core.MAX_RING
+NoiseKind = _core.NoiseKind
+NoiseDomain = _core.NoiseDomain
 _tls = threading.local()
 
 

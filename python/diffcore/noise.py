@@ -29,9 +29,10 @@ from ._device import as_device
 __all__ = ["philox_normal", "BrownianTree", "Noise", "philox4x32", "philox4x32_reference",
            "philox_normal_reference", "DOMAIN_STEP", "DOMAIN_PRIOR", "DOMAIN_BROWNIAN", "default_seed"]
 
-#: Counter domains (csrc/core/philox.h): one seed drives independent streams for the sampler's steps,
-#: the prior draw and the Brownian tree.
-DOMAIN_STEP, DOMAIN_PRIOR, DOMAIN_BROWNIAN = 0, 1, 2
+#: Counter domains (csrc/core/philox.h, enum NoiseDomain, exported by the core): one seed drives
+#: independent streams for the sampler's steps, the prior draw and the Brownian tree.
+DOMAIN_STEP, DOMAIN_PRIOR, DOMAIN_BROWNIAN = (int(_ops.NoiseDomain.step), int(_ops.NoiseDomain.prior),
+                                              int(_ops.NoiseDomain.brownian))
 _MAX_DEPTH = 30
 
 

@@ -60,7 +60,8 @@ import torch
 from . import _ops
 from .guidance import CFG
 from .noise import Noise
-from .solvers.base import LAYOUT, Plan
+from . import _row
+from .solvers.base import Plan
 from .thresholding import dynamic_threshold
 
 __all__ = ["ParallelConfig", "PicardResult", "window_update", "window_update_reference", "picard_sample",
@@ -313,28 +314,29 @@ class _Nodes:
         s_t = torch.tensor(stages, device=dev)
         self.rows = plan.coefs[:, i_t, s_t].transpose(0, 1).to(compute).contiguous()     # [N, Bc, C]
         self.times = plan.model_times[:, i_t, s_t].transpose(0, 1).contiguous()           # [N, Bc]
-        lay = [plan.layout[(i * S + s) * LAYOUT:(i * S + s + 1) * LAYOUT] for i, s in zip(steps, stages)]
-        self.inp = torch.tensor([r[0] == 1 for r in lay], device=dev)
-        self.wx = torch.tensor([bool(r[2]) for r in lay], device=dev)
-        self.wy = torch.tensor([bool(r[3]) for r in lay], device=dev)
-        self.draw = [r[4] for r in lay]
+        lay = [_row.stage(plan.layout, i * S + s) for i, s in zip(steps, stages)]
+        self.inp = torch.tensor([r.input == 1 for r in lay], device=dev)
+        self.wx = torch.tensor([r.write_x for r in lay], device=dev)
+        self.wy = torch.tensor([r.write_y for r in lay], device=dev)
+        self.draw = [r.draw for r in lay]
         self.has_draw = torch.tensor([d >= 0 for d in self.draw], device=dev)
         self.any_draw = any(d >= 0 for d in self.draw)
-        self.any_y = any(r[0] == 1 or bool(r[3]) for r in lay)
+        self.any_y = any(r.input == 1 or r.write_y for r in lay)
         last = [N] * K  # index N: the all-zero slot (ring before any write)
         src = []
         for r in lay:
             src.append(list(last))
-            if r[1] >= 0:
-                last[r[1]] = len(src) - 1
+            if r.slot >= 0:
+                last[r.slot] = len(src) - 1
         self.src = torch.tensor(src, dtype=torch.long, device=dev).reshape(N, K)
         # which buffer each written buffer continues (largest weight >= 1/2, from the first sample's row)
         carry = []
         first = plan.coefs[0, i_t, s_t].cpu()  # one device read at setup
+        L = _row.layout(K)
         for n, r in enumerate(lay):
             row = first[n]
             pair = []
-            for b, (write, cx, cy) in enumerate(((r[2], 2, 3), (r[3], 5 + K, 6 + K))):
+            for b, (write, cx, cy) in enumerate(((r.write_x, L.ax, L.ay), (r.write_y, L.bx, L.by))):
                 if not write:
                     pair.append(b)
                     continue
@@ -406,8 +408,7 @@ def picard_sample(plan: Plan, make_fn: Callable[[int], Callable], x: torch.Tenso
         win = slice(ell, ell + J)
         xw = X[win]
         yw = Y[win] if Y is not None else torch.zeros_like(xw)
-        rows = nodes.rows[win]                                          # [J, Bc, C]
-        c = lambda k: rows[:, :, k].reshape((J, Bc) + bshape[2:])       # noqa: E731
+        w = _row.Weights(nodes.rows[win], K, (J, Bc) + bshape[2:])      # rows [J, Bc, C]
         inpm = nodes.inp[win].reshape((J,) + ones)
         u = torch.where(inpm, yw, xw)
         t = nodes.times[win].expand(J, B)
@@ -416,28 +417,28 @@ def picard_sample(plan: Plan, make_fn: Callable[[int], Callable], x: torch.Tenso
         rounds += 1
         nfe += J
         if plan._thresholding:
-            m = dynamic_threshold((c(0).to(dt) * u + c(1).to(dt) * out).reshape(J * B, *x0.shape[1:]),
+            m = dynamic_threshold((w.cu.to(dt) * u + w.co.to(dt) * out).reshape(J * B, *x0.shape[1:]),
                                   plan.solver.dynamic_thresholding_ratio, plan.solver.sample_max_value)
             m = m.reshape(xw.shape).to(compute)
         else:
-            m = c(0) * u.to(compute) + c(1) * out.to(compute)
+            m = w.cu * u.to(compute) + w.co * out.to(compute)
         if K:
             Mbuf[win] = m.to(dt)
         xv, yv = xw.to(compute), yw.to(compute)
-        accx = c(2) * xv + c(3) * yv
-        accy = c(5 + K) * xv + c(6 + K) * yv
+        accx = w.ax * xv + w.ay * yv
+        accy = w.bx * xv + w.by * yv
         if K:
             ring = Mbuf[nodes.src[win]].to(compute)                     # [J, K, B, *S]
             for k in range(K):
-                accx = accx + c(4 + k) * ring[:, k]
-                accy = accy + c(7 + K + k) * ring[:, k]
-        accx = accx + c(4 + K) * m
-        accy = accy + c(7 + 2 * K) * m
+                accx = accx + w.ar[k] * ring[:, k]
+                accy = accy + w.br[k] * ring[:, k]
+        accx = accx + w.am * m
+        accy = accy + w.bm * m
         if Z is not None:
             hd = nodes.has_draw[win].reshape((J,) + ones)
             z = Z[win].to(compute)
-            accx = torch.where(hd, accx + c(8 + 2 * K) * z, accx)
-            accy = torch.where(hd, accy + c(9 + 2 * K) * z, accy)
+            accx = torch.where(hd, accx + w.zx * z, accx)
+            accy = torch.where(hd, accy + w.zy * z, accy)
         phix = torch.where(nodes.wx[win].reshape((J,) + ones), accx.to(dt), xw)
         if Y is not None:  # (x, y) as one state: a trailing axis of two
             phiy = torch.where(nodes.wy[win].reshape((J,) + ones), accy.to(dt), yw)

@@ -4,7 +4,7 @@ A :class:`Solver` is immutable: its options and its method structure (stages per
 native prediction, per-step orders). :meth:`Solver.plan` turns a schedule and a time grid into a
 :class:`Plan`: every step's coefficients, computed once in float64 by the compiled core
 (``csrc/core/plans/*.h``), stored on the sample's device as a table
-``[B or 1, steps, stages, 12 + 2K]`` (one row per sample when the grid is per-sample). A plan holds no
+``[B or 1, steps, stages, NC]`` (the row of :mod:`diffcore._row`) (one row per sample when the grid is per-sample). A plan holds no
 run state either; :meth:`Plan.init_state` makes the per-run :class:`State` (the sample, a second
 buffer for stage inputs or the last corrected state, and the history ring), and :meth:`Plan.step`
 applies one row in one fused kernel call (``csrc/core/solver_step.h``): it converts the model output
@@ -22,7 +22,7 @@ import torch
 
 from torch.utils.dlpack import to_dlpack as _to_dlpack
 
-from .. import _ops
+from .. import _ops, _row
 from .._device import as_device
 from ..param import conversion_coefs, resolve_prediction
 from ..schedules import Schedule
@@ -35,10 +35,10 @@ __all__ = ["Solver", "Plan", "State", "SOLVER_TYPES"]
 #: A = midpoint / the reference "dpmsolver" form, B = heun / the reference "taylor" form.
 SOLVER_TYPES = {"midpoint": 0, "dpmsolver": 0, "a": 0, "heun": 1, "taylor": 1, "b": 1}
 
-#: Columns of a coefficient row besides the 2K history weights (csrc/core/solver_step.h) and entries of
-#: a (step, stage) layout record: model input, ring slot, write x, write y, noise draw.
-NCOEF_BASE, LAYOUT = 12, 5
-_NOISE_KIND = {"philox": 1, "tensor": 2, "generator": 2, "provider": 2, "brownian": 3}
+_NK = _ops.NoiseKind
+#: The fused step's noise source of each kind of :class:`~diffcore.noise.Noise`.
+_NOISE_KIND = {"philox": int(_NK.philox), "tensor": int(_NK.tensor), "generator": int(_NK.tensor),
+               "provider": int(_NK.tensor), "brownian": int(_NK.brownian)}
 
 _QUAD_NODES = 16  # Gauss–Legendre nodes per step for DEIS (≥ 16 reach float64 accuracy on these integrands)
 
@@ -219,12 +219,12 @@ def _brownian_unit_times(coefs: torch.Tensor, grid_t: torch.Tensor, K: int) -> N
     increment ``(W(ta) − W(tb))/√|ta − tb|`` the step uses is invariant under the map. A sample
     whose grid has no range (Langevin at one noise level) only has zero-length rows, which keep
     their Philox draws."""
-    c = NCOEF_BASE - 2 + 2 * K
+    c = _row.interval(K)
     lo = grid_t.min(1).values.reshape(-1, 1, 1, 1)
     width = grid_t.max(1).values.reshape(-1, 1, 1, 1) - lo
-    iv = coefs[..., c:c + 2]
+    iv = coefs[..., c]
     u = torch.where(width > 0, (iv - lo) / torch.where(width > 0, width, 1.0), 0.0).clamp_(0.0, 1.0)
-    coefs[..., c:c + 2] = u
+    coefs[..., c] = u
 
 
 def _nodes(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
@@ -242,7 +242,7 @@ class Plan:
         num_steps: number of steps M.
         nfe: model evaluations of a run.
         timesteps: the float64 grid, ``[B or 1, M + 1]`` on the CPU.
-        coefs: float64 table ``[B or 1, M, stages, 8 + 2K]`` on ``device``.
+        coefs: float64 table ``[B or 1, M, stages, NC]`` on ``device`` (rows of :mod:`diffcore._row`).
         orders: the order of each step.
     """
 
@@ -295,7 +295,7 @@ class Plan:
             quad = torch.stack([tq, (0.5 * (r1 - r0) * wi).expand_as(tq)], -1).contiguous()
 
         S, K = solver.stages, solver.history
-        coefs = torch.zeros(Bc, M, S, NCOEF_BASE + 2 * K, dtype=torch.float64)
+        coefs = torch.zeros(Bc, M, S, _row.ncoef(K), dtype=torch.float64)
         mtime = torch.zeros(Bc, M, S, dtype=torch.float64)
         extra = solver._extra(schedule, grid_t, grid)
         layout, nstages = _ops.plan_build(solver.method, solver._core_options(), grid, stage, quad, orders, K, S,
@@ -303,12 +303,11 @@ class Plan:
         pre = solver._prelude(schedule, grid_t, stage_t)
         self.prelude = None if pre is None else pre.to(self.device)
         if pre is not None:  # the prelude is draw 0
-            for q in range(LAYOUT - 1, len(layout), LAYOUT):
-                if layout[q] >= 0:
-                    layout[q] += 1
+            _row.renumber_draws(layout, 1)
         self.layout = layout
         self.nstages = nstages
-        self.draws = [[layout[(i * S + s) * LAYOUT + 4] for s in range(S)] for i in range(M)]
+        flat = _row.draws(layout)
+        self.draws = [flat[i * S:(i + 1) * S] for i in range(M)]
         self.noise_draws = sum(d >= 0 for row in self.draws for d in row) + (pre is not None)
         if self.noise_draws:
             _brownian_unit_times(coefs, grid_t, K)
@@ -320,8 +319,9 @@ class Plan:
         tt = torch.where(active, mtime, grid_t[:, :1, None])  # inactive stages: any valid time
         vals = schedule.eval(tt)
         cu, co = conversion_coefs(prediction, solver.native, vals, schedule)
-        coefs[..., 0] = torch.where(active, cu.to(torch.float64), 0.0)
-        coefs[..., 1] = torch.where(active, co.to(torch.float64), 0.0)
+        L = _row.layout(K)
+        coefs[..., L.cu] = torch.where(active, cu.to(torch.float64), 0.0)
+        coefs[..., L.co] = torch.where(active, co.to(torch.float64), 0.0)
         if not bool(torch.isfinite(coefs).all()):
             raise ValueError(f"prediction: converting a {prediction!r} model to {solver.native!r} is singular on this "
                              "grid (σ = 0 or α = 0 at a model evaluation)")
@@ -400,8 +400,8 @@ class Plan:
     def _threshold(self, state: "State", i: int, s: int, out: torch.Tensor) -> torch.Tensor:
         row = self._rows[i][s]
         u = state.model_input(s)
-        bshape = (row.shape[0],) + (1,) * (u.dim() - 1)
-        m = row[:, 0].reshape(bshape).to(u.dtype) * u + row[:, 1].reshape(bshape).to(u.dtype) * out
+        w = _row.Weights(row, self.solver.history, (row.shape[0],) + (1,) * (u.dim() - 1))
+        m = w.cu.to(u.dtype) * u + w.co.to(u.dtype) * out
         return dynamic_threshold(m, self.solver.dynamic_thresholding_ratio, self.solver.sample_max_value)
 
     def step_reference(self, state: "State", i: int, s: int, out: torch.Tensor, raw: bool = False) -> None:
@@ -410,35 +410,33 @@ class Plan:
         if hook is not None:
             return hook(self, state, i, s, out)
         row = self._rows[i][s]
-        q = (i * self.solver.stages + s) * LAYOUT
-        inp, slot, wx, wy, draw = self.layout[q:q + LAYOUT]
+        rec = _row.stage(self.layout, i * self.solver.stages + s)
         K = self.solver.history
         x, y = state.x, state.y
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
         c = row.to(compute)
-        bshape = (c.shape[0],) + (1,) * (x.dim() - 1)
-        w = lambda k: c[:, k].reshape(bshape)  # noqa: E731
+        w = _row.Weights(c, K, (c.shape[0],) + (1,) * (x.dim() - 1))
         xv = x.to(compute)
         yv = y.to(compute) if y is not None else torch.zeros_like(xv)
         ov = out.to(compute)
-        m = ov if raw else w(0) * (yv if inp == 1 else xv) + w(1) * ov
+        m = ov if raw else w.cu * (yv if rec.input == 1 else xv) + w.co * ov
         ring = [state.ring[k].to(compute) for k in range(K)] if K else []
-        accx = w(2) * xv + w(3) * yv
-        accy = w(5 + K) * xv + w(6 + K) * yv
+        accx = w.ax * xv + w.ay * yv
+        accy = w.bx * xv + w.by * yv
         for k in range(K):
-            accx = accx + w(4 + k) * ring[k]
-            accy = accy + w(7 + K + k) * ring[k]
-        accx = accx + w(4 + K) * m
-        accy = accy + w(7 + 2 * K) * m
-        if draw >= 0:
-            z = state.noise_value(draw, row).to(compute)
-            accx = accx + w(8 + 2 * K) * z
-            accy = accy + w(9 + 2 * K) * z
-        if slot >= 0:
-            state._set_ring(slot, m.to(x.dtype))
-        if wx:
+            accx = accx + w.ar[k] * ring[k]
+            accy = accy + w.br[k] * ring[k]
+        accx = accx + w.am * m
+        accy = accy + w.bm * m
+        if rec.draw >= 0:
+            z = state.noise_value(rec.draw, row).to(compute)
+            accx = accx + w.zx * z
+            accy = accy + w.zy * z
+        if rec.slot >= 0:
+            state._set_ring(rec.slot, m.to(x.dtype))
+        if rec.write_x:
             state._set("x", accx.to(x.dtype))
-        if wy:
+        if rec.write_y:
             state._set("y", accy.to(x.dtype))
 
 
@@ -526,8 +524,7 @@ class State:
             return z
         z = torch.empty_like(x, memory_format=torch.contiguous_format)
         if self.noise.kind == "brownian" and row is not None:
-            K = self.plan.solver.history
-            iv = row[:, NCOEF_BASE - 2 + 2 * K:NCOEF_BASE + 2 * K].contiguous()
+            iv = row[:, _row.interval(self.plan.solver.history)].contiguous()
             if bool((iv[:, 0] != iv[:, 1]).all()):
                 return _ops.noise_fill(z, self._seed, self._ids, draw, DOMAIN_STEP, iv, self.plan.noise_span,
                                        self.noise.depth)

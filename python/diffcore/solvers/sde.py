@@ -26,6 +26,7 @@ from typing import Optional
 
 import torch
 
+from .. import _row
 from ..schedules import Schedule
 from .base import Solver
 from .exponential import _solver_type
@@ -253,9 +254,9 @@ class PC(_Stochastic):
         x = state.x
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
         row = plan._rows[i][s].to(compute)
-        bshape = (row.shape[0],) + (1,) * (x.dim() - 1)
+        w = _row.Weights(row, self.history, (row.shape[0],) + (1,) * (x.dim() - 1))
         u = state.model_input(s).to(compute)
-        score = row[:, 0].reshape(bshape) * u + row[:, 1].reshape(bshape) * out.to(compute)
+        score = w.cu * u + w.co * out.to(compute)
         z = state.noise_value(plan.draws[i][s]).to(compute)
         B = x.shape[0]
         if step is not None:
