@@ -2,7 +2,7 @@
 7.2.1–7.2.2; Cuturi 2013; Tong et al. 2024 for minibatch couplings).
 
 * :func:`sinkhorn` — batched entropic OT in the compiled core (CPU: OpenMP, CUDA: one block per
-  problem): ``min ⟨P, C⟩ + ε KL(P ‖ a bᵀ)`` over plans with marginals ``a``, ``b``. Stabilized scaling
+  small problem, a large one split over the whole GPU): ``min ⟨P, C⟩ + ε KL(P ‖ a bᵀ)`` over plans with marginals ``a``, ``b``. Stabilized scaling
   form with absorption (Schmitzer 2019), safeguarded adaptive over-relaxation (Thibault et al. 2017,
   Lehmann et al. 2021) and optional ε-scaling; under autograd, ``torch.func`` transforms or
   ``torch.compile`` tracing it runs :func:`sinkhorn_reference` (eager log-domain torch) instead.
@@ -246,8 +246,10 @@ def sinkhorn(a, b, cost, eps: float, tol: Optional[float] = None, max_iters: int
     observed convergence rate (SOR theory) and accepted only when it increases the dual objective by at least 5 % of what the plain
     update would (otherwise backtracked towards ω = 1): a monotone dual ascent with the same unique
     fixed point, typically 2–10x fewer iterations at small ε. ``overrelax=False`` gives the plain
-    Sinkhorn iterates. On CUDA one thread block solves each problem (all iterations on the device, on
-    the current stream); reading the per-problem status afterwards synchronizes the stream. Under
+    Sinkhorn iterates. On CUDA one thread block solves each problem of a batch, and a problem of 2^20
+    entries or more, when the batch leaves most of the GPU idle, is split over many blocks that meet at
+    a barrier after each half-iteration (csrc/ot/sinkhorn_blocks.h); all iterations run on the device,
+    on the current stream, and reading the per-problem status afterwards synchronizes the stream. Under
     autograd, ``torch.func`` transforms or ``torch.compile`` tracing (and for tensors the compiled core
     cannot take) it runs :func:`sinkhorn_reference`, plain iterations without ``eps_scaling`` or
     ``overrelax``; gradients then flow through the unrolled iterations.
