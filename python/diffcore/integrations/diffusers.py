@@ -104,10 +104,12 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
 from .. import solvers as _solvers
+from . import diffusers_sigma as _sigma
 from .._device import as_device
 from ..noise import Noise
 from ..param import conversion_coefs
 from ..schedules import EDM, RectifiedFlow, VPDiscrete
+from ..solvers.protocol import Kind
 
 __all__ = ["DiffcoreScheduler", "FAMILIES"]
 
@@ -119,28 +121,21 @@ _PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_pre
 #: of ``scheduler.sigmas``; "sigmas_ve": the same, with diffusers' sample x/α (Karras et al. 2022's
 #: σ-space; ``init_noise_sigma`` > 1, ``scale_model_input`` multiplies by α); "flow_match": flow-matching σ)
 FAMILIES = {
-    "DDIMScheduler": "ddim", "DDPMScheduler": "ddpm",
+    "DDIMScheduler": "ddim", "DDPMScheduler": "ddpm", "DDIMInverseScheduler": "ddim_inverse",
+    "DPMSolverSinglestepScheduler": "sigmas", "DPMSolverMultistepInverseScheduler": "sigmas",
     "DPMSolverMultistepScheduler": "sigmas", "UniPCMultistepScheduler": "sigmas",
     "EulerDiscreteScheduler": "sigmas_ve", "HeunDiscreteScheduler": "sigmas_ve",
     "EulerAncestralDiscreteScheduler": "sigmas_ve",
     "EDMEulerScheduler": "edm", "EDMDPMSolverMultistepScheduler": "edm",
     "FlowMatchEulerDiscreteScheduler": "flow_match", "FlowMatchHeunDiscreteScheduler": "flow_match",
+    "LMSDiscreteScheduler": "stepped", "KDPM2DiscreteScheduler": "stepped", "KDPM2AncestralDiscreteScheduler": "stepped",
+    "DEISMultistepScheduler": "stepped", "PNDMScheduler": "stepped",
 }
 #: the source class whose grid a direct construction (no ``_source_config``) follows, per timestep convention
 _CONVENTION_SOURCE = {"ddim": "DDIMScheduler", "dpmsolver": "DPMSolverMultistepScheduler",
                       "flow_match": "FlowMatchEulerDiscreteScheduler"}
 #: classes diffusers ships that the drop-in does not reproduce, with why (the error names them)
 _UNSUPPORTED = {
-    "DPMSolverSinglestepScheduler": "its order schedule puts the second stage of each step on a listed level, "
-                                    "which no diffcore single-step plan does",
-    "LMSDiscreteScheduler": "diffcore has no linear multistep method in σ",
-    "KDPM2DiscreteScheduler": "diffcore has no KDPM2 (σ-space DPM-Solver-2 with log-σ midpoints) plan",
-    "KDPM2AncestralDiscreteScheduler": "diffcore has no ancestral KDPM2 plan",
-    "DDIMInverseScheduler": "it integrates from data to noise; the drop-in samples from noise to data",
-    "DPMSolverMultistepInverseScheduler": "it integrates from data to noise; the drop-in samples from noise to data",
-    "PNDMScheduler": "diffcore's ipndm is not PNDM's Runge–Kutta warm-up (PLMS)",
-    "DEISMultistepScheduler": "diffcore's deis_k (Zhang & Chen 2023, polynomial extrapolation in t) differs from its "
-                              "log-ρ update by about 3e-3 per step",
 }
 #: options that act through the source scheduler's grid or method: given for a source class without them,
 #: they would be silently ignored, so they raise
@@ -153,8 +148,8 @@ _SOURCE_ONLY = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule"
 #: classes not reproduced whose grid code another (reproduced) class shares: with an explicit ``solver=``
 #: (a deliberate diffcore method), that class's grid
 _GRID_FALLBACK = {"PNDMScheduler": "DDIMScheduler", "DEISMultistepScheduler": "DPMSolverMultistepScheduler",
-                  "DPMSolverSinglestepScheduler": "DPMSolverMultistepScheduler",
-                  "LMSDiscreteScheduler": "EulerDiscreteScheduler", "KDPM2DiscreteScheduler": "EulerDiscreteScheduler"}
+                  "LMSDiscreteScheduler": "EulerDiscreteScheduler", "KDPM2DiscreteScheduler": "EulerDiscreteScheduler",
+                  "KDPM2AncestralDiscreteScheduler": "EulerDiscreteScheduler"}
 _ADAPTIVE = ("dpm_adaptive", "dpm_adaptive_ps")
 _PRIVATE = ("_class_name", "_diffusers_version", "_use_default_values")
 
@@ -201,23 +196,45 @@ def _default_solver(src: str, cfg: dict) -> str:
             raise ValueError("variance_type: DDPMScheduler's 'fixed_large' with clip_sample or thresholding has no "
                              "matching diffcore method; use variance_type='fixed_small' or turn clipping off")
         return "ddpm"
-    if src == "DPMSolverMultistepScheduler":
+    if src in ("DPMSolverMultistepScheduler", "DPMSolverMultistepInverseScheduler"):
         algo = cfg.get("algorithm_type", "dpmsolver++")
+        if order not in (1, 2, 3):
+            raise ValueError(f"solver_order: expected 1, 2 or 3, got {order}")
         if algo == "dpmsolver++":
-            if order not in (1, 2, 3):
-                raise ValueError(f"solver_order: expected 1, 2 or 3, got {order}")
             return {1: "dpmpp_1", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order]
-        if algo == "sde-dpmsolver++" and order == 2:
-            return "dpmpp_2m_sde"
-        if algo == "dpmsolver" and order == 1:
-            return "dpmpp_1"  # first-order DPM-Solver and DPM-Solver++ are both DDIM (Lu et al. 2022b, §3)
+        if algo == "dpmsolver":  # first-order DPM-Solver and DPM-Solver++ are both DDIM (Lu et al. 2022b, §3)
+            return {1: "dpmpp_1", 2: "dpm_solver_2m", 3: "dpm_solver_3m"}[order]
+        if src == "DPMSolverMultistepInverseScheduler":
+            raise ValueError(f"algorithm_type: DPMSolverMultistepInverseScheduler's {algo!r} adds noise while it "
+                             "integrates from data to noise; diffcore's stochastic samplers integrate the reverse "
+                             "process only (use 'dpmsolver++' or 'dpmsolver' to invert)")
+        if algo == "sde-dpmsolver" and order == 3:
+            # diffusers' third-order update has no sde-dpmsolver branch: its step fails (UnboundLocalError) at
+            # the first third-order step
+            raise ValueError("solver_order: DPMSolverMultistepScheduler has no third-order sde-dpmsolver update "
+                             "(diffusers' step fails there); use solver_order=1 or 2, or 'sde-dpmsolver++'")
+        if algo == "sde-dpmsolver":
+            return "sde_dpm_solver"
         if algo == "sde-dpmsolver++":
-            raise ValueError(f"solver_order: DPMSolverMultistepScheduler's sde-dpmsolver++ of order {order} has no "
-                             "matching diffcore method (diffcore's dpmpp_3m_sde is k-diffusion's, another third-order "
-                             "update; sde-dpmsolver++ of order 2 is dpmpp_2m_sde); pass solver= to choose one explicitly")
-        raise ValueError(f"algorithm_type: DPMSolverMultistepScheduler's {algo!r} (solver_order={order}) has no "
-                         "matching diffcore method (diffcore has dpmsolver++ of orders 1-3, dpmsolver of order 1 and "
-                         "sde-dpmsolver++ of order 2); pass solver= to choose one explicitly")
+            return "dpmpp_2m_sde" if order == 2 else "sde_dpmpp"
+        raise ValueError(f"algorithm_type: DPMSolverMultistepScheduler's {algo!r} has no matching diffcore method")
+    if src == "DPMSolverSinglestepScheduler":
+        algo = cfg.get("algorithm_type", "dpmsolver++")
+        if order not in (1, 2, 3):
+            raise ValueError(f"solver_order: expected 1, 2 or 3, got {order}")
+        names = {"dpmsolver++": "dpmpp_singlestep", "dpmsolver": "dpm_solver_singlestep",
+                 "sde-dpmsolver++": "sde_dpmpp_singlestep"}
+        if algo not in names:
+            raise ValueError(f"algorithm_type: DPMSolverSinglestepScheduler's {algo!r} has no matching diffcore method")
+        if algo == "dpmsolver" and cfg.get("thresholding"):
+            # its noise-form thresholding reads α, σ at an undefined timestep (all 1000 of them): diffusers' step fails
+            raise ValueError("thresholding: DPMSolverSinglestepScheduler's 'dpmsolver' thresholding fails in diffusers "
+                             "(a shape error in convert_model_output); use algorithm_type='dpmsolver++'")
+        return names[algo]
+    if src == "DDIMInverseScheduler":
+        # DDIM in its noise form (DPM-Solver-1): from nearly clean levels the data form's (σ_t/σ_s)·x and x̂0 terms
+        # cancel in float32 (σ_t/σ_s ≈ 100 at the first steps), the noise form's (α_t/α_s)·x and ε̂ terms do not
+        return "dpm_solver_1"
     if src == "UniPCMultistepScheduler":
         if cfg.get("solver_p") is not None:
             raise ValueError("solver_p: UniPC with another predictor has no diffcore method")
@@ -248,6 +265,10 @@ def _default_solver(src: str, cfg: dict) -> str:
     if src == "EDMEulerScheduler":
         return "euler"
     if src == "EDMDPMSolverMultistepScheduler":
+        if cfg.get("algorithm_type") == "sde-dpmsolver++" and order == 3:
+            # its third-order update has only the dpmsolver++ branch: diffusers' step fails (UnboundLocalError)
+            raise ValueError("solver_order: EDMDPMSolverMultistepScheduler has no third-order sde-dpmsolver++ update "
+                             "(diffusers' step fails there); use solver_order=1 or 2")
         return _default_solver("DPMSolverMultistepScheduler", cfg)
     raise ValueError(f"_class_name: {src} has no diffcore method")
 
@@ -388,8 +409,8 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
                              f"({_UNSUPPORTED.get(name, 'no matching diffcore method')})")
         src_cls = _diffusers_class(name)
         src_cfg = {k: v for k, v in source_config.items() if k in _init_params(src_cls)}
-        if "rescale_betas_zero_snr" in src_cfg and src_cfg["rescale_betas_zero_snr"] and name in ("DDIMScheduler",
-                                                                                               "DDPMScheduler"):
+        if "rescale_betas_zero_snr" in src_cfg and src_cfg["rescale_betas_zero_snr"] and name in (
+                "DDIMScheduler", "DDPMScheduler", "DDIMInverseScheduler"):
             raise ValueError(f"rescale_betas_zero_snr: {name} puts ᾱ = 0 (infinite noise) at the last training index, "
                              "where no VP solver can start; DPMSolverMultistepScheduler and UniPCMultistepScheduler "
                              "clamp it to 2⁻²⁴ and are reproduced")
@@ -405,9 +426,11 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         self._src_name = name
         self._kind = FAMILIES[name]
         self._convention = {"ddim": "ddim", "ddpm": "ddim", "sigmas": "dpmsolver", "sigmas_ve": "dpmsolver",
-                            "flow_match": "flow_match", "edm": "edm"}[self._kind]
+                            "flow_match": "flow_match", "edm": "edm", "stepped": "dpmsolver",
+                            "ddim_inverse": "ddim"}[self._kind]
         self._edm = self._kind == "edm"  # EDM's σ-space (α = 1) and its preconditioned network (Karras et al. 2022)
         self._ve = self._kind == "sigmas_ve"
+        self._inverse = name in ("DDIMInverseScheduler", "DPMSolverMultistepInverseScheduler")  # data → noise
         self._flow = self._kind == "flow_match" or bool(getattr(self._src.config, "use_flow_sigmas", False))
         if prediction_type == "flow_prediction" and not self._flow:
             raise ValueError("prediction_type: 'flow_prediction' needs a flow-matching grid (timestep_convention="
@@ -434,15 +457,31 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             self.alphas_cumprod = self._src.alphas_cumprod.clone()
             self.schedule = VPDiscrete(alphas_cumprod=acp)
         self._replicates = solver is None and not direct
-        if solver is None:  # the source's own method; built in code: diffcore's default (the grid is the source's)
-            solver = ("euler" if self._flow else "dpmpp_2m") if direct else _default_solver(name, dict(self._src.config))
-        self.solver = self._make_solver(solver, solver_options)
-        if (name == "UniPCMultistepScheduler" and self.solver.name.startswith("unipc")
-                and self.config.lower_order_final and hasattr(self.solver, "_orders")):
-            _lower_every_final(self.solver)
+        if self._kind == "stepped" and not self._replicates:
+            raise ValueError(f"solver: {name}'s grid interleaves or repeats its levels for its own method; an explicit "
+                             f"solver runs on the grid of {_GRID_FALLBACK[name]} (DiffcoreScheduler.from_config(config, "
+                             "solver=...))")
+        # σ-space sources replicated in diffusers' own arithmetic, and the methods without a diffcore plan
+        # (diffusers_sigma); Euler, Heun and EDM Euler keep their plan for make_plan / diffcore.sample
+        stochastic_flow = name == "FlowMatchEulerDiscreteScheduler" and bool(self._src.config.stochastic_sampling)
+        stepped = self._replicates and (name in _sigma.STEPPERS and (name != "FlowMatchEulerDiscreteScheduler"
+                                                                     or stochastic_flow))
+        self._stepper = _sigma.STEPPERS[name](self._src) if stepped else None
+        if self._kind == "stepped" or stochastic_flow and stepped:
+            self.solver = None
+        else:
+            if solver is None:  # the source's own method; built in code: diffcore's default (the grid is the source's)
+                solver = (("euler" if self._flow else "dpmpp_2m") if direct
+                          else _default_solver(name, dict(self._src.config)))
+            self.solver = self._make_solver(solver, solver_options)
+            if (name == "UniPCMultistepScheduler" and self.solver.name.startswith("unipc")
+                    and self.config.lower_order_final and hasattr(self.solver, "_orders")):
+                _lower_every_final(self.solver)
         self._solver0 = self.solver
         self.prediction = _PREDICTIONS[prediction_type]
-        self.order = int(getattr(self.solver, "stages", 1) or 1)
+        self.order = int(self._src.order) if self._stepper is not None else int(getattr(self.solver, "stages", 1) or 1)
+        if isinstance(self.solver, _solvers.GridSinglestep):
+            self.order = 1  # its stages are the listed timesteps: one entry per inference step
         self.init_noise_sigma = float(self._src.init_noise_sigma) if (self._ve or self._edm) else 1.0
         self._shift = shift
         self._reset_grid()
@@ -466,7 +505,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         if src is None or src == cls.__name__:
             config.pop("_use_default_values", None)
             return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
-        if src not in FAMILIES and src in _GRID_FALLBACK and kwargs.get("solver") is not None:
+        if FAMILIES.get(src, "stepped") == "stepped" and src in _GRID_FALLBACK and kwargs.get("solver") is not None:
             src = _GRID_FALLBACK[src]  # an explicit diffcore solver on the grid of the class sharing its grid code
         if src not in FAMILIES:
             raise ValueError(f"_class_name: {src} is not reproduced by DiffcoreScheduler "
@@ -523,7 +562,10 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         derived = {}
         if not cfg.lower_order_final:
             derived["lower_order_final"] = False
-        if key.startswith(("dpmpp_1", "dpmpp_2m", "dpmpp_3m", "dpm_solver")) and cfg.solver_type in ("heun", "taylor"):
+        if key in ("sde_dpm_solver", "sde_dpmpp", "dpm_solver_singlestep", "dpmpp_singlestep", "sde_dpmpp_singlestep"):
+            derived["order"] = int(cfg.solver_order)  # solvers whose order is an option (not in the name)
+        if key.startswith(("dpmpp_1", "dpmpp_2m", "dpmpp_3m", "dpm_solver", "sde_dpm", "dpmpp_singlestep")) and \
+                cfg.solver_type in ("heun", "taylor"):
             derived["solver_type"] = cfg.solver_type  # diffusers maps UniPC/DEIS' bh1/bh2/logrho to midpoint
         if key.startswith("unipc"):
             if cfg.solver_type in ("bh1", "bh2"):
@@ -539,7 +581,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             solver = _solvers.get(key, **derived)
         except TypeError as e:
             raise TypeError(f"solver_options: {e} (options given to {key}: {sorted(derived)})") from e
-        if not hasattr(solver, "plan"):
+        if solver.kind is not Kind.GRID:
             raise ValueError(f"solver: {name} chooses its step sizes while it runs, but a diffusers scheduler lists every "
                              f"model time in `timesteps` before the loop; use diffcore.sample(..., solver={name!r}) or a "
                              "fixed-grid solver")
@@ -547,6 +589,8 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
 
     # -- grid -----------------------------------------------------------------------------------------
     def _reset_grid(self) -> None:
+        self._head = None
+        self._eps_clip = None
         self._ddim_mix = None
         self.num_inference_steps = None
         self.timesteps = None
@@ -562,6 +606,8 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         self._state = None
         self._plan = None
         self._started = False
+        if getattr(self, "_stepper", None) is not None:
+            self._stepper.reset()
 
     @property
     def shift(self) -> float:
@@ -593,6 +639,31 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             sigmas: custom levels (VP: noise-to-signal ratios σ/α; flow matching: σ), one per step.
             mu: the dynamic shift of ``use_dynamic_shifting`` (flow matching ``e^μ``-shift).
         """
+        if self._stepper is None:
+            return self._set_plan_grid(num_inference_steps, device, timesteps, sigmas, mu)
+        self._grid_args = dict(num_inference_steps=num_inference_steps, device=device, timesteps=timesteps,
+                               sigmas=sigmas, mu=mu)
+        self._plan_error = None
+        if self.solver is not None:  # Euler, Heun, EDM Euler keep their plan for make_plan and diffcore.sample
+            try:
+                self._set_plan_grid(num_inference_steps, device, timesteps, sigmas, mu)
+            except ValueError as e:  # a grid diffcore's plan refuses; the stepper still runs diffusers' method
+                self._plan_error, self.diffcore_times = e, None
+        src = self._run_source_set_timesteps(num_inference_steps, timesteps, sigmas, mu)
+        if not bool(torch.isfinite(src.timesteps.double()).all()):  # KDPM2 ancestral's σ_down = 0 midpoints
+            raise ValueError(f"num_inference_steps: {self._src_name} lists non-finite timesteps at this grid "
+                             f"({src.timesteps.tolist()}), where its network would see NaN; use more steps")
+        dev = as_device(device)
+        self.timesteps = src.timesteps.to(dev)
+        self._ts_host = src.timesteps.double().tolist()
+        self.sigmas = getattr(src, "sigmas", None)
+        self.num_inference_steps = src.num_inference_steps
+        self.init_noise_sigma = float(getattr(src, "init_noise_sigma", 1.0))
+        self._entries = list(range(len(self._ts_host)))  # one entry per listed timestep; the stepper indexes them
+        self._begin_index = None
+        self._restart()
+
+    def _set_plan_grid(self, num_inference_steps, device, timesteps, sigmas, mu) -> None:
         grid = self._source_grid(num_inference_steps, timesteps, sigmas, mu)
         times = grid.times
         n = len(grid.model_ts)
@@ -600,8 +671,11 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         # diffcore solver leaves it out with its network call; replicating DDIM or Euler, the network is
         # called there as in diffusers and the step is theirs (the identity, or DDIM's clipping of x̂0)
         tail = bool(abs(times[-1] - times[-2]) <= 1e-6 * abs(times[-2]))  # float32 vs float64 σ_min: equal
+        tail = tail and self._kind != "ddim_inverse"  # its only repeated level is its first (the head below)
         keep_tail = tail and self._replicates and self._src_name in ("DDIMScheduler", "EulerDiscreteScheduler",
                                                                      "EDMEulerScheduler")
+        if self._src_name == "DPMSolverMultistepInverseScheduler" and self._replicates:
+            keep_tail = self._inverse_tail(tail, n)
         if tail and self._replicates and not keep_tail:
             raise ValueError(f"final_sigmas_type: the last listed level of {self._src_name} equals the final one, a "
                              "zero-length last step that its multistep update still counts (orders, corrector); "
@@ -613,16 +687,60 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
                                  and self.solver.name == "ddpm" and getattr(self.solver, "variance", None) == "beta"
                                  and float(grid.model_ts[-1]) > 0)
         solve = times[:-1] if tail else times
-        if tail and len(solve) < 2:
+        # DDIMInverseScheduler's first step leaves ᾱ = 1 (set_alpha_to_one) or stays at ᾱ_0 (timestep 0): no
+        # plan starts there (λ = ∞, or a zero-length step), so step() takes it in diffusers' arithmetic (_head)
+        head = self._kind == "ddim_inverse" and (times[0] == 0.0 or times[0] == times[1])
+        if head:
+            if self.prediction == "x0" and times[0] == 0.0:
+                raise ValueError("prediction_type: DDIMInverseScheduler's first step from ᾱ = 1 (set_alpha_to_one) reads "
+                                 "ε̂ = (x − x̂0)/0 from a 'sample' prediction (diffusers returns inf/nan); use "
+                                 "set_alpha_to_one=False")
+            self._head = (float(times[0]), float(times[1]), float(grid.model_ts[0]))
+            solve, grid = solve[1:], _Grid(grid.model_ts[1:], grid.times[1:], grid.integral)
+        else:
+            self._head = None
+        if head and len(solve) < 2:  # one step, from ᾱ = 1: nothing for a plan
+            return self._set_head_only(grid, device)
+        if (tail or head) and len(solve) < 2:
             raise ValueError("num_inference_steps: the grid has no step of nonzero length")
-        if not np.all(np.diff(solve) < 0):
-            raise ValueError(f"timesteps: expected strictly decreasing noise levels, got the grid {times.tolist()} "
-                             "(diffcore times)")
+        if not np.all(np.diff(solve) > 0 if self._inverse else np.diff(solve) < 0):
+            raise ValueError(f"timesteps: expected strictly {'increasing' if self._inverse else 'decreasing'} noise "
+                             f"levels, got the grid {times.tolist()} (diffcore times)")
         self.diffcore_times = torch.from_numpy(solve.copy())
         self.num_inference_steps = n
         self._plans = {}
+        # DDIMInverseScheduler clips x̂0 but keeps the unclipped ε̂: its noise-form plan reads ε̂ + k·(x̂0 − clip(x̂0))
+        # with k = α_t/(α_t ρ_s − σ_t), which gives α_t·clip(x̂0) + σ_t·ε̂ exactly (no cancelling terms)
+        self._eps_clip = None
+        if (self._src_name == "DDIMInverseScheduler" and self.config.clip_sample and self.solver is not None
+                and self.solver.name == "dpm_solver_1"):
+            v = self.schedule.eval(self.diffcore_times)
+            a, sg = v.alpha.double(), v.sigma.double()
+            self._eps_clip = (a[1:] / (a[1:] * sg[:-1] / a[:-1] - sg[1:])).tolist()
+        if (self._replicates and isinstance(self.solver, _solvers.GridSinglestep)
+                and bool(self._src.config.lower_order_final) != self.solver.lower_order_final):
+            # DPMSolverSinglestepScheduler.set_timesteps switches lower_order_final on for good (an uneven step
+            # count or a final σ = 0) in its own config: the solver follows
+            self.solver = copy.copy(self.solver)
+            self.solver.lower_order_final = bool(self._src.config.lower_order_final)
+            self._solver0 = self.solver
         host = self._build_plan(torch.device("cpu"), torch.float64)
+        self._check_singlestep_orders(host)
         self._entries, model_t = self._list_entries(host, grid, keep_tail)
+        if head:
+            e = self._entries[0] if self._entries else None
+            h = ("head", -1, 0, self._head[2], self._head[0], 0.0, 0.0)
+            if self.config.clip_sample:  # x̂0 = cx·x + cm·(model output) at the source level (ᾱ = 1: x̂0 = x for ε and v)
+                cx, cm = conversion_coefs(self.prediction, "x0", self.schedule.eval(torch.tensor([self._head[0]],
+                                                                                                dtype=torch.float64)),
+                                          self.schedule)
+                h = h[:5] + (float(cx[0]), float(cm[0]))
+            self._entries = [h] + self._entries
+            model_t = [h[3]] + list(model_t)
+        if self._eps_clip is not None:  # ε̂ = ce·x + cm·(model output) at each entry
+            ce, cme = conversion_coefs(self.prediction, "eps", self.schedule.eval(
+                torch.tensor([e[4] for e in self._entries], dtype=torch.float64)), self.schedule)
+            self._eps_of = list(zip(ce.tolist(), cme.tolist()))
         ts = np.asarray(model_t, dtype=np.float64)
         dev = as_device(device)
         if grid.integral and np.all(ts == np.round(ts)):
@@ -656,7 +774,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         x̂0' = a·clip(x̂0) + b·x̂0 the data prediction that makes the ddim / ddim_eta step give that result.
         The step is x' = αp·x̂0' + c_ε·(x − α·x̂0')/σ + s·z with s² = η²(σp²/σ²)(1 − α²/αp²) and
         c_ε = √(σp² − s²) (Song et al. 2021, eq. 12)."""
-        if not (self._src_name == "DDIMScheduler" and self.solver.name in ("ddim", "ddim_eta")
+        if not (self._src_name in ("DDIMScheduler", "DDIMInverseScheduler") and self.solver.name in ("ddim", "ddim_eta")
                 and (self.config.clip_sample or self.config.thresholding)):
             return None
         eta = float(getattr(self.solver, "eta", 0.0)) if self.solver.name == "ddim_eta" else 0.0
@@ -683,6 +801,8 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         plan = self._plans.get(key)
         if plan is None:
             pred = "x0" if (self.config.clip_sample or self.config.thresholding or self._edm) else self.prediction
+            if getattr(self, "_eps_clip", None) is not None:
+                pred = "eps"
             try:
                 plan = solver.plan(self.schedule, self.diffcore_times if times is None else times, device=device,
                                    dtype=dtype, prediction=pred)
@@ -690,6 +810,82 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
                 raise type(e)(f"solver: {self.solver.name} cannot run this grid ({e})") from e
             self._plans[key] = plan
         return plan
+
+    def _inverse_tail(self, tail: bool, n: int) -> bool:
+        """DPMSolverMultistepInverseScheduler's trailing grid ends at its last level twice: diffusers' zero-length
+        last step returns the sample (first order, or the midpoint form whose D1 vanishes; the heun forms
+        divide 0 by h = 0) and counts in its order rules. The solver takes those rules on the shorter grid."""
+        base = self.__dict__.setdefault("_solver_plain", self.solver)
+        self.solver = self._solver0 = base
+        if not tail:
+            return False
+        cfg = self._src.config
+        last_first = bool(cfg.euler_at_final) or (bool(cfg.lower_order_final) and n < 15) or cfg.solver_order == 1
+        if not last_first and cfg.solver_type != "midpoint":
+            raise ValueError(f"solver_type: DPMSolverMultistepInverseScheduler's zero-length last step (its last level "
+                             f"listed twice) of order {cfg.solver_order} with solver_type={cfg.solver_type!r} divides "
+                             "0 by h = 0 in diffusers (NaN); use 'midpoint', lower_order_final with fewer than 15 steps, "
+                             "or euler_at_final")
+        solver, p = copy.copy(base), base.max_order
+
+        def orders(M, final_zero, first=0):  # diffusers' rules on M + 1 steps, the zero-length one left out
+            lof = solver.lower_order_final and M + 1 < 15
+            return [min(p, max(1, i - first + 1), (M + 1 - i) if lof else p) for i in range(M)]
+
+        solver._orders = orders
+        self.solver = self._solver0 = solver
+        return True
+
+    def _check_singlestep_orders(self, plan) -> None:
+        """DPMSolverSinglestepScheduler: the plan's steps (groups of listed levels) follow the source's
+        ``order_list`` (a safety net: both apply diffusers' ``get_order_list``)."""
+        if not (self._replicates and self._src_name == "DPMSolverSinglestepScheduler"):
+            return
+        ours = [o for p in plan.orders for o in range(1, p + 1)]
+        theirs = [int(o) for o in self._src.order_list]
+        if ours != theirs:
+            raise ValueError(f"lower_order_final: DPMSolverSinglestepScheduler's order list {theirs} differs from the "
+                             f"plan's {ours}")
+
+    def _set_head_only(self, grid, device) -> None:
+        """set_timesteps of a DDIMInverseScheduler grid whose one step leaves ᾱ = 1: no plan, one entry."""
+        self.diffcore_times = None
+        self.num_inference_steps = len(grid.model_ts)
+        self._plans, self._eps_clip = {}, None
+        self._entries = [("head", -1, 0, self._head[2], self._head[0], 0.0, 0.0)]
+        self._ts_host = [self._head[2]]
+        self.timesteps = torch.tensor([int(self._head[2])], dtype=torch.int64, device=as_device(device))
+        self.sigmas = torch.from_numpy(self._levels(np.asarray([self._head[0] or 1e-300, self._head[1]])).astype(np.float32))
+        self._ddim_mix = None
+        self._begin_index = None
+        self._restart()
+
+    def _step_head(self, model_output, timestep, sample, return_dict):
+        if not isinstance(sample, torch.Tensor) or not sample.is_floating_point():
+            raise TypeError("sample: expected a floating-point torch tensor")
+        if not isinstance(model_output, torch.Tensor) or model_output.shape != sample.shape:
+            raise ValueError(f"model_output: expected a tensor of the shape of sample {tuple(sample.shape)}")
+        self._check_timestep(timestep, 0)
+        prev = self._head_step(model_output, sample).to(sample.dtype)
+        self._k += 1
+        return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+
+    def _head_step(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """DDIMInverseScheduler's first step, from ᾱ = 1 or within ᾱ_0 (no plan starts there), in its arithmetic:
+        x̂0 and ε̂ read at the source level, x' = √ᾱ_t·x̂0 + √(1 − ᾱ_t)·ε̂."""
+        v = self.schedule.eval(torch.tensor(self._head[:2], dtype=torch.float64))
+        (a_s, a_t), (s_s, s_t) = v.alpha.tolist(), v.sigma.tolist()
+        x, m = sample.double(), model_output.double()
+        if self.prediction == "eps":
+            x0, e = (x - s_s * m) / a_s, m
+        elif self.prediction == "v":
+            x0, e = a_s * x - s_s * m, a_s * m + s_s * x
+        else:
+            x0 = m
+            e = (x - a_s * m) / s_s
+        if self.config.clip_sample:
+            x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+        return a_t * x0 + s_t * e
 
     def _list_entries(self, plan, grid, tail: bool = False):
         """One entry per model evaluation: (kind, step, stage, model timestep, diffcore time, cx, cm) with
@@ -720,9 +916,8 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         model_t = [e[3] for e in entries]
         return entries, model_t
 
-    def _source_grid(self, n, timesteps, sigmas, mu) -> "_Grid":
-        """The grid of the source scheduler: its own ``set_timesteps`` run on a private instance, read back
-        (``timesteps``, ``sigmas``, ``alphas_cumprod``), so that what diffusers computes is used as is."""
+    def _run_source_set_timesteps(self, n, timesteps, sigmas, mu):
+        """The source scheduler's own ``set_timesteps`` on its private instance (CPU), arguments checked by name."""
         src = self._src
         accepted = set(inspect.signature(src.set_timesteps).parameters)
         given = {"num_inference_steps": n, "timesteps": timesteps, "sigmas": sigmas, "mu": mu}
@@ -744,10 +939,33 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         except (ValueError, TypeError, AssertionError, IndexError) as e:
             raise ValueError(f"num_inference_steps, timesteps, sigmas: {self._src_name}.set_timesteps refused them "
                              f"({e})") from e
+        return src
+
+    def _source_grid(self, n, timesteps, sigmas, mu) -> "_Grid":
+        """The grid of the source scheduler: its own ``set_timesteps`` run on a private instance, read back
+        (``timesteps``, ``sigmas``, ``alphas_cumprod``), so that what diffusers computes is used as is."""
+        src = self._run_source_set_timesteps(n, timesteps, sigmas, mu)
         ts = src.timesteps.detach().cpu()
         integral = not ts.is_floating_point()
         model_ts = ts.double().numpy()
         N = self.config.num_train_timesteps
+        if self._kind == "ddim_inverse":
+            # DDIMInverseScheduler.step at listed t: from the level of t − N//n (ᾱ = 1 or ᾱ_0 below index 0) to
+            # the level of t, the network evaluated at t (Mokady et al. 2023's DDIM inversion)
+            idx = model_ts.astype(np.int64)
+            src_idx = np.minimum(idx - N // src.num_inference_steps, N - 1)
+            if not np.array_equal(src_idx[1:], idx[:-1]):
+                raise ValueError(f"timestep_spacing: DDIMInverseScheduler with {self.config.timestep_spacing!r} steps "
+                                 f"to each timestep t from t - {N // src.num_inference_steps}, not from the previous "
+                                 f"listed one ({idx.tolist()}), which no solver on one grid reproduces; use 'leading', "
+                                 "or 'trailing' with num_inference_steps dividing num_train_timesteps")
+            self._check_unpatched(idx)
+            times = self.schedule.index_to_t(torch.from_numpy(idx.astype(np.float64))).numpy()
+            if src_idx[0] >= 0:
+                start = float(self.schedule.index_to_t(float(src_idx[0])))
+            else:
+                start = 0.0 if self.config.set_alpha_to_one else float(self.schedule.index_to_t(0.0))
+            return _Grid(model_ts, np.concatenate([[start], times]), integral)
         if self._kind in ("ddim", "ddpm"):
             idx = model_ts.astype(np.int64)
             if self._kind == "ddim":  # DDIMScheduler.step goes from t to t − N//n, whatever timestep comes next
@@ -811,6 +1029,12 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             raise RuntimeError("set_begin_index: call set_timesteps first")
         if isinstance(begin_index, bool) or not isinstance(begin_index, int) or not 0 <= begin_index < len(self._entries):
             raise ValueError(f"begin_index: expected an int in [0, {len(self._entries)}), got {begin_index!r}")
+        if self._stepper is not None:  # diffusers' step_index starts there, with the method's fresh state
+            if not self._stepper.begin_index:
+                raise ValueError(f"begin_index: {self._src_name} always starts at its first timestep")
+            self._begin_index = begin_index
+            self._restart()
+            return
         kind, i, s = self._entries[begin_index][:3]
         if kind != "step" or s != 0:
             raise ValueError(f"begin_index: entry {begin_index} is stage {s} of step {i}; expected the first stage of a step")
@@ -827,6 +1051,10 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """The identity (the sample is the network's input: VP / flow-matching state), except for a σ-space
         source (Euler, Heun): its sample is x/α, and the network's input α times it."""
+        if self._stepper is not None:
+            if self._entries is None:
+                return sample
+            return self._stepper.scale(sample, min((self._begin_index or 0) + self._k, len(self._entries) - 1))
         if not (self._ve or self._edm) or self._entries is None:
             return sample
         k = min((self._begin_index or 0) + self._k, len(self._entries) - 1)
@@ -845,6 +1073,12 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         """The immutable diffcore plan of the current grid on ``device``/``dtype`` (the thread-safe path:
         one ``plan.init_state(x, noise)`` per run, the loop of ``diffcore.sample``). Its model times are
         diffcore times; :meth:`model_timestep` converts them for the network."""
+        if self.solver is None:
+            raise ValueError(f"solver: {self._src_name}'s method runs step by step in diffusers' arithmetic "
+                             "(diffcore.integrations.diffusers_sigma), with no diffcore plan; give each thread its own "
+                             "copy()")
+        if getattr(self, "_plan_error", None) is not None:
+            raise self._plan_error
         if self.diffcore_times is None:
             raise RuntimeError("make_plan: call set_timesteps first")
         return self._build_plan(as_device(device), dtype)
@@ -854,6 +1088,12 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         state: one per request or thread, since :meth:`step` mutates its scheduler."""
         other = self.__class__.from_config(self.config)
         other._shift = self._shift
+        if self._stepper is not None:  # the source's grid is recomputed: its arrays belong to its instance
+            if self._entries is not None:
+                other.set_timesteps(**self._grid_args)
+                if self._begin_index is not None:
+                    other.set_begin_index(self._begin_index)
+            return other
         if self._entries is not None:
             for name in ("num_inference_steps", "timesteps", "sigmas", "diffcore_times", "_entries",
                          "_ts_host"):
@@ -897,9 +1137,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         x = sample.detach().to(dtype)
         if self._ve:
             x = x * self._alphas[self._begin_index or 0]
-        if plan.__class__.__name__ == "V3Plan":
-            noise = None
-        elif not getattr(plan, "noise_draws", 0):
+        if not plan.stochastic:
             noise = None
         elif isinstance(generator, (list, tuple)):
             if len(generator) != sample.shape[0]:
@@ -934,6 +1172,9 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         ``use_clipped_model_output`` is true, as diffusers does; for another source ``eta`` > 0 raises
         unless the solver is ``ddim_eta`` with that η. Other keyword arguments of other schedulers' ``step`` (``s_churn``, ...) are
         rejected: their effect is a diffcore solver option (``solver_options``)."""
+        if self._stepper is not None:
+            prev = self._step_stepped(model_output, timestep, sample, eta, generator, kwargs)
+            return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
         if kwargs.get("s_churn", 0.0):
             raise ValueError(f"s_churn: EulerDiscreteScheduler's churn ({kwargs['s_churn']}) is not reproduced; use "
                              "solver='edm_churn', solver_options={'s_churn': ...}")
@@ -962,6 +1203,8 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             raise TypeError("sample: expected a floating-point torch tensor")
         if not isinstance(model_output, torch.Tensor):
             raise TypeError(f"model_output: expected a torch tensor, got {type(model_output).__name__}")
+        if self._head is not None and not self._started and self._k == 0:
+            return self._step_head(model_output, timestep, sample, return_dict)
         if not self._started:
             self._start(sample, generator)
         k = self._k0 + self._k
@@ -982,6 +1225,8 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             i -= self._entries[self._begin_index][1]
         if kind == "prelude":  # the churn of the start was applied by init_state; this output is not used
             out = st.x
+        elif kind == "head":  # the next step's sample (passed back by the pipeline) becomes the state
+            out = self._head_step(model_output, sample)
         elif kind == "tail":  # zero-length last step: x, or DDIM's α·clip(x̂0) + σ·ε̂ with the unclipped ε̂
             out = sample.to(st.x.dtype) * (self._alphas[k] if self._ve else 1.0)
             if self._ddim_mix is not None and not use_clipped_model_output:
@@ -1004,6 +1249,10 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
                 m = cx * buf + cm * m.to(buf.dtype)
                 if self.config.thresholding:  # EDMDPMSolverMultistepScheduler thresholds its x̂0
                     m = self._clip(m)
+            elif self._eps_clip is not None:
+                x0 = cx * buf + cm * m.to(buf.dtype)
+                ce, cme = self._eps_of[k]
+                m = ce * buf + cme * m.to(buf.dtype) + self._eps_clip[i] * (x0 - self._clip(x0))
             elif self.config.clip_sample or self.config.thresholding:
                 x0 = cx * buf + cm * m.to(buf.dtype)
                 m = self._clip(x0)
@@ -1030,6 +1279,42 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             return (prev,)
         return SchedulerOutput(prev_sample=prev)
 
+    def _step_stepped(self, model_output, timestep, sample, eta, generator, kwargs) -> torch.Tensor:
+        """:meth:`step` of a source run in diffusers' arithmetic (diffusers_sigma): the keyword options of the
+        source's own ``step`` (Euler's churn, LMS's ``order``) are passed on."""
+        own = set(inspect.signature(self._src.step).parameters) - {"self", "model_output", "timestep", "sample",
+                                                                    "generator", "return_dict"}
+        if kwargs.get("per_token_timesteps") is not None:
+            raise ValueError("per_token_timesteps: per-token levels are not reproduced by the drop-in")
+        if kwargs.get("variance_noise") is not None:
+            raise ValueError("variance_noise: the drop-in draws its noise from generator=")
+        rest = sorted(set(kwargs) - own - {"variance_noise"})
+        if rest:
+            raise TypeError(f"step: unexpected keyword arguments {rest}; {self._src_name}.step takes {sorted(own)}")
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta != 0:
+            raise ValueError(f"eta: {self._src_name} has no η (got {eta!r}); pipelines pass eta=0.0")
+        if self._entries is None:
+            raise RuntimeError("step: call set_timesteps before step (the scheduler has no grid yet)")
+        if not isinstance(sample, torch.Tensor) or not sample.is_floating_point():
+            raise TypeError("sample: expected a floating-point torch tensor")
+        if not isinstance(model_output, torch.Tensor) or not model_output.is_floating_point():
+            raise TypeError(f"model_output: expected a floating-point torch tensor, got {type(model_output).__name__}")
+        if model_output.shape != sample.shape:
+            raise ValueError(f"model_output: expected the shape of sample {tuple(sample.shape)}, got "
+                             f"{tuple(model_output.shape)}")
+        k = (self._begin_index or 0) + self._k
+        if k >= len(self._entries):
+            raise RuntimeError(f"step: all {len(self._entries)} entries of timesteps have been stepped; call "
+                               "set_timesteps to start a new sampling loop")
+        self._check_timestep(timestep, k)
+        opts = {n: kwargs[n] for n in kwargs if n not in ("per_token_timesteps", "variance_noise")}
+        if "s_churn" in opts and self._src_name == "FlowMatchEulerDiscreteScheduler":
+            opts = {}  # diffusers' flow-matching step takes the churn options and ignores them
+        self._started = True
+        prev = self._stepper.step(model_output, sample, k, generator, **opts)
+        self._k += 1
+        return prev
+
     def _clip(self, x0: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         if cfg.thresholding:  # diffusers' _threshold_sample
@@ -1051,6 +1336,10 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         N = self.config.num_train_timesteps
         out = []
         for v, tv in zip(ts.tolist(), t):
+            if tv is None and self._ve and self._entries is not None:
+                # diffusers' σ-space add_noise looks the timestep up in its schedule and has no level for others
+                raise ValueError(f"timesteps: {v} is not an entry of the scheduler's timesteps; "
+                                 f"{self._src_name}.add_noise takes one of them")
             if tv is None and self._edm:  # c_noise = ¼·log σ
                 tv = math.exp(4 * v)
             if tv is None:
@@ -1063,6 +1352,10 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """The forward process ``α(t)·x0 + σ(t)·noise`` at training timesteps (an entry of ``timesteps``
         maps to its grid level). Reads ``timesteps`` on the host: call it outside the sampling loop."""
+        if self._stepper is not None:  # diffusers' lookup of the timestep in the source's own schedule
+            ts = torch.as_tensor(timesteps).reshape(-1)
+            k = (self._begin_index or 0) + self._k if self._started else None
+            return self._stepper.add_noise(original_samples, noise, ts, self._begin_index, k)
         t = self._times_of(timesteps)
         v = self.schedule.eval(t)
         shape = (-1,) + (1,) * (original_samples.dim() - 1)
