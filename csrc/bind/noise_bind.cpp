@@ -48,7 +48,8 @@ std::vector<double> philox_normal_at_py(uint64_t seed, int64_t id, int64_t draw,
   std::vector<double> out;
   out.reserve(elements.size());
   for (uint64_t n : elements) {
-    if (n >= kProbeElements) throw py::value_error("elements: expected indices in [0, 2**62), got " + std::to_string(n));
+    if (n >= kProbeElements)
+      throw py::value_error("elements: expected indices in [0, 2**62), got " + std::to_string(n));
     out.push_back(normal_at(k, n));
   }
   return out;
@@ -65,7 +66,8 @@ std::vector<double> philox_normal_block_py(uint64_t seed, int64_t id, int64_t dr
   int which = -1;
   for (int i = 0; i < kNoiseIsaCount; ++i)
     if (isa == noise_isa_name(i)) which = i;
-  if (!isa.empty() && which < 0) throw py::value_error("isa: expected '', 'baseline', 'avx2' or 'avx512', got '" + isa + "'");
+  if (!isa.empty() && which < 0)
+    throw py::value_error("isa: expected '', 'baseline', 'avx2' or 'avx512', got '" + isa + "'");
   if (which >= 0 && !noise_isa_supported(which))
     throw py::value_error("isa: '" + isa + "' is not supported by this CPU");
   std::vector<double> out(size_t(4 * count));

@@ -21,8 +21,8 @@ namespace dc {
 
 constexpr int kMaxBrownianDepth = 30;
 
-// LANES = 4: elements 4q..4q+3 share each Philox block (the CPU loop);
-// LANES = 1: element `idx` alone (one CUDA thread per element).
+// LANES = 4: elements 4q..4q+3 share each Philox block; LANES = 1: element `idx` alone (one CUDA thread
+// per element). The CPU loops use brownian_blocks below.
 template <int LANES>
 DC_HD void brownian_normals(NoiseKey k, uint32_t node, uint64_t idx, double out[LANES]) {
   k.draw = node;
@@ -88,10 +88,10 @@ DC_HD void brownian_increment(const NoiseKey& key, uint64_t idx, double ta, doub
   for (int l = 0; l < LANES; ++l) z[l] = (w1[l] - w2[l]) * inv;
 }
 
-// The increments z of elements 4q..4q+3 for q = q0 .. q0 + nb − 1 into out[4·nb], bit-identical to nb calls
-// of brownian_increment<4>: the CPU kernels' version (csrc/cpu/noise_cpu.cpp). The walk down the tree
-// depends on (ta, tb) only, not on the element, so each visited node's normals are drawn for the whole
-// range with normal_blocks and the bridge arithmetic runs over arrays.
+// The increments z of elements 4q..4q+3 for q = q0 .. q0 + nb − 1 into out[4·nb], bit-identical to
+// brownian_increment at each element: the CPU kernels' version (csrc/cpu/noise_cpu.cpp). The walk down
+// the tree depends on (ta, tb) only, not on the element, so each visited node's normals are drawn for
+// the whole range with normal_blocks and the bridge arithmetic runs over arrays.
 void brownian_blocks(const NoiseKey& key, uint64_t q0, int nb, double ta, double tb, double T0, double T1, int depth,
                      double* out);
 

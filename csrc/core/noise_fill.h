@@ -26,7 +26,8 @@ struct NoiseFillArgs {
   }
 };
 
-// Element n of sample b (one element per CUDA thread).
+// Element n of sample b (one element per CUDA thread; the CPU loop fills whole chunks with normal_blocks
+// and brownian_blocks, which give the same bits).
 DC_HD double noise_fill_at(const NoiseFillArgs& a, int64_t b, int64_t n) {
   const NoiseKey k = a.key(b);
   if (a.brownian) {
@@ -36,17 +37,6 @@ DC_HD double noise_fill_at(const NoiseFillArgs& a, int64_t b, int64_t n) {
     return z;
   }
   return normal_at(k, uint64_t(n));
-}
-
-// Elements 4q..4q+3 of sample b (the CPU loop).
-DC_HD void noise_fill_block(const NoiseFillArgs& a, int64_t b, uint64_t q, double v[4]) {
-  const NoiseKey k = a.key(b);
-  if (a.brownian) {
-    const double* iv = a.iv + b * a.iv_sb;
-    brownian_increment<4>(k, q, iv[0], iv[1], a.T0, a.T1, a.depth, v);
-  } else {
-    normal4(k, q, v);
-  }
 }
 
 void noise_fill_cpu(const NoiseFillArgs& a, DType dtype, int nthreads);
