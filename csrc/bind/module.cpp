@@ -5,6 +5,7 @@
 #include <string>
 
 #include "bind/dlpack_view.h"
+#include "core/block_geometry.h"
 #include "core/lincomb.h"
 
 #ifdef DIFFCORE_WITH_OPENMP
@@ -178,6 +179,9 @@ PYBIND11_MODULE(_core, m) {
       "validate a DLPack capsule (extents, data pointer, strides) before torch imports it; raises naming `name`");
   m.attr("MAX_DIMS") = dc::kMaxDims;  // the most dimensions a tensor handed to a kernel may have
   m.def("cuda_device_count", &dc::cuda_device_count);
+  m.def("_emulate_cuda", &dc::set_cuda_emulation, py::arg("on"),
+        "test-only: run the CUDA grids of lincomb, the step and the Picard window on the host for CPU tensors "
+        "(csrc/core/block_geometry.h); returns the previous setting");
   dc::register_schedule_ops(m);
   dc::register_step_ops(m);
   dc::register_plan_ops(m);

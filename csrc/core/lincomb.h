@@ -37,27 +37,39 @@ DC_HD C lc_weight(const LincombArgs& a, int64_t b, int k, int64_t n) {
   return w;
 }
 
-// One output element; the CUDA kernel calls this directly, the CPU loop performs the same
-// operations in the same order over chunks of n.
+// The combination of one element from its values: acc = w_0*x, then acc += w_k*d_{k-1} for k = 1..K in
+// order. Every path (the CPU chunks, the CUDA vector and scalar paths) computes through this, so all
+// round identically (no contraction: CMakeLists.txt).
+template <class C, int KK>
+DC_HD C lincomb_value(const C* w, C x, const C* d) {
+  C acc = w[0] * x;
+  for (int k = 0; k < KK; ++k) acc += w[k + 1] * d[k];
+  return acc;
+}
+
+// One output element with K read at run time and optional per-feature factors (the general path).
+// ring[slot] receives the new output's bits unchanged, as the CPU's copy does.
 template <class T, class CT>
 DC_HD void lincomb_element(const LincombArgs& a, int64_t b, int64_t n) {
   using C = typename Compute<T>::type;
   C acc = lc_weight<C, CT>(a, b, 0, n) * load_as<C>(static_cast<const T*>(a.x) + b * a.x_sb + n);
-  C fresh = C(0);
-  if (a.slot >= 0) fresh = load_as<C>(static_cast<const T*>(a.nw) + b * a.nw_sb + n);
+  const T* nw = a.slot >= 0 ? static_cast<const T*>(a.nw) + b * a.nw_sb + n : nullptr;
   for (int k = 0; k < a.K; ++k) {
-    C v = (k == a.slot) ? fresh
-                        : load_as<C>(static_cast<const T*>(a.ring) + k * a.ring_sk + b * a.ring_sb + n);
-    acc += lc_weight<C, CT>(a, b, k + 1, n) * v;
+    const T* src = (k == a.slot) ? nw : static_cast<const T*>(a.ring) + k * a.ring_sk + b * a.ring_sb + n;
+    acc += lc_weight<C, CT>(a, b, k + 1, n) * load_as<C>(src);
   }
-  if (a.slot >= 0)
-    store_from(static_cast<T*>(a.ring) + a.slot * a.ring_sk + b * a.ring_sb + n, fresh);
+  if (nw) {
+    const T fresh = *nw;  // read before out is written (out may alias new)
+    static_cast<T*>(a.ring)[a.slot * a.ring_sk + b * a.ring_sb + n] = fresh;
+  }
   store_from(static_cast<T*>(a.out) + b * a.out_sb + n, acc);
 }
 
 // Backend entry points (cpu/lincomb_cpu.cpp, cuda/lincomb_cuda.cu).
 void lincomb_cpu(const LincombArgs& a, DType dtype, bool coef_f64, int nthreads);
 void lincomb_cuda(const LincombArgs& a, DType dtype, bool coef_f64, int device, uintptr_t stream);
+// The CUDA launch run on the host, block by block and thread by thread (csrc/cpu/block_emulate.cpp).
+void lincomb_emulate(const LincombArgs& a, DType dtype, bool coef_f64);
 bool cuda_compiled();
 int cuda_device_count();  // 0 without a driver or device; never throws
 

@@ -69,41 +69,53 @@ DC_HD double step_noise_at(const StepArgs& a, const double* c, int64_t b, int64_
   return normal_at(k, uint64_t(n));
 }
 
-// The body shared by the CUDA kernel and the CPU loop (which inlines the same arithmetic with K
-// known at compile time).
-template <class T>
-DC_HD void step_element(const StepArgs& a, int64_t b, int64_t n) {
-  using C = typename Compute<T>::type;
-  const double* c = a.coef + b * a.coef_sb;
-  const int K = a.K;
-  const RowLayout L(K);
-  T* xp = static_cast<T*>(a.x) + b * a.x_sb + n;
-  T* yp = a.y ? static_cast<T*>(a.y) + b * a.y_sb + n : nullptr;
-  const C xv = load_as<C>(xp);
-  const C yv = yp ? load_as<C>(yp) : C(0);
-  const C ov = load_as<C>(static_cast<const T*>(a.o) + b * a.o_sb + n);
-  const C m = a.raw ? ov : C(c[L.cu()]) * (a.input ? yv : xv) + C(c[L.co()]) * ov;
-  C accx = C(c[L.ax()]) * xv + C(c[L.ay()]) * yv;
-  C accy = C(c[L.bx()]) * xv + C(c[L.by()]) * yv;
-  T* rp = static_cast<T*>(a.ring) + b * a.ring_sb + n;
-  for (int k = 0; k < K; ++k) {
-    const C v = load_as<C>(rp + k * a.ring_sk);
-    accx += C(c[L.ar(k)]) * v;
-    accy += C(c[L.br(k)]) * v;
+// A row converted once to the compute type (per chunk on the CPU, per block on CUDA). raw: the model
+// output is already the native prediction, m = 0·u + 1·o.
+template <class C, int KK>
+struct StepCoef {
+  C cu, co, ax, ay, am, bx, by, bm, zx, zy;
+  C ar[KK > 0 ? KK : 1], br[KK > 0 ? KK : 1];
+  DC_HD StepCoef(const double* c, bool raw) {
+    constexpr RowLayout L(KK);
+    cu = raw ? C(0) : C(c[L.cu()]);
+    co = raw ? C(1) : C(c[L.co()]);
+    ax = C(c[L.ax()]); ay = C(c[L.ay()]); am = C(c[L.am()]);
+    bx = C(c[L.bx()]); by = C(c[L.by()]); bm = C(c[L.bm()]);
+    zx = C(c[L.zx()]); zy = C(c[L.zy()]);
+    for (int k = 0; k < KK; ++k) {
+      ar[k] = C(c[L.ar(k)]);
+      br[k] = C(c[L.br(k)]);
+    }
   }
-  accx += C(c[L.am()]) * m;
-  accy += C(c[L.bm()]) * m;
-  if (a.noise != kNoiseNone) {
-    const C zv = C(step_noise_at<T>(a, c, b, n));
-    accx += C(c[L.zx()]) * zv;
-    accy += C(c[L.zy()]) * zv;
+};
+
+// The arithmetic of one element from its values (u: the model input, x or y; rv: the K old ring
+// values; z: the noise when NOISE), in the order every backend uses: the CPU loops and the CUDA
+// vector and scalar paths all compute through this, so they round identically (no contraction:
+// CMakeLists.txt). Without a second buffer, y reads x (with zero weights).
+template <class C, int KK, bool NOISE>
+DC_HD void step_value(const StepCoef<C, KK>& r, C xv, C yv, C uv, C ov, const C* rv, C zv, C* m, C* x1, C* y1) {
+  const C mm = r.cu * uv + r.co * ov;
+  C accx = r.ax * xv + r.ay * yv;
+  C accy = r.bx * xv + r.by * yv;
+  for (int k = 0; k < KK; ++k) {
+    accx += r.ar[k] * rv[k];
+    accy += r.br[k] * rv[k];
   }
-  if (a.slot >= 0) store_from(rp + a.slot * a.ring_sk, m);
-  if (a.write_x) store_from(xp, accx);
-  if (a.write_y) store_from(yp, accy);
+  accx += r.am * mm;
+  accy += r.bm * mm;
+  if (NOISE) {
+    accx += r.zx * zv;
+    accy += r.zy * zv;
+  }
+  *m = mm;
+  *x1 = accx;
+  *y1 = accy;
 }
 
 void solver_step_cpu(const StepArgs& a, DType dtype, int nthreads);
 void solver_step_cuda(const StepArgs& a, DType dtype, int device, uintptr_t stream);
+// The CUDA launch run on the host, block by block and thread by thread (csrc/cpu/block_emulate.cpp).
+void solver_step_emulate(const StepArgs& a, DType dtype);
 
 }  // namespace dc

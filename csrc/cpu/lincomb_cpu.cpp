@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/block_geometry.h"
 #include "core/lincomb.h"
 #include "cpu/chunked.h"
 
@@ -34,8 +35,9 @@ void lincomb_chunk_fixed(const LincombArgs& a, int64_t b, int64_t n0, int64_t le
   const T* nw = WRITE ? static_cast<const T*>(a.nw) + b * a.nw_sb + n0 : nullptr;
 #pragma omp simd
   for (int64_t i = 0; i < len; ++i) {
-    C acc = w[0] * load_as<C>(x + i);
-    for (int k = 0; k < KK; ++k) acc += w[k + 1] * load_as<C>(src[k] + i);
+    C d[KK > 0 ? KK : 1];
+    for (int k = 0; k < KK; ++k) d[k] = load_as<C>(src[k] + i);
+    const C acc = lincomb_value<C, KK>(w, load_as<C>(x + i), d);
     if (WRITE) dst[i] = nw[i];
     store_from(out + i, acc);
   }
@@ -113,6 +115,7 @@ void lincomb_coef(const LincombArgs& a, bool coef_f64, int nthreads) {
 
 void lincomb_cpu(const LincombArgs& a, DType dtype, bool coef_f64, int nthreads) {
   if (a.B == 0 || a.N == 0) return;
+  if (cuda_emulation()) return lincomb_emulate(a, dtype, coef_f64);
   dispatch_float(dtype, [&](auto tag) { lincomb_coef<decltype(tag)>(a, coef_f64, nthreads); });
 }
 

@@ -1,6 +1,7 @@
-// CPU backend of the fused sampler step: the arithmetic of step_element() with K and the written
+// CPU backend of the fused sampler step: the arithmetic of step_value() with K and the written
 // buffers known at compile time, so each chunk is one vectorizable pass; OpenMP over (sample, chunk)
 // pairs above a size threshold.
+#include "core/block_geometry.h"
 #include "core/solver_step.h"
 #include "cpu/chunked.h"
 
@@ -41,26 +42,12 @@ template <class T, int KK, int WRITE>
 void step_chunk(const StepArgs& a, int64_t b, int64_t n0, int64_t len) {
   using C = typename Compute<T>::type;
   const double* c = a.coef + b * a.coef_sb;
-  constexpr RowLayout L(KK);
   constexpr bool NOISE = (WRITE & 8) != 0;
   alignas(64) C zb[NOISE ? kChunk + 4 : 1];
-  C zx = C(0), zy = C(0);
-  if (NOISE) {
-    fill_noise<T, C>(a, c, b, n0, len, zb);
-    zx = C(c[L.zx()]);
-    zy = C(c[L.zy()]);
-  }
-  // raw: the output is already native, m = 0·u + 1·o
-  const C cu = a.raw ? C(0) : C(c[L.cu()]), co = a.raw ? C(1) : C(c[L.co()]);
-  const C ax = C(c[L.ax()]), ay = C(c[L.ay()]), am = C(c[L.am()]);
-  const C bx = C(c[L.bx()]), by = C(c[L.by()]), bm = C(c[L.bm()]);
-  C ar[KK > 0 ? KK : 1], br[KK > 0 ? KK : 1];
+  if (NOISE) fill_noise<T, C>(a, c, b, n0, len, zb);
+  const StepCoef<C, KK> r(c, a.raw);
   const T* rp[KK > 0 ? KK : 1];
-  for (int k = 0; k < KK; ++k) {
-    ar[k] = C(c[L.ar(k)]);
-    br[k] = C(c[L.br(k)]);
-    rp[k] = static_cast<const T*>(a.ring) + k * a.ring_sk + b * a.ring_sb + n0;
-  }
+  for (int k = 0; k < KK; ++k) rp[k] = static_cast<const T*>(a.ring) + k * a.ring_sk + b * a.ring_sb + n0;
   T* xp = static_cast<T*>(a.x) + b * a.x_sb + n0;
   T* yp = a.y ? static_cast<T*>(a.y) + b * a.y_sb + n0 : xp;
   const T* up = a.input == 1 ? yp : xp;
@@ -68,22 +55,11 @@ void step_chunk(const StepArgs& a, int64_t b, int64_t n0, int64_t len) {
   T* dst = (WRITE & 1) ? static_cast<T*>(a.ring) + a.slot * a.ring_sk + b * a.ring_sb + n0 : nullptr;
 #pragma omp simd
   for (int64_t i = 0; i < len; ++i) {
-    const C xv = load_as<C>(xp + i);
-    const C yv = load_as<C>(yp + i);
-    const C m = cu * load_as<C>(up + i) + co * load_as<C>(op + i);
-    C accx = ax * xv + ay * yv;
-    C accy = bx * xv + by * yv;
-    for (int k = 0; k < KK; ++k) {
-      const C v = load_as<C>(rp[k] + i);
-      accx += ar[k] * v;
-      accy += br[k] * v;
-    }
-    accx += am * m;
-    accy += bm * m;
-    if (NOISE) {
-      accx += zx * zb[i];
-      accy += zy * zb[i];
-    }
+    C rv[KK > 0 ? KK : 1];
+    for (int k = 0; k < KK; ++k) rv[k] = load_as<C>(rp[k] + i);
+    C m, accx, accy;
+    step_value<C, KK, NOISE>(r, load_as<C>(xp + i), load_as<C>(yp + i), load_as<C>(up + i), load_as<C>(op + i), rv,
+                             NOISE ? zb[i] : C(0), &m, &accx, &accy);
     if (WRITE & 1) store_from(dst + i, m);
     if (WRITE & 2) store_from(xp + i, accx);
     if (WRITE & 4) store_from(yp + i, accy);
@@ -120,6 +96,7 @@ void step_typed(const StepArgs& a, int nthreads) {
 
 void solver_step_cpu(const StepArgs& a, DType dtype, int nthreads) {
   if (a.B == 0 || a.N == 0) return;
+  if (cuda_emulation()) return solver_step_emulate(a, dtype);
   dispatch_float(dtype, [&](auto tag) { step_typed<decltype(tag)>(a, nthreads); });
 }
 

@@ -1,4 +1,4 @@
-// What every CUDA launcher shares: the grid for one thread per element, and running the launch on
+// What every CUDA launcher shares: the grid for one thread per element or one block per piece, and running the launch on
 // the tensor's device (restoring the caller's) with a clear error. Kernels go on the caller's stream
 // and nothing synchronizes.
 #pragma once
@@ -17,6 +17,14 @@ constexpr int kThreads = 256;
 
 inline unsigned grid_for(int64_t total) {
   return unsigned(std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t(1) << 20));
+}
+
+// The grid of a block-geometry launch (csrc/core/block_geometry.h): one block per piece. blockIdx.x
+// reaches 2^31 - 1 blocks, more than any array of 2^40 elements needs.
+inline unsigned block_grid(int64_t blocks) {
+  if (blocks > int64_t(0x7fffffff))
+    throw std::runtime_error("diffcore: an array this large needs more than 2^31 - 1 blocks");
+  return unsigned(blocks);
 }
 
 // Calls launch(T{}) for the dtype's element type with `device` current; throws on a launch error.

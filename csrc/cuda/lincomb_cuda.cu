@@ -1,21 +1,25 @@
-// CUDA backend of the linear-combination step: one thread per output element over the shared
-// lincomb_element() body; launched on the caller's stream, never synchronizes the host.
+// CUDA backend of the linear-combination step: one block per (sample, chunk) or per run of whole small
+// samples, over the per-block work of csrc/core/lincomb_block.h (geometry: docs/design.md, "Launch
+// geometry"); launched on the caller's stream, never synchronizes the host.
 #include <cuda_runtime.h>
 
-#include "core/lincomb.h"
+#include "core/lincomb_block.h"
 #include "cuda/launch.cuh"
 
 namespace dc {
 namespace {
 
+template <class T, class CT, int KK>
+__global__ void __launch_bounds__(kBlockThreads) lincomb_kernel(LincombArgs a, RowTiling g) {
+  lincomb_block<T, CT, KK>(a, g, int64_t(blockIdx.x), int(threadIdx.x), int(blockDim.x));
+}
+
 template <class T, class CT>
-__global__ void lincomb_kernel(LincombArgs a) {
-  const int64_t total = a.B * a.N;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t b = i / a.N;
-    lincomb_element<T, CT>(a, b, i - b * a.N);
-  }
+void launch(const LincombArgs& a, cudaStream_t stream) {
+  const RowTiling g = row_tiling<T>(a.B, a.N);
+  dispatch_lincomb(lincomb_variant(a, g), [&](auto kk) {
+    lincomb_kernel<T, CT, decltype(kk)::value><<<block_grid(g.blocks), kBlockThreads, 0, stream>>>(a, g);
+  });
 }
 
 }  // namespace
@@ -25,8 +29,8 @@ void lincomb_cuda(const LincombArgs& a, DType dtype, bool coef_f64, int device, 
   auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
   launch_on(device, dtype, "lincomb", [&](auto tag) {
     using T = decltype(tag);
-    if (coef_f64) lincomb_kernel<T, double><<<grid_for(a.B * a.N), kThreads, 0, stream>>>(a);
-    else lincomb_kernel<T, float><<<grid_for(a.B * a.N), kThreads, 0, stream>>>(a);
+    if (coef_f64) launch<T, double>(a, stream);
+    else launch<T, float>(a, stream);
   });
 }
 
