@@ -111,7 +111,8 @@ def test_every_solver_runs_from_the_default_grid(key, name):
         with pytest.raises(TypeError, match="statistics"):
             diffcore.sample(model, x, sch, solver=name)
         return
-    steps = 20 if name == "dpm_solver_fast" else 10  # its steps are model calls: 10 is about 3 third-order steps
+    # their steps are model calls: 10 is about 3 third-order steps (fast) or 5 second-order ones (singlestep)
+    steps = 20 if name in ("dpm_solver_fast", "dpm_solver_singlestep", "dpmpp_singlestep", "sde_dpmpp_singlestep") else 10
     out = diffcore.sample(model, x, sch, solver=name, steps=steps, seed=0)
     assert out.shape == x.shape and bool(torch.isfinite(out).all()), (key, name)
     if name not in diffcore.solvers.STOCHASTIC:

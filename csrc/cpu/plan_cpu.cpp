@@ -21,6 +21,7 @@
 
 #include "bind/dlpack_view.h"
 #include "core/plans/adams.h"
+#include "core/plans/dpm_sde.h"
 #include "core/plans/exponential.h"
 #include "core/plans/runge_kutta.h"
 #include "core/plans/stochastic.h"
@@ -81,6 +82,7 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
   }
 
   const int variant = opt<int>(options, "variant", 0);
+  const bool stage_variant = opt<bool>(options, "stage_variant", false);
   const double w = opt<double>(options, "w", 1.0);
   UniPCOptions uo;
   uo.data = opt<bool>(options, "predict_x0", true);
@@ -105,9 +107,13 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
 
   std::function<void(const PlanIO&)> gen;
   if (method == "ddim") gen = [](const PlanIO& io) { plan_ddim(io); };
-  else if (method == "dpm_solver") gen = [=](const PlanIO& io) { plan_dpm_solver(io, variant); };
-  else if (method == "dpmpp_single") gen = [=](const PlanIO& io) { plan_dpmpp_single(io, variant); };
+  else if (method == "dpm_solver") gen = [=](const PlanIO& io) { plan_dpm_solver(io, variant, stage_variant); };
+  else if (method == "dpmpp_single") gen = [=](const PlanIO& io) { plan_dpmpp_single(io, variant, stage_variant); };
   else if (method == "dpmpp_multi") gen = [=](const PlanIO& io) { plan_dpmpp_multi(io, variant, w); };
+  else if (method == "dpm_solver_multi") gen = [=](const PlanIO& io) { plan_dpm_solver_multi(io, variant, w); };
+  else if (method == "sde_dpm_solver_multi") gen = [=](const PlanIO& io) { plan_sde_dpm_solver_multi(io, variant); };
+  else if (method == "sde_dpmpp_multi") gen = [=](const PlanIO& io) { plan_sde_dpmpp_multi(io, variant); };
+  else if (method == "sde_dpmpp_single") gen = [=](const PlanIO& io) { plan_sde_dpmpp_single(io, variant); };
   else if (method == "deis") gen = [](const PlanIO& io) { plan_deis(io); };
   else if (method == "ipndm") gen = [](const PlanIO& io) { plan_ipndm(io); };
   else if (method == "unipc") gen = [=](const PlanIO& io) { plan_unipc(io, uo); };

@@ -13,12 +13,14 @@ from .adaptive import DPMAdaptive
 from .adaptive_ps import DPMAdaptivePS
 from .dopri5 import Dopri5
 from .base import Plan, Solver, State
-from .exponential import DDIM, DPMSolver, DPMSolverFast, DPMSolverPPMulti, DPMSolverPPSingle, fast_orders
+from .exponential import DDIM, DPMSolver, DPMSolverFast, DPMSolverMulti, DPMSolverPPMulti, DPMSolverPPSingle, fast_orders
+from .grid_singlestep import GridSinglestep, SDEGridSinglestep
 from .onestep import ddim_step, heun_step
 from .runge_kutta import RK4, Euler, Heun, Midpoint, Ralston, RungeKutta, natural_variable
 from .tableau import ButcherTableau
 from .sde import (DDPM, PC, AnnealedLangevin, DDIMEta, DPMSolverPP2MSDE, DPMSolverPP3MSDE, EDMChurn, EulerAncestral,
                   EulerMaruyama, Langevin)
+from .sde_dpm import SDEDPMSolver, SDEDPMSolverPP
 from .unipc import UniPC
 from .v3 import DPMSolverV3
 
@@ -28,6 +30,7 @@ __all__ = [
     "Euler", "Heun", "Midpoint", "Ralston", "RK4", "RungeKutta", "ButcherTableau", "DPMAdaptive", "DPMAdaptivePS",
     "Dopri5", "DDPM", "DDIMEta", "EulerAncestral", "EulerMaruyama", "PC", "Langevin",
     "AnnealedLangevin", "EDMChurn", "DPMSolverV3", "DPMSolverPP2MSDE", "DPMSolverPP3MSDE", "STOCHASTIC",
+    "DPMSolverMulti", "SDEDPMSolver", "SDEDPMSolverPP", "GridSinglestep", "SDEGridSinglestep",
 ]
 
 _REGISTRY: Dict[str, Callable[..., object]] = {
@@ -45,6 +48,13 @@ _REGISTRY: Dict[str, Callable[..., object]] = {
     "dpmpp_2s": lambda **kw: DPMSolverPPSingle(order=2, **kw),
     "dpmpp_2m": lambda **kw: DPMSolverPPMulti(order=2, **kw),
     "dpmpp_3m": lambda **kw: DPMSolverPPMulti(order=3, **kw),
+    "dpm_solver_2m": lambda **kw: DPMSolverMulti(order=2, **kw),
+    "dpm_solver_3m": lambda **kw: DPMSolverMulti(order=3, **kw),
+    "dpm_solver_singlestep": lambda **kw: GridSinglestep(data=False, **kw),
+    "dpmpp_singlestep": lambda **kw: GridSinglestep(data=True, **kw),
+    "sde_dpmpp_singlestep": SDEGridSinglestep,
+    "sde_dpm_solver": SDEDPMSolver,
+    "sde_dpmpp": SDEDPMSolverPP,
     "deis_1": lambda **kw: DEIS(order=1, **kw),
     "deis_2": lambda **kw: DEIS(order=2, **kw),
     "deis_3": lambda **kw: DEIS(order=3, **kw),
@@ -70,7 +80,7 @@ _REGISTRY: Dict[str, Callable[..., object]] = {
 
 #: Names of the stochastic samplers (their plans draw noise).
 STOCHASTIC = ("ddpm", "ddim_eta", "euler_ancestral", "euler_maruyama", "pc", "langevin", "annealed_langevin",
-              "edm_churn", "dpmpp_2m_sde", "dpmpp_3m_sde")
+              "edm_churn", "dpmpp_2m_sde", "dpmpp_3m_sde", "sde_dpm_solver", "sde_dpmpp", "sde_dpmpp_singlestep")
 
 
 def available() -> List[str]:

@@ -10,6 +10,8 @@ name                   method                                              nativ
 ``dpmpp_2s``           DPM-Solver++(2S)  [B Alg. 6]                         x̂         2
 ``dpmpp_2m``           DPM-Solver++(2M)  [B Alg. 7]                         x̂         2
 ``dpmpp_3m``           DPM-Solver++(3M), weight ``w`` (default 1)          x̂         3 if w = 2, else 2
+``dpm_solver_2m``      multistep DPM-Solver(2M)  [Lu et al. 2022b, App. B]  ε̂         2
+``dpm_solver_3m``      multistep DPM-Solver(3M), weight ``w`` (default 1)  ε̂         3 if w = 2, else 2
 =====================  ==================================================  ========  ===============
 
 The coefficient formulas live in ``csrc/core/plans/exponential.h``.
@@ -193,3 +195,25 @@ class DPMSolverPPMulti(Solver):
         if self.max_order == 3:
             d["w"] = self.w
         return d
+
+
+class DPMSolverMulti(DPMSolverPPMulti):
+    """Multistep DPM-Solver 2M / 3M on noise predictions (Lu et al. 2022b, "DPM-Solver++", §4 and App. B,
+    the multistep form of the noise-prediction DPM-Solver of Lu et al. 2022; book §9.4 for the one-step
+    Taylor update it extends): the noise-form update of book Eq. (9.4.8)–(9.4.11),
+
+        x_t = (α_t/α_s) x_s − σ_t (e^h − 1) ε̂_s − σ_t h φ₂(h) D1 − σ_t h φ₃(h) w·D2,
+
+    with the divided differences D1 ≈ h ε̂', D2 ≈ h² ε̂''/2 of the last two or three outputs (as
+    :class:`DPMSolverPPMulti` on ε̂); ``solver_type="midpoint"`` writes the second-order term as
+    ``−σ_t (e^h − 1) D1/2``. Options as :class:`DPMSolverPPMulti` (``w = 1`` is diffusers'
+    ``algorithm_type="dpmsolver"`` and second order; ``w = 2`` is third order). No thresholding (the
+    update reads ε̂; threshold x̂ before converting it)."""
+
+    native = "eps"
+    method = "dpm_solver_multi"
+    supports_thresholding = False
+
+    def __init__(self, order: int = 2, **kw):
+        super().__init__(order=order, **kw)
+        self.name = {1: "dpm_solver_1", 2: "dpm_solver_2m", 3: "dpm_solver_3m"}[order]
