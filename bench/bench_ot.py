@@ -36,8 +36,9 @@ timed calls (one per round while its calls have taken < ``--slow-budget`` (10) s
 as a sample); entries resting on fewer than ``rounds`` samples are marked ``†`` with the count. The
 number reported is the median over the samples. A peer that is not installed is reported as skipped.
 
-Usage: ``python bench/bench_ot.py [--device cpu|cuda] [--quick] [--json PATH]`` (``--quick``: n = 64, 256
-only, ``--min-time 0.1``; ``--device cuda`` prints a note and exits when CUDA is unavailable; ``--json``:
+Usage: ``python bench/bench_ot.py [--device cpu|cuda] [--quick] [--sizes N,N,…] [--json PATH]`` (``--quick``:
+n = 64, 256 only, ``--min-time 0.1``; ``--sizes``: the Sinkhorn table's n, e.g. ``256,1024,4096`` on a GPU,
+where a problem of 2^20 entries or more is split over the whole GPU; ``--device cuda`` prints a note and exits when CUDA is unavailable; ``--json``:
 the tables as JSON for ``bench/run_all.py``). Full run 173 s on the 2-core CPU machine (2026-11-23).
 
 Notes:
@@ -112,10 +113,13 @@ def marginal_error(P: torch.Tensor) -> float:
     return float(e.max())
 
 
-def clouds_cost(B: int, n: int, d: int, seed: int, normalize: bool) -> torch.Tensor:
+def clouds_cost(B: int, n: int, d: int, seed: int, normalize: bool, device: str = "cpu") -> torch.Tensor:
+    """Squared distances of ``x ~ N(0, I)`` and ``y ~ N(1, I)`` clouds (drawn on the CPU, so every device
+    gets the same problems), ``[B, n, n]`` float64 on ``device``; divided by each problem's max if
+    ``normalize``."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, n, d, generator=g, dtype=torch.float64)
-    y = torch.randn(B, n, d, generator=g, dtype=torch.float64) + 1.0
+    x = torch.randn(B, n, d, generator=g, dtype=torch.float64).to(device)
+    y = (torch.randn(B, n, d, generator=g, dtype=torch.float64) + 1.0).to(device)
     C = ot.squared_euclidean(x, y)
     return C / C.amax(dim=(-2, -1), keepdim=True) if normalize else C
 
@@ -228,6 +232,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--slow-budget", type=float, default=10.0)
     p.add_argument("--json", default=None, metavar="PATH", help="also write the tables as JSON to PATH")
+    p.add_argument("--sizes", default=None, help="comma-separated n of the Sinkhorn table (e.g. 256,1024,4096 "
+                                                "with --device cuda; default 64,256,1024, --quick 64,256)")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available on this machine; nothing to measure.")
@@ -243,11 +249,12 @@ def main() -> None:
     dev = torch.device(args.device)
     sync = dev.type == "cuda"
     cmd = "python bench/bench_ot.py" + (f" --device {args.device}" if args.device != "cpu" else "") + \
-          (" --quick" if args.quick else "")
+          (" --quick" if args.quick else "") + (f" --sizes {args.sizes}" if args.sizes else "")
     today = datetime.date.today().isoformat()
 
     tables = {}
-    rows, marked = sinkhorn_rows(args, sizes, dev, sync, pot)
+    sk_sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else sizes
+    rows, marked = sinkhorn_rows(args, sk_sizes, dev, sync, pot)
     print(f"# Sinkhorn — {today} — {args.device}, float64, ε = {EPS}, cost = squared distance of 2-D Gaussian "
           f"clouds / max, uniform weights — {pot_note}")
     print(f"# {machine()}")

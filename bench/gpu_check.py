@@ -20,7 +20,7 @@ five minutes on one GPU):
    3→128→128→2 of ``bench_loop.py`` (B = 16, DPM-Solver++(2M), 10 steps) against the same ten model
    calls (the plan's times) captured alone in a ``torch.cuda.CUDAGraph``. Goal: at most 1.15x.
 4. **Sinkhorn**, float64, ε = 0.01, costs = squared distances of 2-D Gaussian clouds divided by their
-   max, uniform weights, n = 256, 1024, 4096 (``--quick``: 256, 1024), batch 1 and 32 (where memory
+   max (``bench_ot.clouds_cost``), uniform weights, n = 256, 1024, 4096 (``--quick``: 256, 1024), batch 1 and 32 (where memory
    allows): ``diffcore.ot.sinkhorn(None, None, C, 0.01, tol=1e-6)`` on the batch against POT's
    ``ot.bregman.sinkhorn_log`` on torch CUDA tensors, one call per problem (POT takes one problem per
    call) — or, without POT, the bundled :func:`torch_sinkhorn_log` with POT's ``sinkhorn_log`` updates;
@@ -329,16 +329,6 @@ def loop_part(rows: List[Row], quick: bool, budget: float) -> None:
     r.values = dict(loop_us=t_loop, graph_us=t_graph)
 
 
-def clouds_cost(B: int, n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator(device=DEVICE).manual_seed(seed)
-    x = torch.randn(B, n, 2, generator=g, device=DEVICE, dtype=torch.float64)
-    y = torch.randn(B, n, 2, generator=g, device=DEVICE, dtype=torch.float64) + 1.0
-    from diffcore import ot  # noqa: PLC0415
-
-    C = ot.squared_euclidean(x, y)
-    return C / C.amax(dim=(-2, -1), keepdim=True)
-
-
 def torch_sinkhorn_log(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor, reg: float, stopThr: float = 1e-9,
                        numItermax: int = 1000) -> Tuple[torch.Tensor, int]:
     """The updates of POT's ``ot.bregman.sinkhorn_log`` in torch (used when POT is not installed): from
@@ -370,6 +360,8 @@ def marginal_error(P: torch.Tensor) -> float:
 
 
 def sinkhorn_part(rows: List[Row], quick: bool, budget: float) -> None:
+    from bench_ot import clouds_cost  # noqa: PLC0415
+
     from diffcore import ot  # noqa: PLC0415
 
     try:
@@ -397,7 +389,7 @@ def sinkhorn_part(rows: List[Row], quick: bool, budget: float) -> None:
         if 8 * B * n * n * 5 > 0.8 * free_bytes():
             r.result = "skipped (GPU memory)"
             continue
-        C = clouds_cost(B, n, seed=n + B)
+        C = clouds_cost(B, n, 2, seed=n + B, normalize=True, device=DEVICE)  # bench_ot.py's problems
         a = torch.full((n,), 1.0 / n, device=DEVICE, dtype=torch.float64)
 
         def dc():
