@@ -290,6 +290,25 @@ def test_unreproducible_grids_raise_at_set_timesteps(cls_name, base, opts, n, at
         ours.set_timesteps(n)
 
 
+@pytest.mark.parametrize("cls_name,opts", [
+    ("DDIMInverseScheduler", {}),  # its first step from ᾱ = 1, outside the plan
+    ("DPMSolverMultistepInverseScheduler", {"timestep_spacing": "trailing", "solver_order": 3}),
+    ("DPMSolverSinglestepScheduler", {"solver_order": 3, "lower_order_final": False, **SIGMA_MIN}),
+], ids=str)
+def test_copy_runs_the_same_loop(cls_name, opts):
+    ref, ours = _chain(cls_name, SD_PNDM, **opts)
+    ref.set_timesteps(7)
+    ours.set_timesteps(7)
+    twin = ours.copy()
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    for t in ref.timesteps:
+        m = fake_model(x, t)
+        a = ref.step(m, t, x).prev_sample
+        b = twin.step(m.clone(), t, x.clone()).prev_sample
+        assert float((a - b).abs().max() / a.abs().max()) <= 1e-5
+        x = a
+
+
 def test_inverse_scheduler_checks_the_timestep_and_shapes():
     ref, ours = _chain("DDIMInverseScheduler", SD_PNDM)
     ours.set_timesteps(4)

@@ -30,8 +30,16 @@ DDIMScheduler                          ``ddim``; ``step(eta > 0)``: ``ddim_eta``
 DDPMScheduler                          ``ddpm`` (``fixed_small``, ``fixed_small_log``; ``fixed_large``:
                                        ``variance="beta"``, plus diffusers' β-noise at a last step
                                        from t > 0, drawn from the passed ``generator``)
-DPMSolverMultistepScheduler            ``dpmpp_{1,2m,3m}``; ``sde-dpmsolver++`` order 2: ``dpmpp_2m_sde``;
-                                       ``dpmsolver`` order 1: ``dpmpp_1`` (both DDIM)
+DPMSolverMultistepScheduler            ``dpmpp_{1,2m,3m}``; ``dpmsolver``: ``dpmpp_1`` (both DDIM),
+                                       ``dpm_solver_{2m,3m}``; ``sde-dpmsolver``: ``sde_dpm_solver``
+                                       (order 1-2); ``sde-dpmsolver++``: ``sde_dpmpp`` (order 1, 3),
+                                       ``dpmpp_2m_sde`` (order 2) (docs/diffusers.md)
+DPMSolverSinglestepScheduler           ``dpmpp_singlestep``, ``dpm_solver_singlestep``,
+                                       ``sde_dpmpp_singlestep``: its order list, the stages of an order-k
+                                       step on the k − 1 listed levels inside it
+DDIMInverseScheduler                   ``dpm_solver_1`` (DDIM, noise form) on the increasing grid; its
+                                       first step from ᾱ = 1 in diffusers' arithmetic
+DPMSolverMultistepInverseScheduler     as DPMSolverMultistepScheduler, on the increasing grid
 UniPCMultistepScheduler                ``unipc_{1,2,3}`` (bh1/bh2, ``predict_x0``)
 EulerDiscreteScheduler                 ``euler`` in σ/α (Karras et al. 2022, Alg. 1 without churn)
 HeunDiscreteScheduler                  ``heun`` in σ/α
@@ -43,16 +51,17 @@ FlowMatchEulerDiscreteScheduler        ``euler`` (``prediction_type="flow_predic
 FlowMatchHeunDiscreteScheduler         ``heun``
 =====================================  ===================================================================
 
-Everything else raises ``ValueError`` naming the class or the config attribute: ``algorithm_type``
-``"dpmsolver"`` of order 2-3 / ``"sde-dpmsolver"``, ``sde-dpmsolver++`` of order 3, DPMSolverSinglestep, DEIS,
-LMS, KDPM2, PNDM, the inverse schedulers, ``stochastic_sampling``, UniPC's
+Everything else raises ``ValueError`` naming the class or the config attribute: ``solver_order=3``
+with ``"sde-dpmsolver"`` (and EDM's ``"sde-dpmsolver++"``), whose third-order step fails in diffusers,
+the inverse schedulers' stochastic ``algorithm_type``, DDIMInverse's ``trailing`` spacing with a step count
+not dividing ``num_train_timesteps``, DEIS, LMS, KDPM2, PNDM, ``stochastic_sampling``, UniPC's
 ``solver_p`` / ``disable_corrector``, DDIM with ``timestep_spacing="linspace"`` (it steps t → t − N//n,
 not to the next listed timestep), DDIM/DDPM with ``rescale_betas_zero_snr`` (ᾱ = 0), a multistep
 source whose last listed level equals the final one (``final_sigmas_type="sigma_min"`` with Karras
 sigmas), DDPM's ``fixed_large`` with clipping, UniPC with ``predict_x0=False`` and ``thresholding`` (diffusers ignores the
 thresholding). ``solver=`` runs another diffcore method on the source's grid (a deliberate difference);
-for PNDM, DEIS, DPMSolverSinglestep, LMS and KDPM2 configs on the grid of the class sharing their grid
-code (DDIM, DPMSolverMultistep, Euler).
+for PNDM, DEIS, LMS and KDPM2 configs on the grid of the class sharing their grid code (DDIM,
+DPMSolverMultistep, Euler).
 
 The sample is the source's: the VP state ``x = √ᾱ·x0 + √(1 − ᾱ)·ε`` (flow matching ``(1 − σ)x0 + σε``)
 with ``init_noise_sigma = 1`` and an identity ``scale_model_input``, except for the σ-space sources
@@ -1096,8 +1105,11 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             return other
         if self._entries is not None:
             for name in ("num_inference_steps", "timesteps", "sigmas", "diffcore_times", "_entries",
-                         "_ts_host"):
-                setattr(other, name, getattr(self, name))
+                         "_ts_host", "_head", "_eps_clip", "_eps_of"):
+                if hasattr(self, name):
+                    setattr(other, name, getattr(self, name))
+            # the solver as set_timesteps adapted it to this grid (singlestep lower_order_final, inverse tail)
+            other.solver = other._solver0 = self._solver0
             other._plans = self._plans  # plans are immutable; new keys added by either are valid for both
         return other
 
