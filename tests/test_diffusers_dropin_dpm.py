@@ -358,6 +358,21 @@ def test_noise_form_multistep_is_the_data_form_for_the_first_order():
     assert float((outs["dpm_solver_2m"] - outs["dpmpp_2m"]).abs().max()) > 1e-6
 
 
+@pytest.mark.parametrize("name", ["sde_dpm_solver", "sde_dpmpp"])
+def test_sde_solvers_sample_the_data_distribution(name):
+    """An independent check of the SDE coefficients (drift weights and noise scale): 20000 samples from
+    N(0.5, 0.3²) data with its exact noise predictor, 50 steps of the 2M SDE solvers, have the data's mean
+    and standard deviation (standard errors 0.0021 and 0.0015; the discretization bias measured ≤ 0.004)."""
+    from diffcore import oracles, sample
+
+    oracle = oracles.Gaussian(mean=torch.tensor([0.5]), cov=torch.tensor([[0.09]]))
+    x = torch.randn(20000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = sample(lambda x, t: oracle.predict(x, t, SCHED, "eps"), x, SCHED, solver=solvers.get(name, order=2),
+                 steps=50, seed=10)
+    assert abs(out.mean().item() - 0.5) <= 0.012
+    assert abs(out.std().item() - 0.3) <= 0.012
+
+
 @pytest.mark.parametrize("name,opts,attr", [
     ("sde_dpm_solver", {"order": 3}, "order"),
     ("sde_dpmpp", {"order": 4}, "order"),
