@@ -470,3 +470,45 @@ def test_randomized_hub_configs_match_or_name_the_attribute():
         assert worst <= 1e-5, f"{cls} {opts} n={n}: {worst:.3g} relative off diffusers"
         matched += 1
     assert matched >= 30, (matched, named)
+
+
+# -- diffusers' log-ρ DEIS as a diffcore method ---------------------------------------------------------
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_deis_logrho_plan_is_diffusers_deis(order):
+    """``deis_k`` with ``basis="logrho"`` (a float64 diffcore plan) is DEISMultistepScheduler's method: run by
+    the drop-in with ``solver=`` on DEIS' grid it matches diffusers' steps within 1e-5 (diffusers' float32
+    coefficients; at one step from σ = 14.6 and at 25 third-order steps their rounding exceeds that, so
+    the default drop-in keeps diffusers' arithmetic). The t-basis tAB-DEIS is another method (≥ 1e-3 off)."""
+    for n in (2, 3, 5, 10):
+        ref = diffusers.DEISMultistepScheduler.from_config(SD_PNDM, solver_order=order)
+        ours = DiffcoreScheduler.from_config(ref.config, solver=f"deis_{order}", solver_options={"basis": "logrho"})
+        assert ours.config._source_config["final_sigmas_type"] == "sigma_min"  # DEIS' last level
+        assert _run(ref, ours, {"num_inference_steps": n}) <= 1e-5
+    if order > 1:
+        ref = diffusers.DEISMultistepScheduler.from_config(SD_PNDM, solver_order=order)
+        ours = DiffcoreScheduler.from_config(ref.config, solver=f"deis_{order}")
+        assert _run(ref, ours, {"num_inference_steps": 10}) > 1e-3
+
+
+def test_deis_basis_is_checked():
+    from diffcore import solvers
+    with pytest.raises(ValueError, match="basis"):
+        solvers.get("deis_2", basis="log")
+    assert repr(solvers.get("deis_2", basis="logrho")) == "deis_2(basis='logrho')"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", [2, 3])
+def test_deis_logrho_order_against_the_float64_oracle(order):
+    """Observed global order on diffcore.convergence's reference problem (the Gaussian-mixture oracle of
+    diffcore.oracles as the model, float64; as tests/test_solver_orders.py): slope ≥ order − 0.3, with the
+    warm-up and with an exact starting history."""
+    from diffcore import schedules, solvers
+    from diffcore.convergence import order_study, pinned_starts, reference_mixture
+    sched, oracle = schedules.VPLinear(), reference_mixture()
+    starts = pinned_starts(oracle, sched, sched.t_start, sched.t_end)
+    s = solvers.get(f"deis_{order}", basis="logrho", lower_order_final=False)
+    r = order_study(s, sched, oracle, starts=starts)
+    assert r["order"] >= order - 0.3, r
+    r2 = order_study(s, sched, oracle, starts=starts, exact_history=True)
+    assert r2["order"] >= order - 0.3, r2

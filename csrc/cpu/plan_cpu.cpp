@@ -93,6 +93,7 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
   const int predictor = opt<int>(options, "predictor", 0), n_corr = opt<int>(options, "n_corrector", 1);
   const bool denoise = opt<bool>(options, "denoise", true), churn = opt<bool>(options, "churn", false);
   const bool beta_variance = opt<bool>(options, "beta", false);
+  const bool deis_log_rho = opt<bool>(options, "log_rho", false);
   using Vec = std::vector<double>;
   RKTableau rk_high, rk_low;
   int rk_order = 1;
@@ -114,7 +115,7 @@ py::tuple plan_build(const std::string& method, const py::dict& options, py::han
   else if (method == "sde_dpm_solver_multi") gen = [=](const PlanIO& io) { plan_sde_dpm_solver_multi(io, variant); };
   else if (method == "sde_dpmpp_multi") gen = [=](const PlanIO& io) { plan_sde_dpmpp_multi(io, variant); };
   else if (method == "sde_dpmpp_single") gen = [=](const PlanIO& io) { plan_sde_dpmpp_single(io, variant); };
-  else if (method == "deis") gen = [](const PlanIO& io) { plan_deis(io); };
+  else if (method == "deis") gen = [=](const PlanIO& io) { plan_deis(io, deis_log_rho); };
   else if (method == "ipndm") gen = [](const PlanIO& io) { plan_ipndm(io); };
   else if (method == "unipc") gen = [=](const PlanIO& io) { plan_unipc(io, uo); };
   else if (method == "rk") gen = [=](const PlanIO& io) { plan_rk(io, in_rho, rk_high, rk_low, rk_order); };

@@ -41,27 +41,45 @@ DDIMInverseScheduler                   ``dpm_solver_1`` (DDIM, noise form) on th
                                        first step from ᾱ = 1 in diffusers' arithmetic
 DPMSolverMultistepInverseScheduler     as DPMSolverMultistepScheduler, on the increasing grid
 UniPCMultistepScheduler                ``unipc_{1,2,3}`` (bh1/bh2, ``predict_x0``)
-EulerDiscreteScheduler                 ``euler`` in σ/α (Karras et al. 2022, Alg. 1 without churn)
-HeunDiscreteScheduler                  ``heun`` in σ/α
-EulerAncestralDiscreteScheduler        ``euler_ancestral``
+EulerDiscreteScheduler                 ``euler`` in σ/α (Karras et al. 2022, Alg. 2; ``step(s_churn > 0)``
+                                       with its noise from the passed ``generator``) †
+HeunDiscreteScheduler                  ``heun`` in σ/α †
+EulerAncestralDiscreteScheduler        ``euler_ancestral`` †
 EDMEulerScheduler                      ``euler`` on diffcore's EDM schedule (σ_max from the config), the
-                                       network preconditioned as diffusers (c_in, c_skip, c_out, c_noise)
+                                       network preconditioned as diffusers (c_in, c_skip, c_out, c_noise) †
+LMSDiscreteScheduler                   linear multistep in σ, Lagrange-integrated weights (orders 1-4) ‡
+KDPM2DiscreteScheduler                 DPM-Solver-2 in σ with the log-σ midpoint, interleaved stages ‡
+KDPM2AncestralDiscreteScheduler        the same to σ_down, plus σ_up noise from the ``generator`` ‡
+DEISMultistepScheduler                 DEIS with the log-ρ polynomial, orders 1-3 ‡ (as a float64 plan:
+                                       ``deis_k`` with ``solver_options={"basis": "logrho"}``)
+PNDMScheduler                          PLMS with its Runge–Kutta warm-up (``skip_prk_steps`` False) or
+                                       its two-evaluation first step (True), repeated timesteps listed ‡
 EDMDPMSolverMultistepScheduler         as DPMSolverMultistepScheduler, on the EDM schedule
-FlowMatchEulerDiscreteScheduler        ``euler`` (``prediction_type="flow_prediction"``)
+FlowMatchEulerDiscreteScheduler        ``euler`` (``prediction_type="flow_prediction"``);
+                                       ``stochastic_sampling``: x̂0 re-noised to each level ‡
 FlowMatchHeunDiscreteScheduler         ``heun``
 =====================================  ===================================================================
+
+† and ‡: the step runs in diffusers' own arithmetic (float32, its order of operations), one function per
+method in :mod:`diffcore.integrations.diffusers_sigma`, indexing the levels the source's
+``set_timesteps`` computed: at 1-3 steps from σ = 14.6 (SD), 80 (EDM) or 4096 (zero SNR) diffusers'
+float32 cancellation puts its output up to 9e-4 off a float64 plan, and the drop-in returns diffusers'
+numbers. † keeps its diffcore plan for :meth:`DiffcoreScheduler.make_plan` and ``diffcore.sample``;
+‡ has no plan (``make_plan`` raises; a thread takes its own :meth:`DiffcoreScheduler.copy`). ``add_noise``
+looks the timestep up in the source's schedule as diffusers does; a timestep not listed there raises
+naming ``timesteps``.
 
 Everything else raises ``ValueError`` naming the class or the config attribute: ``solver_order=3``
 with ``"sde-dpmsolver"`` (and EDM's ``"sde-dpmsolver++"``), whose third-order step fails in diffusers,
 the inverse schedulers' stochastic ``algorithm_type``, DDIMInverse's ``trailing`` spacing with a step count
-not dividing ``num_train_timesteps``, DEIS, LMS, KDPM2, PNDM, ``stochastic_sampling``, UniPC's
+not dividing ``num_train_timesteps``, KDPM2 ancestral grids listing NaN timesteps, UniPC's
 ``solver_p`` / ``disable_corrector``, DDIM with ``timestep_spacing="linspace"`` (it steps t → t − N//n,
 not to the next listed timestep), DDIM/DDPM with ``rescale_betas_zero_snr`` (ᾱ = 0), a multistep
 source whose last listed level equals the final one (``final_sigmas_type="sigma_min"`` with Karras
 sigmas), DDPM's ``fixed_large`` with clipping, UniPC with ``predict_x0=False`` and ``thresholding`` (diffusers ignores the
 thresholding). ``solver=`` runs another diffcore method on the source's grid (a deliberate difference);
 for PNDM, DEIS, LMS and KDPM2 configs on the grid of the class sharing their grid code (DDIM,
-DPMSolverMultistep, Euler).
+DPMSolverMultistep ending at σ_min as DEIS does, Euler).
 
 The sample is the source's: the VP state ``x = √ᾱ·x0 + √(1 − ᾱ)·ε`` (flow matching ``(1 − σ)x0 + σε``)
 with ``init_noise_sigma = 1`` and an identity ``scale_model_input``, except for the σ-space sources
@@ -516,6 +534,10 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
         if FAMILIES.get(src, "stepped") == "stepped" and src in _GRID_FALLBACK and kwargs.get("solver") is not None:
             src = _GRID_FALLBACK[src]  # an explicit diffcore solver on the grid of the class sharing its grid code
+            # the keys naming the replaced method (DEIS' algorithm_type="deis") are not the grid's
+            base = {k: v for k, v in base.items() if k not in ("algorithm_type", "solver_type")}
+            if src == "DPMSolverMultistepScheduler":  # DEIS' grid ends at the first training level, not σ = 0
+                base["final_sigmas_type"] = "sigma_min"
         if src not in FAMILIES:
             raise ValueError(f"_class_name: {src} is not reproduced by DiffcoreScheduler "
                              f"({_UNSUPPORTED.get(src, 'no matching diffcore method')}); supported: {sorted(FAMILIES)}"

@@ -291,7 +291,8 @@ class Plan:
             rho = grid[..., 2] / grid[..., 1]
             r0, r1 = rho[:, :-1, None], rho[:, 1:, None]
             rq = 0.5 * (r0 + r1) + 0.5 * (r1 - r0) * xi
-            tq = schedule.t_of_lam(-torch.log(rq))
+            # the abscissa of the Lagrange basis: t, or log ρ (DEIS's log-ρ polynomial, solvers/adams.py)
+            tq = torch.log(rq) if getattr(solver, "basis", "t") == "logrho" else schedule.t_of_lam(-torch.log(rq))
             quad = torch.stack([tq, (0.5 * (r1 - r0) * wi).expand_as(tq)], -1).contiguous()
 
         S, K = solver.stages, solver.history
