@@ -1,15 +1,18 @@
 // The declarations Python reads by name instead of mirroring them: the coefficient row's column
-// offsets and the stage record's fields (csrc/core/row_layout.h), and the step's noise sources
-// (csrc/core/solver_step.h) and noise domains (csrc/core/philox.h).
+// offsets and the stage and node records' fields (csrc/core/row_layout.h), the prediction types
+// (csrc/core/prediction.h), the step's noise sources (csrc/core/solver_step.h) and noise domains
+// (csrc/core/philox.h).
 //
 //   _core.RowLayout(K)          .cu .co .ax .ay .am .bx .by .bm .zx .zy .ta .tb .ncoef, .ar(k) .br(k)
 //   _core.StageRecord           .INPUT .SLOT .WRITE_X .WRITE_Y .DRAW .FIELDS
-//   _core.NoiseKind, _core.NoiseDomain   enumerations
+//   _core.NodeRecord            .T .ALPHA .SIGMA .LAM .DALPHA .DSIGMA .FIELDS
+//   _core.Prediction, _core.NoiseKind, _core.NoiseDomain   enumerations
 #include <pybind11/pybind11.h>
 
 #include <string>
 
 #include "core/philox.h"
+#include "core/prediction.h"
 #include "core/row_layout.h"
 #include "core/solver_step.h"
 
@@ -60,7 +63,18 @@ void register_layout_ops(py::module_& m) {
   rec.attr("WRITE_Y") = int(StageRecord::kWriteY);
   rec.attr("DRAW") = int(StageRecord::kDraw);
   rec.attr("FIELDS") = int(StageRecord::kFields);
+  py::class_<NodeRecord> node(m, "NodeRecord", "fields of the float64 schedule record of one plan time");
+  node.attr("T") = int(NodeRecord::kT);
+  node.attr("ALPHA") = int(NodeRecord::kAlpha);
+  node.attr("SIGMA") = int(NodeRecord::kSigma);
+  node.attr("LAM") = int(NodeRecord::kLam);
+  node.attr("DALPHA") = int(NodeRecord::kDAlpha);
+  node.attr("DSIGMA") = int(NodeRecord::kDSigma);
+  node.attr("FIELDS") = int(NodeRecord::kFields);
   m.attr("MAX_RING") = kMaxRing;
+
+  py::enum_<Prediction> pred(m, "Prediction", "what a model output is (csrc/core/prediction.h)");
+  for (int p = 0; p < kNumPredictions; ++p) pred.value(prediction_name(p), Prediction(p));
 
   py::enum_<NoiseKind>(m, "NoiseKind", "source of a row's noise draw in the fused step")
       .value("none", kNoiseNone)

@@ -7,13 +7,15 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/prediction.h"
+#include "core/row_layout.h"
 #include "core/solver_step.h"
 
 namespace dc {
 
-// Schedule values at one time (σ = 0 gives λ = +∞ and ρ = 0).
+// Schedule values at one time (σ = 0 gives λ = +∞ and ρ = 0); da, ds = dα/dt, dσ/dt.
 struct Node {
-  double t = 0, a = 1, s = 0, lam = 0, rho = 0;
+  double t = 0, a = 1, s = 0, lam = 0, rho = 0, da = 0, ds = 0;
 };
 
 // A linear expression over the step's inputs: x, y, the K old history slots, the new model
@@ -45,8 +47,8 @@ struct Lin {
 
 // One sample's inputs and outputs of a plan generator.
 struct PlanIO {
-  const double* grid = nullptr;   // [M+1, 4]: t, α, σ, λ
-  const double* stage = nullptr;  // [M, NS, 4] intermediate stage nodes, or null
+  const double* grid = nullptr;   // [M+1, NodeRecord::kFields] grid nodes (csrc/core/row_layout.h)
+  const double* stage = nullptr;  // [M, NS, NodeRecord::kFields] intermediate stage nodes, or null
   int NS = 2;                     // intermediate stage nodes per step
   const double* quad = nullptr;   // [M, Q, 2]: quadrature nodes τ and weights (in ρ), or null
   int Q = 0;
@@ -57,20 +59,29 @@ struct PlanIO {
   double* mtime = nullptr;        // [M, S]
   int* layout = nullptr;          // [M, S, StageRecord::kFields] or null
   int* nstages = nullptr;         // [M] or null
+  // The model-output conversion cu, co of every row: model prediction src -> the method's native dst
+  // at the row's model time (-1: rows keep cu = co = 0).
+  int src = -1, dst = -1;
+  // A row applied once before the first model call (EDM's churn of the start), or null; it draws
+  // noise number 0 and the plan's rows count their draws from 1.
+  double* prelude = nullptr;      // [RowLayout(K).ncoef()]
+  bool* has_prelude = nullptr;
 
   static Node node(const double* v) {
-    Node n; n.t = v[0]; n.a = v[1]; n.s = v[2]; n.lam = v[3];
+    using N = NodeRecord;
+    Node n; n.t = v[N::kT]; n.a = v[N::kAlpha]; n.s = v[N::kSigma]; n.lam = v[N::kLam];
+    n.da = v[N::kDAlpha]; n.ds = v[N::kDSigma];
     n.rho = n.s / n.a;
     return n;
   }
   Node g(int i) const {
     if (i < 0 || i > M) throw std::out_of_range("plan: step order reaches before the first grid point");
-    return node(grid + 4 * i);
+    return node(grid + NodeRecord::kFields * i);
   }
   Node st(int i, int j) const {
     if (!stage) throw std::invalid_argument("plan: this method needs intermediate stage times");
     if (j < 0 || j >= NS) throw std::out_of_range("plan: stage node beyond the given intermediate stages");
-    return node(stage + (int64_t(NS) * i + j) * 4);
+    return node(stage + (int64_t(NS) * i + j) * NodeRecord::kFields);
   }
   int order(int i) const { return orders[i]; }
   double ex(int i, int k) const {
@@ -89,7 +100,42 @@ struct PlanIO {
     const RowLayout L(K);
     const int nc = L.ncoef();
     double* r = coef + (int64_t(i) * S + s) * nc;
-    for (int k = 0; k < nc; ++k) r[k] = 0.0;
+    const bool noisy = write_row(r, i, s, to_x, to_y);
+    if (noisy) { r[L.ta()] = ta; r[L.tb()] = tb; }
+    for (int k = L.ax(); k < nc; ++k)
+      if (!std::isfinite(r[k]))
+        throw std::domain_error("plan: non-finite coefficient at step " + std::to_string(i) + ", stage " +
+                                std::to_string(s) + " (a step to or from σ = 0 the method cannot take?)");
+    if (src >= 0) {
+      conversion_coefs(src, dst, at.a, at.s, at.da, at.ds, &r[L.cu()], &r[L.co()]);
+      if (!std::isfinite(r[L.cu()]) || !std::isfinite(r[L.co()]))
+        throw std::domain_error(std::string("prediction: converting a '") + prediction_name(src) + "' model to '" +
+                                prediction_name(dst) +
+                                "' is singular on this grid (σ = 0 or α = 0 at a model evaluation)");
+    }
+    mtime[int64_t(i) * S + s] = at.t;
+    if (layout) {
+      using R = StageRecord;
+      int* l = layout + (int64_t(i) * S + s) * R::kFields;
+      l[R::kInput] = input; l[R::kSlot] = slot; l[R::kWriteX] = to_x != nullptr; l[R::kWriteY] = to_y != nullptr;
+      l[R::kDraw] = noisy ? 1 : -1;
+    }
+    if (nstages && nstages[i] < s + 1) nstages[i] = s + 1;
+  }
+
+  // Writes the prelude row: x is replaced by `to_x` (no model output: its m weight must be 0).
+  void emit_prelude(const Lin& to_x) const {
+    if (!prelude) throw std::logic_error("plan: this plan has no prelude row");
+    if (to_x.c[Lin::kM] != 0.0) throw std::logic_error("plan: the prelude runs before any model output");
+    write_row(prelude, -1, 0, &to_x, nullptr);
+    *has_prelude = true;
+  }
+
+ private:
+  // Zero-fills row r and writes the x' and y' blocks of the given expressions; returns whether the row draws noise.
+  bool write_row(double* r, int i, int s, const Lin* to_x, const Lin* to_y) const {
+    const RowLayout L(K);
+    for (int k = 0; k < L.ncoef(); ++k) r[k] = 0.0;
     auto put = [&](const Lin* e, int j) {  // j: the updated buffer, 0 = x, 1 = y
       if (!e) return;
       for (int k = 0; k < Lin::kTerms; ++k)
@@ -106,20 +152,7 @@ struct PlanIO {
     };
     put(to_x, 0);
     put(to_y, 1);
-    const bool noisy = (to_x && to_x->noisy) || (to_y && to_y->noisy);
-    if (noisy) { r[L.ta()] = ta; r[L.tb()] = tb; }
-    for (int k = L.ax(); k < nc; ++k)
-      if (!std::isfinite(r[k]))
-        throw std::domain_error("plan: non-finite coefficient at step " + std::to_string(i) + ", stage " +
-                                std::to_string(s) + " (a step to or from σ = 0 the method cannot take?)");
-    mtime[int64_t(i) * S + s] = at.t;
-    if (layout) {
-      using R = StageRecord;
-      int* l = layout + (int64_t(i) * S + s) * R::kFields;
-      l[R::kInput] = input; l[R::kSlot] = slot; l[R::kWriteX] = to_x != nullptr; l[R::kWriteY] = to_y != nullptr;
-      l[R::kDraw] = noisy ? 1 : -1;
-    }
-    if (nstages && nstages[i] < s + 1) nstages[i] = s + 1;
+    return (to_x && to_x->noisy) || (to_y && to_y->noisy);
   }
 };
 

@@ -17,6 +17,9 @@
 // Stage record of one (step, stage), int32, kFields entries:
 //   [model input (0: x, 1: y), ring slot written (-1: none), write x (0/1), write y (0/1),
 //    noise draw number (-1: the row draws none)]
+//
+// Node record, float64, the schedule at one time of a plan (a grid point, an intermediate stage):
+//   [t, α, σ, λ, α', σ']   (λ = +∞ where σ = 0; α', σ' = d/dt, for the model-output conversion)
 #pragma once
 
 #include "core/numeric.h"
@@ -49,6 +52,11 @@ struct RowLayout {
 // Entries of the stage record of one (step, stage).
 struct StageRecord {
   static constexpr int kInput = 0, kSlot = 1, kWriteX = 2, kWriteY = 3, kDraw = 4, kFields = 5;
+};
+
+// Entries of a node record.
+struct NodeRecord {
+  static constexpr int kT = 0, kAlpha = 1, kSigma = 2, kLam = 3, kDAlpha = 4, kDSigma = 5, kFields = 6;
 };
 
 }  // namespace dc

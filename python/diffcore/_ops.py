@@ -39,6 +39,8 @@ StageRecord = _core.StageRecord
 MAX_RING: int = _core.MAX_RING
 NoiseKind = _core.NoiseKind
 NoiseDomain = _core.NoiseDomain
+NodeRecord = _core.NodeRecord
+Prediction = _core.Prediction
 _tls = threading.local()
 
 
@@ -418,12 +420,12 @@ def make_stepper(x, y, ring, coefs, layout, noise=0, seed=0, ids=None, span=(0.0
                          float(span[1]), int(depth))
 
 
-def plan_build(method, options, grid, stage, quad, orders, K, S, coefs, mtime, extra=None):
-    """Fill a coefficient plan in the float64 core (csrc/cpu/plan_cpu.cpp); returns (layout, nstages)."""
-    layout, nstages = _core.plan_build(method, dict(options), _capsule(grid), _capsule(stage), _capsule(quad),
-                                       [int(o) for o in orders], int(K), int(S), _capsule(coefs), _capsule(mtime),
-                                       _capsule(extra))
-    return list(layout), list(nstages)
+def plan_build(method, options, grid, stage, quad, orders, K, S, coefs, mtime, extra, prediction, native, prelude):
+    """Fill a coefficient plan in the float64 core (csrc/cpu/plan_cpu.cpp); returns (layout, nstages, has_prelude)."""
+    layout, nstages, pre = _core.plan_build(method, dict(options), _capsule(grid), _capsule(stage), _capsule(quad),
+                                            [int(o) for o in orders], int(K), int(S), _capsule(coefs), _capsule(mtime),
+                                            _capsule(extra), int(prediction), int(native), _capsule(prelude))
+    return list(layout), list(nstages), bool(pre)
 
 
 def sinkhorn(cost, a, b, eps: float, tol: float, max_iters: int, check_every: int, eps_scaling: int, eps0: float,

@@ -6,7 +6,8 @@ A row of a plan with ``K`` history slots has the columns ``cu, co`` (the model-o
 ``m = cu·u + co·o``), the x-update ``ax, ay, ar_0 … ar_{K−1}, am``, the y-update ``bx, by, br_k, bm``,
 the noise weights ``zx, zy`` and a Brownian draw's interval ``ta, tb``. A stage record holds the model
 input (0: x, 1: y), the ring slot written (−1: none), whether x and y are written, and the noise
-draw number (−1: none).
+draw number (−1: none). A node record is the schedule at one time of a plan, the plan builder's input:
+``t, α, σ, λ, α', σ'`` at the fields ``NODE_T … NODE_DSIGMA``.
 """
 from __future__ import annotations
 
@@ -17,10 +18,15 @@ import torch
 
 from . import _ops
 
-__all__ = ["layout", "ncoef", "Stage", "stage", "draws", "renumber_draws", "Weights", "interval", "FIELDS"]
+__all__ = ["layout", "ncoef", "Stage", "stage", "draws", "Weights", "interval", "FIELDS", "node_records", "NODE_T",
+           "NODE_ALPHA", "NODE_SIGMA", "NODE_LAM", "NODE_DALPHA", "NODE_DSIGMA", "PREDICTION"]
 
 _R = _ops.StageRecord
 FIELDS: int = _R.FIELDS
+_N = _ops.NodeRecord
+NODE_T, NODE_ALPHA, NODE_SIGMA, NODE_LAM, NODE_DALPHA, NODE_DSIGMA = _N.T, _N.ALPHA, _N.SIGMA, _N.LAM, _N.DALPHA, _N.DSIGMA
+#: The compiled core's code of each canonical prediction type (csrc/core/prediction.h).
+PREDICTION = {name: int(v) for name, v in _ops.Prediction.__members__.items()}
 
 
 @lru_cache(maxsize=None)
@@ -54,11 +60,14 @@ def draws(records: Sequence[int]) -> List[int]:
     return [int(d) for d in records[_R.DRAW::FIELDS]]
 
 
-def renumber_draws(records: List[int], offset: int) -> None:
-    """Shift every draw number of ``records`` by ``offset`` in place (draws that precede the plan's rows)."""
-    for q in range(_R.DRAW, len(records), FIELDS):
-        if records[q] >= 0:
-            records[q] += offset
+def node_records(t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, lam: torch.Tensor, dalpha: torch.Tensor,
+                 dsigma: torch.Tensor) -> torch.Tensor:
+    """Node records ``[*t.shape, F]`` (float64, contiguous) of the given schedule values."""
+    out = torch.empty(tuple(t.shape) + (_N.FIELDS,), dtype=torch.float64)
+    for k, v in ((NODE_T, t), (NODE_ALPHA, alpha), (NODE_SIGMA, sigma), (NODE_LAM, lam), (NODE_DALPHA, dalpha),
+                 (NODE_DSIGMA, dsigma)):
+        out[..., k] = v
+    return out
 
 
 def interval(K: int) -> slice:

@@ -200,6 +200,11 @@ inline void plan_dpmpp_3m_sde(const PlanIO& io, double eta, double s_noise) {
 // Native ε̂ (dy/dρ = ε̂). `churn` = S_churn > 0 (structural: rows draw noise even where γ = 0).
 inline void plan_edm_churn(const PlanIO& io, bool churn, double s_noise) {
   const Lin X = Lin::X(), M = Lin::M(), R0 = Lin::R(0);
+  if (churn) {  // the start's churn: x̂_0 = (α̂/α_0) x_0 + α̂ √(ρ̂_0² − ρ_0²) S_noise z
+    const Node g0 = io.g(0), h0 = io.st(0, 0);
+    io.emit_prelude((h0.a / g0.a) * X +
+                    (h0.a * std::sqrt(std::fmax(h0.rho * h0.rho - g0.rho * g0.rho, 0.0)) * s_noise) * Lin::Z());
+  }
   for (int i = 0; i < io.M; ++i) {
     const Node hat = io.st(i, 0), t = io.g(i + 1);
     const bool next = churn && i + 1 < io.M;

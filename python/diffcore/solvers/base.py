@@ -24,7 +24,7 @@ from torch.utils.dlpack import to_dlpack as _to_dlpack
 
 from .. import _ops, _row
 from .._device import as_device
-from ..param import conversion_coefs, resolve_prediction
+from ..param import _check_v, _is_vp, resolve_prediction
 from ..schedules import Schedule
 from ..noise import DOMAIN_STEP, Noise, default_seed
 from ..thresholding import dynamic_threshold
@@ -125,11 +125,11 @@ class Solver:
         """The steps of a plan: ``(grid times [B, M+1], per-step orders, stage times [B, M, 2] or None)``.
         Stage times sit at fractions :meth:`_stage_lams` of each step in λ."""
         M = grid_t.shape[1] - 1
-        first = int((grid[:, :-1, 1] == 0).sum(1).max())  # leading nodes at α = 0
+        first = int((grid[:, :-1, _row.NODE_ALPHA] == 0).sum(1).max())  # leading nodes at α = 0
         orders = self._orders(M, final_zero, first)
         if self.stages == 1:
             return grid_t, orders, None
-        return grid_t, orders, self._stage_times(schedule, grid_t, grid[..., 3], orders)
+        return grid_t, orders, self._stage_times(schedule, grid_t, grid[..., _row.NODE_LAM], orders)
 
     def _stage_times(self, schedule: Schedule, grid_t: torch.Tensor, lam: torch.Tensor, orders) -> torch.Tensor:
         """Times of the intermediate stages ``[B, M, 2]`` at the fractions :meth:`_stage_lams` in λ."""
@@ -148,11 +148,6 @@ class Solver:
 
     def _extra(self, schedule: Schedule, grid_t: torch.Tensor, grid: torch.Tensor):
         """Per-node values ``[B, M + 1, 2]`` some plan generators read (``PlanIO::ex``), or None."""
-        return None
-
-    def _prelude(self, schedule: Schedule, grid_t: torch.Tensor, stage_t):
-        """``(scale, noise weight)`` ``[B, 2]`` of a noise injection before the first model call
-        (EDM's churn of the start), or None."""
         return None
 
     def _hooks(self, plan: "Plan"):
@@ -205,34 +200,12 @@ def _grid(timesteps) -> torch.Tensor:
     return t.contiguous()
 
 
-def _brownian_unit_times(coefs: torch.Tensor, grid_t: torch.Tensor, K: int) -> None:
-    """Rewrite the ``(ta, tb)`` columns of the rows (in place) as ``u = (t − lo_b)/(hi_b − lo_b)``
-    with ``[lo_b, hi_b]`` sample b's own grid range, so that one Brownian tree over ``[0, 1]`` serves
-    every sample of the batch as if each had a tree over its own range.
-
-    Why: the tree's span enters every value it returns (root ``W(T1) = √(T1 − T0)·N₀``, then the
-    dyadic midpoints of ``[T0, T1]``), so a span shared by the batch (its min/max time) would make a
-    sample's noise depend on the other samples' grids, breaking the batch-split invariance the
-    sample ids promise. Mapping time affinely is exact rather than an approximation: a Brownian
-    motion on ``[lo, hi]`` is ``√(hi − lo)·B((t − lo)/(hi − lo))`` with B a Brownian motion on
-    ``[0, 1]`` (Brownian scaling), the tree's dyadic nodes map onto each other, and the normalized
-    increment ``(W(ta) − W(tb))/√|ta − tb|`` the step uses is invariant under the map. A sample
-    whose grid has no range (Langevin at one noise level) only has zero-length rows, which keep
-    their Philox draws."""
-    c = _row.interval(K)
-    lo = grid_t.min(1).values.reshape(-1, 1, 1, 1)
-    width = grid_t.max(1).values.reshape(-1, 1, 1, 1) - lo
-    iv = coefs[..., c]
-    u = torch.where(width > 0, (iv - lo) / torch.where(width > 0, width, 1.0), 0.0).clamp_(0.0, 1.0)
-    coefs[..., c] = u
-
-
 def _nodes(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
-    """(t, α, σ, λ) float64 at times ``t``; λ = +∞ where σ = 0."""
+    """Node records (t, α, σ, λ, α', σ') float64 at times ``t`` (:mod:`diffcore._row`); λ = +∞ where σ = 0."""
     v = schedule.eval(t)
     a, s = v.alpha.to(torch.float64), v.sigma.to(torch.float64)
     lam = torch.where(s > 0, torch.log(a) - torch.log(s), torch.full_like(s, math.inf))
-    return torch.stack([t, a, s, lam], -1).contiguous()
+    return _row.node_records(t, a, s, lam, v.dalpha.to(torch.float64), v.dsigma.to(torch.float64))
 
 
 class Plan:
@@ -249,15 +222,24 @@ class Plan:
     def __init__(self, solver: Solver, schedule: Schedule, timesteps, device, dtype, prediction: str):
         self.solver, self.schedule, self.prediction = solver, schedule, prediction
         self._thresholding = solver.thresholding
+        grid_t, grid, final_zero = self._validate(timesteps, device, dtype)
+        grid_t, grid, stage, quad, extra = self._nodes(grid_t, grid, final_zero)
+        coefs, mtime, prelude = self._build(grid, stage, quad, extra)
+        self._place(coefs, mtime, prelude)
+
+    def _validate(self, timesteps, device, dtype):
+        """Check the options, the grid and the prediction against the solver; the grid's node records."""
+        solver, schedule = self.solver, self.schedule
         self.device = as_device(device)
         self.dtype = dtype if dtype is not None else torch.float32
         if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
             raise TypeError(f"dtype: expected a floating torch dtype, got {dtype!r}")
-        given = _grid(timesteps)
-        grid_t = given
-        grid = _nodes(schedule, grid_t)                       # [Bc, M+1, 4]
-        sig = grid[..., 2]
-        if bool((sig < 0).any()) or not bool(torch.isfinite(grid[..., :3]).all()):
+        if "v" in (self.prediction, solver.native):
+            _check_v(_is_vp(schedule, None, None), "src" if self.prediction == "v" else "dst", schedule)
+        grid_t = _grid(timesteps)
+        grid = _nodes(schedule, grid_t)                       # [Bc, M+1, F]
+        sig = grid[..., _row.NODE_SIGMA]
+        if bool((sig < 0).any()) or not bool(torch.isfinite(grid[..., [_row.NODE_T, _row.NODE_ALPHA, _row.NODE_SIGMA]]).all()):
             raise ValueError(f"timesteps: outside the range of {schedule!r}")
         zero_end = sig[:, -1] == 0
         if bool(zero_end.any()) and not bool(zero_end.all()):
@@ -265,14 +247,20 @@ class Plan:
         if bool((sig[:, :-1] == 0).any()):
             raise ValueError("timesteps: only the last time may have σ = 0 (a step from zero noise cannot be "
                              "taken; start inversion at t > 0)")
-        final_zero = bool(zero_end.all())
-        alpha0 = grid[:, :-1, 1] == 0  # α = 0 (λ = −∞): rectified flow / VP-cosine at their noisy end
+        alpha0 = grid[:, :-1, _row.NODE_ALPHA] == 0  # α = 0 (λ = −∞): rectified flow / VP-cosine at their noisy end
         if bool(alpha0.any()) and (solver.native == "eps" or (solver.stages > 1 and solver.method != "rk")):
             raise ValueError(
                 f"timesteps: {solver.name} cannot start where α = 0 (λ = −∞, e.g. t = 1 of rectified flow): "
                 + ("noise-prediction updates need ρ = σ/α" if solver.native == "eps" else
                    "its stages sit at fractions of an infinite λ-step")
                 + "; start slightly inside, e.g. t_start=0.999, or use a data-prediction multistep solver")
+        return grid_t, grid, bool(zero_end.all())
+
+    def _nodes(self, grid_t, grid, final_zero):
+        """Every schedule evaluation the plan builder reads: the (possibly re-chosen) grid, the intermediate
+        stage nodes, DEIS's quadrature nodes and the per-node values of some stochastic methods."""
+        solver, schedule = self.solver, self.schedule
+        given = grid_t
         grid_t, orders, stage_t = solver._steps(schedule, grid_t, grid, final_zero)
         if grid_t is not given:
             grid = _nodes(schedule, grid_t)
@@ -282,55 +270,51 @@ class Plan:
         self.orders = orders
         stage = None
         if stage_t is not None:
-            stage = _nodes(schedule, stage_t.reshape(Bc, -1)).reshape(Bc, M, -1, 4).contiguous()
-
+            stage = _nodes(schedule, stage_t.reshape(Bc, -1)).reshape(Bc, M, -1, grid.shape[-1]).contiguous()
         quad = None
         if solver.method == "deis":
+            # Gauss–Legendre in ρ = σ/α over each step; the nodes' times need the schedule's inverse
             xi, wi = np.polynomial.legendre.leggauss(_QUAD_NODES)
             xi, wi = torch.from_numpy(xi), torch.from_numpy(wi)
-            rho = grid[..., 2] / grid[..., 1]
+            rho = grid[..., _row.NODE_SIGMA] / grid[..., _row.NODE_ALPHA]
             r0, r1 = rho[:, :-1, None], rho[:, 1:, None]
             rq = 0.5 * (r0 + r1) + 0.5 * (r1 - r0) * xi
             # the abscissa of the Lagrange basis: t, or log ρ (DEIS's log-ρ polynomial, solvers/adams.py)
             tq = torch.log(rq) if getattr(solver, "basis", "t") == "logrho" else schedule.t_of_lam(-torch.log(rq))
             quad = torch.stack([tq, (0.5 * (r1 - r0) * wi).expand_as(tq)], -1).contiguous()
+        extra = solver._extra(schedule, grid_t, grid)
+        return grid_t, grid, stage, quad, extra
 
-        S, K = solver.stages, solver.history
+    def _build(self, grid, stage, quad, extra):
+        """The whole table in the compiled core: every row (the model-output conversion included), the
+        stage records with their noise-draw numbers, the model times and the prelude row."""
+        solver = self.solver
+        Bc, M, S, K = grid.shape[0], self.num_steps, solver.stages, solver.history
         coefs = torch.zeros(Bc, M, S, _row.ncoef(K), dtype=torch.float64)
         mtime = torch.zeros(Bc, M, S, dtype=torch.float64)
-        extra = solver._extra(schedule, grid_t, grid)
-        layout, nstages = _ops.plan_build(solver.method, solver._core_options(), grid, stage, quad, orders, K, S,
-                                          coefs, mtime, extra)
-        pre = solver._prelude(schedule, grid_t, stage_t)
-        self.prelude = None if pre is None else pre.to(self.device)
-        if pre is not None:  # the prelude is draw 0
-            _row.renumber_draws(layout, 1)
+        prelude = torch.zeros(Bc, _row.ncoef(K), dtype=torch.float64)
+        layout, nstages, has_prelude = _ops.plan_build(
+            solver.method, solver._core_options(), grid, stage, quad, self.orders, K, S, coefs, mtime, extra,
+            _row.PREDICTION[self.prediction], _row.PREDICTION[solver.native], prelude)
         self.layout = layout
         self.nstages = nstages
         flat = _row.draws(layout)
         self.draws = [flat[i * S:(i + 1) * S] for i in range(M)]
-        self.noise_draws = sum(d >= 0 for row in self.draws for d in row) + (pre is not None)
-        if self.noise_draws:
-            _brownian_unit_times(coefs, grid_t, K)
-        # every sample's tree spans its own grid, in unit time (see _brownian_unit_times)
+        self.noise_draws = sum(d >= 0 for d in flat) + has_prelude
+        # every sample's tree spans its own grid, in unit time (docs/design.md, "Coefficient plans")
         self.noise_span = (0.0, 1.0)
         self.nfe = int(sum(nstages))
-        # fuse the model-output conversion: native = cu·(model input) + co·(model output)
-        active = torch.tensor([[[s < nstages[i] for s in range(S)] for i in range(M)]])
-        tt = torch.where(active, mtime, grid_t[:, :1, None])  # inactive stages: any valid time
-        vals = schedule.eval(tt)
-        cu, co = conversion_coefs(prediction, solver.native, vals, schedule)
-        L = _row.layout(K)
-        coefs[..., L.cu] = torch.where(active, cu.to(torch.float64), 0.0)
-        coefs[..., L.co] = torch.where(active, co.to(torch.float64), 0.0)
-        if not bool(torch.isfinite(coefs).all()):
-            raise ValueError(f"prediction: converting a {prediction!r} model to {solver.native!r} is singular on this "
-                             "grid (σ = 0 or α = 0 at a model evaluation)")
+        return coefs, mtime, (prelude if has_prelude else None)
+
+    def _place(self, coefs, mtime, prelude):
+        """Move the table to the sample's device and index it per (step, stage)."""
+        S, M = self.solver.stages, self.num_steps
+        self.prelude = None if prelude is None else prelude.to(self.device)
         self.coefs = coefs.to(self.device)
         self.model_times = mtime.to(self.device, self.dtype)
         self._rows = [[self.coefs[:, i, s] for s in range(S)] for i in range(M)]
         self._times = [[self.model_times[:, i, s] for s in range(S)] for i in range(M)]
-        hooks = solver._hooks(self)
+        hooks = self.solver._hooks(self)
         self._hooks = None if not hooks else [[hooks.get((i, s)) for s in range(S)] for i in range(M)]
 
     # -- protocol ----------------------------------------------------------------------------------
@@ -549,9 +533,9 @@ class State:
 
     def _apply_prelude(self) -> None:
         pre = self.plan.prelude.to(self.x.dtype if self.x.dtype == torch.float64 else torch.float32)
-        bshape = (pre.shape[0],) + (1,) * (self.x.dim() - 1)
-        z = self.noise_value(0)
-        self._set("x", (pre[:, 0].reshape(bshape) * self.x + pre[:, 1].reshape(bshape) * z).to(self.x.dtype))
+        w = _row.Weights(pre, self.plan.solver.history, (pre.shape[0],) + (1,) * (self.x.dim() - 1))
+        z = self.noise_value(0)  # the prelude's draw is 0
+        self._set("x", (w.ax * self.x + w.zx * z).to(self.x.dtype))
 
     def model_input(self, s: int) -> torch.Tensor:
         """The tensor the model is evaluated on at stage ``s`` (x at stage 0, y at later stages)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import List, Sequence
 
-
+from .. import _row
 from .base import SOLVER_TYPES, Solver, _check_order
 
 
@@ -148,7 +148,7 @@ class DPMSolverFast(DPMSolver):
         for p in orders:
             idx.append(idx[-1] + p)
         outer = grid_t[:, idx].contiguous()
-        return outer, orders, self._stage_times(schedule, outer, grid[:, idx, 3], orders)
+        return outer, orders, self._stage_times(schedule, outer, grid[:, idx, _row.NODE_LAM], orders)
 
 
 class DPMSolverPPMulti(Solver):
