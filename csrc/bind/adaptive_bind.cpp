@@ -89,8 +89,8 @@ void adaptive_control(py::handle x_c, py::handle lo_c, py::handle hi_c, py::hand
   if (!(atol + rtol > 0)) throw py::value_error("atol, rtol: expected atol + rtol > 0, got both 0");
   if (order < 1) throw py::value_error("order: expected an integer >= 1, got " + std::to_string(order));
   if (!(theta > 0)) throw py::value_error("theta: expected a number > 0, got " + std::to_string(theta));
-  if (!(fac_min > 0 && fac_min <= 1))
-    throw py::value_error("fac_min: expected 0 < fac_min <= 1, got " + std::to_string(fac_min));
+  if (!(fac_min >= 0 && fac_min <= 1))  // 0: no lower limit (the plain I-controller of dpm_adaptive)
+    throw py::value_error("fac_min: expected 0 <= fac_min <= 1, got " + std::to_string(fac_min));
   if (!(fac_max >= 1)) throw py::value_error("fac_max: expected fac_max >= 1, got " + std::to_string(fac_max));
   if (!std::isfinite(k_i) || !std::isfinite(k_p))
     throw py::value_error("k_i, k_p: expected finite controller gains, got " + std::to_string(k_i) + ", " +
@@ -124,6 +124,17 @@ void adaptive_control(py::handle x_c, py::handle lo_c, py::handle hi_c, py::hand
 }  // namespace
 
 void register_adaptive_ops(py::module_& m) {
+  py::dict control;  // the controller's constants (core/adaptive.h), read by solvers/adaptive_control.py
+  control["err_floor"] = kAdaptiveErrFloor;
+  control["err_prev_floor"] = kAdaptiveErrPrevFloor;
+  control["end_tol"] = kAdaptiveEndTol;
+  control["max_rejections"] = kAdaptiveMaxRejections;
+  control["theta"] = kAdaptiveTheta;
+  control["fac_min"] = kAdaptiveFacMin;
+  control["fac_max"] = kAdaptiveFacMax;
+  control["k_i"] = kAdaptiveKI;
+  control["k_p"] = kAdaptiveKP;
+  m.attr("ADAPTIVE_CONTROL") = control;
   m.def("adaptive_control", &adaptive_control, py::arg("x"), py::arg("x_low"), py::arg("x_high"), py::arg("h"),
         py::arg("err_prev"), py::arg("lam_s"), py::arg("lam_t"), py::arg("lam_end"), py::arg("active"),
         py::arg("accepted"), py::arg("err"), py::arg("atol"), py::arg("rtol"), py::arg("order"), py::arg("theta"),

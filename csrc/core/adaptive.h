@@ -31,9 +31,23 @@
 
 namespace dc {
 
-constexpr double kAdaptiveErrFloor = 1e-10;     // ERR_FLOOR
-constexpr double kAdaptiveErrPrevFloor = 1e-4;  // ERR_PREV_FLOOR
-constexpr double kAdaptiveEndTol = 1e-12;       // END_TOL
+// The step-size controller's constants, declared here once: the binding exports them as
+// _core.ADAPTIVE_CONTROL, from which python/diffcore/solvers/adaptive_control.py (the controller of
+// every adaptive solver) takes its floors, its rejection cap and its defaults.
+constexpr double kAdaptiveErrFloor = 1e-10;     // E is floored here inside the powers
+constexpr double kAdaptiveErrPrevFloor = 1e-4;  // the PI term's memory E_{n-1} is floored here
+constexpr double kAdaptiveEndTol = 1e-12;       // relative: a step ending this close to lam_end finishes
+// Consecutive rejections of one step before a solver gives up. With 0 < θ < 1 every rejection shrinks
+// the step by at least θ and an error that behaves like C·h^k is accepted after a few; dozens in a row
+// mean the error does not shrink with h (tolerances below the arithmetic's resolution, a model
+// discontinuous in t or x), and retrying further would only hang.
+constexpr int kAdaptiveMaxRejections = 50;
+// Default controller: safety factor θ, factor limits and the PI.3.4 gains (k_I, k_P) of Gustafsson (1991).
+constexpr double kAdaptiveTheta = 0.9;
+constexpr double kAdaptiveFacMin = 0.2;
+constexpr double kAdaptiveFacMax = 5.0;
+constexpr double kAdaptiveKI = 0.3;
+constexpr double kAdaptiveKP = 0.4;
 
 struct AdaptiveArgs {
   void* x = nullptr;            int64_t x_sb = 0;    // [B, N] (features contiguous), written where accepted
@@ -48,7 +62,8 @@ struct AdaptiveArgs {
   uint8_t* accepted = nullptr;  int64_t acc_s = 0;   // [B] bool, out
   double* err = nullptr;        int64_t err_s = 0;   // [B] float64, out (E)
   int64_t B = 0, N = 0;
-  double atol = 0, rtol = 0, theta = 0.9, fac_min = 0.2, fac_max = 5.0, k_i = 0.3, k_p = 0.4;
+  double atol = 0, rtol = 0, theta = kAdaptiveTheta, fac_min = kAdaptiveFacMin, fac_max = kAdaptiveFacMax;
+  double k_i = kAdaptiveKI, k_p = kAdaptiveKP;
   int order = 1;
 };
 

@@ -32,6 +32,8 @@ _is_compiling = torch.compiler.is_compiling
 _num_threads: Optional[int] = None
 #: The most dimensions a tensor handed to a compiled kernel may have (csrc/bind/dlpack_view.h).
 MAX_DIMS: int = _core.MAX_DIMS
+#: The adaptive solvers' step-size controller constants and defaults (csrc/core/adaptive.h).
+ADAPTIVE_CONTROL: dict = dict(_core.ADAPTIVE_CONTROL)
 #: The coefficient row's columns and the stage record's fields (csrc/core/row_layout.h; Python reads
 #: rows through diffcore._row), the fused step's noise sources and the Philox key domains.
 RowLayout = _core.RowLayout
@@ -39,8 +41,6 @@ StageRecord = _core.StageRecord
 MAX_RING: int = _core.MAX_RING
 NoiseKind = _core.NoiseKind
 NoiseDomain = _core.NoiseDomain
-NodeRecord = _core.NodeRecord
-Prediction = _core.Prediction
 _tls = threading.local()
 
 
@@ -420,12 +420,12 @@ def make_stepper(x, y, ring, coefs, layout, noise=0, seed=0, ids=None, span=(0.0
                          float(span[1]), int(depth))
 
 
-def plan_build(method, options, grid, stage, quad, orders, K, S, coefs, mtime, extra, prediction, native, prelude):
-    """Fill a coefficient plan in the float64 core (csrc/cpu/plan_cpu.cpp); returns (layout, nstages, has_prelude)."""
-    layout, nstages, pre = _core.plan_build(method, dict(options), _capsule(grid), _capsule(stage), _capsule(quad),
-                                            [int(o) for o in orders], int(K), int(S), _capsule(coefs), _capsule(mtime),
-                                            _capsule(extra), int(prediction), int(native), _capsule(prelude))
-    return list(layout), list(nstages), bool(pre)
+def plan_build(method, options, grid, stage, quad, orders, K, S, coefs, mtime, extra=None):
+    """Fill a coefficient plan in the float64 core (csrc/cpu/plan_cpu.cpp); returns (layout, nstages)."""
+    layout, nstages = _core.plan_build(method, dict(options), _capsule(grid), _capsule(stage), _capsule(quad),
+                                       [int(o) for o in orders], int(K), int(S), _capsule(coefs), _capsule(mtime),
+                                       _capsule(extra))
+    return list(layout), list(nstages)
 
 
 def sinkhorn(cost, a, b, eps: float, tol: float, max_iters: int, check_every: int, eps_scaling: int, eps0: float,
@@ -499,8 +499,9 @@ def linear_assignment(cost):
 
 
 def adaptive_control(x, x_low, x_high, h, err_prev, lam_s, lam_t, lam_end, active, *, atol: float, rtol: float,
-                     order: int, theta: float = 0.9, fac_min: float = 0.2, fac_max: float = 5.0, k_i: float = 0.3,
-                     k_p: float = 0.4):
+                     order: int, theta: float = ADAPTIVE_CONTROL["theta"], fac_min: float = ADAPTIVE_CONTROL["fac_min"],
+                     fac_max: float = ADAPTIVE_CONTROL["fac_max"], k_i: float = ADAPTIVE_CONTROL["k_i"],
+                     k_p: float = ADAPTIVE_CONTROL["k_p"]):
     """The adaptive solver's fused per-sample error control (csrc/core/adaptive.h): the same call and
     result as :func:`diffcore.solvers.adaptive_control.adaptive_control_reference` — returns
     ``(accepted [B] bool, E [B] float64)`` and updates ``x`` (where accepted), ``h``, ``err_prev``,

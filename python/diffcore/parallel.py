@@ -36,7 +36,8 @@ buffer) is part of the node state, and its Picard correction follows the buffer 
 (``carry`` of :func:`window_update`): a stage input or UniPC's predicted state is recomputed from the
 carried state each step, not integrated, and summing its changes as in Eq. (9.8.4) would amplify them.
 The window and the round count are then counted in stage nodes (``plan.nfe`` of them). Only plans
-with data-dependent Python hooks (``pc``'s Langevin corrector) and ``dpm_adaptive`` are refused.
+that do not declare ``supports_picard`` (:mod:`diffcore.solvers.protocol`: ``pc``'s Langevin
+corrector with its data-dependent Python hooks, DPM-Solver-v3, the adaptive solvers) are refused.
 
 Several devices: ``ParallelConfig(distributed=True)`` splits each round's window across the ranks
 of the default ``torch.distributed`` group (one model call per rank on its share, an all-gather,
@@ -62,6 +63,7 @@ from .guidance import CFG
 from .noise import Noise
 from . import _row
 from .solvers.base import Plan
+from .solvers.protocol import Kind, kind_of
 from .thresholding import dynamic_threshold
 
 __all__ = ["ParallelConfig", "PicardResult", "window_update", "window_update_reference", "picard_sample",
@@ -297,9 +299,8 @@ class _Nodes:
     sources (the node whose native output ring slot k holds when node n runs) and noise draws."""
 
     def __init__(self, plan: Plan, compute: torch.dtype):
-        if plan._hooks is not None:
-            raise ValueError(f"solver: {plan.solver.name} has data-dependent coefficients (a Python hook per step); "
-                             "the Picard sampler needs steps that are fixed linear combinations")
+        if not plan.supports_picard:
+            raise ValueError(plan.refusal("supports_picard"))
         S, K = plan.solver.stages, plan.solver.history
         steps, stages = [], []
         for i in range(plan.num_steps):
@@ -368,8 +369,10 @@ def picard_sample(plan: Plan, make_fn: Callable[[int], Callable], x: torch.Tenso
         callback: called after every round with ``{"round", "start", "stride", "residual"}``
             (``residual`` ``[J, B]`` as returned by :func:`window_update`).
     """
-    if not isinstance(plan, Plan):
+    if kind_of(plan) is not Kind.GRID:
         raise TypeError(f"plan: expected a diffcore Plan, got {type(plan).__name__}")
+    if not plan.supports_picard:
+        raise ValueError(plan.refusal("supports_picard"))
     if not isinstance(config, ParallelConfig):
         raise TypeError(f"parallel: expected a diffcore.ParallelConfig, got {type(config).__name__}")
     state = plan.init_state(x, noise)  # validates x, draws the EDM prelude, sets up the noise source

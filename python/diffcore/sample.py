@@ -22,7 +22,7 @@ from .noise import DOMAIN_PRIOR, Noise, philox_normal
 from .parallel import ParallelConfig, picard_sample, tile_guidance, tile_model_kwargs
 from .param import ModelWrapper, conversion_coefs, convert, resolve_prediction, singular_hint
 from .solvers import get as _get_solver
-from .solvers.v3 import V3Plan
+from .solvers.protocol import Kind, kind_of
 
 __all__ = ["sample", "prior_sample"]
 
@@ -194,7 +194,7 @@ def _cached_plan(solver_arg, solver_options, schedule, steps, spacing, t_start, 
             _PLANS.move_to_end(key)  # least recently used goes first, so a hot plan survives a sweep
             return hit[2]
     solver = _get_solver(solver_arg, **solver_options)
-    if getattr(solver, "adaptive", False):
+    if solver.kind is Kind.ADAPTIVE:  # it chooses its steps as it runs: there is no plan to build
         return solver
     grid = _grid(schedule, steps, spacing, t_start, t_end)
     try:
@@ -227,7 +227,7 @@ def _regular_plan(solver, schedule, steps, spacing, t_start, t_end, device, dtyp
     grid or the range is already regular (the first error then stands)."""
     if isinstance(steps, torch.Tensor) or prediction is None:
         return None
-    native = getattr(solver, "native", prediction)
+    native = solver.native
     if native != prediction:
         # a model type that is singular at the schedule's own start (an ε-model on a flow path) is more
         # likely the wrong type than a wish to start inside: keep the error and its hint
@@ -314,6 +314,36 @@ def _weakrefable(obj) -> bool:
         return False
 
 
+def _require(sampler, missing: bool, capability: str) -> None:
+    """Refuse a call that needs a capability the sampler does not declare (docs/design.md, "One
+    sampler protocol"); the message names the argument to change."""
+    if missing:
+        raise ValueError(sampler.refusal(capability))
+
+
+def _adaptive(solver, fn, x, schedule, prediction, t_start, t_end, callback):
+    """Run an adaptive solver (``Kind.ADAPTIVE``) on the model ``fn`` of ``prediction``.
+
+    A λ-stepper cannot start from α = 0 nor end at σ = 0: on the default range of a flow schedule it
+    runs over :func:`diffcore.grids.regular_range` and, where the default end is σ = 0, takes the
+    exact last step of a data-prediction solver there, x ← x̂0 (one more model call)."""
+    reg_ts, reg_te = _regular_range(schedule, start=t_start is None, end=t_end is None)
+    if solver.native == "velocity":  # dopri5 steps in t: any end of the range will do
+        reg_ts, reg_te = schedule.t_start, schedule.t_end
+    ts = float(reg_ts if t_start is None else t_start)
+    te = float(reg_te if t_end is None else t_end)
+
+    def native_fn(xx, t):  # the solver's native prediction: "eps" (dpm_adaptive) or "velocity" (dopri5)
+        return convert(fn(xx, t), xx, t, schedule, prediction, solver.native)
+
+    with torch.no_grad():
+        out, _ = solver.solve(native_fn, x, schedule, ts, te, callback)
+        if t_end is None and te != float(schedule.t_end):
+            tt = torch.full((out.shape[0],), te, dtype=out.dtype, device=out.device)
+            out = convert(fn(out, tt), out, tt, schedule, prediction, "x0")
+    return out
+
+
 def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Schedule", None] = None,
            solver="dpmpp_2m", steps: Union[int, torch.Tensor] = 10, prediction: Optional[str] = None,
            spacing: Optional[str] = None,
@@ -374,11 +404,14 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
 
     Returns ``x`` at ``t_end`` (and the trajectory when asked).
 
-    A distilled student (an object with ``few_step_sample``, :mod:`diffcore.distill.students`) runs
-    its own few-step sampler instead: ``model.few_step_sample(x, schedule, steps, model_kwargs=...,
-    generator=...)``; the solver options do not apply to it.
+    Which engine runs is declared by the sampler protocol (:mod:`diffcore.solvers.protocol`,
+    docs/design.md "One sampler protocol"): a fixed-grid plan, an adaptive solver, or — for a
+    distilled student (a :class:`~diffcore.solvers.protocol.Student`, :mod:`diffcore.distill.students`)
+    passed as ``model`` — its own few-step sampler: ``model.few_step_sample(x, schedule, steps,
+    model_kwargs=..., generator=...)``; the solver options do not apply to it. An option the engine
+    does not declare (``parallel``, ``cuda_graph``, ``return_trajectory``) raises ``ValueError``.
     """
-    if hasattr(model, "few_step_sample"):
+    if kind_of(model) is Kind.STUDENT:
         return model.few_step_sample(x, schedule, steps, model_kwargs=model_kwargs, generator=generator)
     if schedule is None:  # a ModelWrapper / diffcore.load result knows the schedule it was trained on
         schedule = getattr(model, "schedule", None)
@@ -395,31 +428,12 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
     fn = _checked(fn, x)
     plan = _cached_plan(solver, solver_options, schedule, steps, spacing, t_start, t_end, prediction, x.device,
                         x.dtype)
-    if getattr(plan, "adaptive", False):
-        if parallel is not None:
-            raise ValueError(f"parallel: {plan.name} chooses its steps as it goes; Picard needs a fixed grid")
-        if cuda_graph or return_trajectory:
-            raise ValueError(f"solver: {plan.name} syncs with the host every step; cuda_graph and "
-                             "return_trajectory are not available for it")
-        # an adaptive λ-stepper cannot start from α = 0 nor end at σ = 0: on the default range of a flow
-        # schedule it runs over diffcore.grids.regular_range and, where the default end is σ = 0, takes
-        # the exact last step of a data-prediction solver there, x ← x̂0 (one more model call)
-        reg_ts, reg_te = _regular_range(schedule, start=t_start is None, end=t_end is None)
-        if getattr(plan, "native", "eps") == "velocity":  # dopri5 steps in t: any end of the range will do
-            reg_ts, reg_te = schedule.t_start, schedule.t_end
-        ts = float(reg_ts if t_start is None else t_start)
-        te = float(reg_te if t_end is None else t_end)
-
-        def eps_fn(xx, t):  # the adaptive solver's native prediction: "eps" (dpm_adaptive) or "velocity" (dopri5)
-            return convert(fn(xx, t), xx, t, schedule, prediction, getattr(plan, "native", "eps"))
-
-        with torch.no_grad():
-            out, _ = plan.solve(eps_fn, x, schedule, ts, te, callback)
-            if t_end is None and te != float(schedule.t_end):
-                tt = torch.full((out.shape[0],), te, dtype=out.dtype, device=out.device)
-                out = convert(fn(out, tt), out, tt, schedule, prediction, "x0")
-        return out
-    if getattr(plan, "batch", 1) not in (1, x.shape[0]):
+    _require(plan, parallel is not None and not plan.supports_picard, "supports_picard")
+    _require(plan, cuda_graph and not plan.supports_cuda_graph, "supports_cuda_graph")
+    _require(plan, return_trajectory and not plan.supports_trajectory, "supports_trajectory")
+    if plan.kind is Kind.ADAPTIVE:
+        return _adaptive(plan, fn, x, schedule, prediction, t_start, t_end, callback)
+    if plan.batch not in (1, x.shape[0]):
         raise ValueError(f"steps: per-sample times for {plan.batch} samples, but x has batch {x.shape[0]}; expected "
                          "a grid [M + 1] shared by the batch or one row per sample [x.shape[0], M + 1]")
     if parallel is not None and x.dim() >= _ops.MAX_DIMS:
@@ -427,9 +441,6 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
                          f"{x.dim()}: the Picard window stacks x-shaped states into one {_ops.MAX_DIMS}-dimensional "
                          "kernel argument at most; flatten the per-sample dimensions and restore them in the model")
     if parallel is not None:
-        if isinstance(plan, V3Plan):
-            raise ValueError("parallel: dpm_solver_v3's per-dimension steps are not available to the Picard "
-                             "sampler; use a multistep solver of diffcore.solvers (e.g. dpmpp_3m, unipc_3)")
         if cuda_graph or progress:
             raise ValueError("parallel: cuda_graph and progress are not available with the Picard sampler")
         B = x.shape[0]
@@ -451,7 +462,7 @@ def sample(model: Callable, x: torch.Tensor, schedule: Union[str, "_schedules.Sc
             if callback is not None or return_trajectory or progress:
                 raise ValueError("cuda_graph: callback, return_trajectory and progress need host work per step")
             nkey = None
-            if plan.noise_draws:
+            if plan.stochastic:
                 if seed is None or generator is not None or noise is not None:
                     raise ValueError("cuda_graph: a stochastic sampler needs seed= (it is captured with the graph)")
                 ids = None if sample_ids is None else tuple(torch.as_tensor(sample_ids).tolist())

@@ -1,7 +1,8 @@
 """Few-step samplers of distilled students behind one API.
 
-Every student exposes ``few_step_sample(x, schedule, steps, model_kwargs=None, generator=None)`` and
-is accepted by :func:`diffcore.sample` (which dispatches to it), so
+Every student is a :class:`~diffcore.solvers.protocol.Student` (the sampler protocol's third kind) and
+exposes ``few_step_sample(x, schedule, steps, model_kwargs=None, generator=None)``;
+:func:`diffcore.sample` dispatches to it, so
 ``diffcore.sample(student, x, schedule, steps=k)`` runs the student's own sampler:
 
 * :class:`PDStudent` — DDIM with the student on its own grid (book §10.3, book §10.3.2);
@@ -20,6 +21,7 @@ import torch
 from .. import schedules as _schedules
 from ..param import canonical_prediction
 from ..solvers.onestep import ddim_step
+from ..solvers.protocol import Student
 from .consistency import ConsistencyFunction, consistency_sample, karras_grid
 from .ctm import gamma_sample
 from .meanflow import meanflow_sample
@@ -43,11 +45,13 @@ def _steps(steps) -> int:
     return steps
 
 
-class PDStudent:
+class PDStudent(Student):
     """A progressive-distillation student: DDIM on its own ``grid`` (decreasing, ``N + 1`` times).
 
     ``steps`` must be ``N`` or a divisor of it (then every ``N/steps``-th grid point is used, as the
     student of a later halving round would)."""
+
+    name = "pd_student"
 
     def __init__(self, net: Callable, schedule, grid, prediction="x0"):
         self.net, self.schedule = net, _schedules.get(schedule)
@@ -76,10 +80,13 @@ class PDStudent:
         return x
 
 
-class ConsistencyStudent:
+class ConsistencyStudent(Student):
     """A consistency model ``f_θ`` (:class:`~diffcore.distill.consistency.ConsistencyFunction`).
     ``steps = M``: times ``T`` then ``M − 1`` points of the Karras grid ``karras_grid(M + 1, t_min, T)``
     (descending, without ``t_min``). ``T`` defaults to the schedule's ``t_start``."""
+
+    name = "consistency_student"
+    stochastic = True  # multistep sampling re-noises between steps
 
     def __init__(self, model: ConsistencyFunction, T: Optional[float] = None, rho: float = 7.0):
         if not isinstance(model, ConsistencyFunction):
@@ -101,8 +108,10 @@ class ConsistencyStudent:
                                   noise, model_kwargs)
 
 
-class MeanFlowStudent:
+class MeanFlowStudent(Student):
     """A MeanFlow average-velocity network ``h(x, s, t)``; ``steps = M``: uniform times ``T → 0``."""
+
+    name = "meanflow_student"
 
     def __init__(self, net: Callable, schedule="rf", T: float = 1.0):
         self.net, self.schedule, self.T = net, _schedules.get(schedule), float(T)
@@ -119,12 +128,18 @@ class MeanFlowStudent:
         return meanflow_sample(self.net, x, self.times(steps), model_kwargs)
 
 
-class CTMStudent:
+class CTMStudent(Student):
     """A CTM ``G_θ(x, s, t)`` on ``edm`` (:class:`~diffcore.distill.ctm.CTMModel`); ``steps = M``: the
     Karras grid ``T → 0`` (``karras_grid(M + 1, 0, T)``, ρ = 7) with γ-sampling at ``gamma``."""
 
+    name = "ctm_student"
+
     def __init__(self, model: Callable, T: float = 80.0, gamma: float = 0.0, rho: float = 7.0):
         self.model, self.schedule, self.T, self.gamma, self.rho = model, _schedules.get("edm"), float(T), gamma, rho
+
+    @property
+    def stochastic(self) -> bool:  # γ > 0 re-noises between steps
+        return self.gamma > 0
 
     def __call__(self, x, s, t, **model_kwargs):
         return self.model(x, s, t, **model_kwargs)
@@ -140,13 +155,16 @@ class CTMStudent:
         return gamma_sample(self.model, x, self.times(steps), self.gamma, generator, noise)
 
 
-class SCMStudent:
+class SCMStudent(Student):
     """A TrigFlow consistency model ``f_θ`` (:class:`~diffcore.distill.scm.TrigConsistency`) on
     ``schedules.get("trig", sigma_data=σ_d)``, sampled by :func:`~diffcore.distill.scm.scm_sample`
     (Lu & Song 2025; ``x`` starts as ``σ_d ε``, the trig prior at ``s = π/2``). ``steps = M``: TrigFlow times
     ``π/2`` then the first ``M − 1`` entries of ``mid_times`` (decreasing, in ``(0, π/2)``); the default
     ``(1.1,)`` is the sCM paper's two-step intermediate time (Lu & Song 2025).
     """
+
+    name = "scm_student"
+    stochastic = True  # multistep sampling re-noises between steps
 
     def __init__(self, model: TrigConsistency, mid_times: Sequence[float] = (1.1,)):
         if not isinstance(model, TrigConsistency):

@@ -23,6 +23,7 @@ import torch
 
 from ..noise import Noise
 from ..schedules import EDM
+from ..solvers.protocol import Kind, kind_of
 
 __all__ = ["check_inputs", "run"]
 
@@ -67,7 +68,8 @@ def _progress(n: int, disable):
 def run(solver, model, x: torch.Tensor, sigmas: torch.Tensor, grid: torch.Tensor, extra_args: Optional[dict],
         callback: Optional[Callable], disable, noise=None, noise_step: Callable[[int, int], int] = None,
         sigma_hat: Optional[Callable[[int], torch.Tensor]] = None, pbar=None) -> torch.Tensor:
-    """Sample with ``solver`` (a diffcore solver object) on the σ grid ``grid``.
+    """Sample with ``solver`` (a fixed-grid diffcore solver, ``Kind.GRID`` of
+    :mod:`diffcore.solvers.protocol`) on the σ grid ``grid``.
 
     Args:
         noise: None (deterministic solver), a :class:`diffcore.noise.Noise` (in-kernel Philox or
@@ -80,9 +82,13 @@ def run(solver, model, x: torch.Tensor, sigmas: torch.Tensor, grid: torch.Tensor
             caller that finishes the run with steps of its own.
     """
     kw = extra_args or {}
+    if kind_of(solver) is not Kind.GRID:  # k-diffusion's loop lists its σ grid up front
+        raise TypeError(f"solver: expected a fixed-grid diffcore solver, got {type(solver).__name__}")
     plan = solver.plan(_SCHEDULE, grid, device=x.device, dtype=x.dtype, prediction="x0")
     if noise is None or isinstance(noise, Noise):
         state = plan.init_state(x, noise)
+    elif not plan.stochastic:  # no draw to route (k-diffusion draws nothing there either)
+        state = plan.init_state(x)
     else:
         step_of: Dict[int, int] = {}
         if plan.prelude is not None:

@@ -3,7 +3,8 @@
 An embedded pair in λ: the lower-order update (DPM-Solver-1, resp. DPM-Solver-2 with r₁ = ⅓) and the
 higher-order one (DPM-Solver-2 with r₁ = ½, resp. DPM-Solver-3 with r = ⅓, ⅔) share model
 evaluations; the step is accepted when the scaled RMS difference ``E`` is at most 1 for every sample,
-and ``h ← min(θ h E^{−1/order}, λ_end − λ_s)``. One step size is shared by the whole batch, so each
+and ``h ← min(θ h E^{−1/order}, λ_end − λ_s)`` (the I-controller of the shared
+:class:`~.adaptive_control.StepController`, unclipped as in the reference). One step size is shared by the whole batch, so each
 step reads ``E`` back to the host: this solver is **not** sync-free and cannot be captured in a CUDA
 graph (per-sample adaptive stepping is a different solver).
 """
@@ -15,7 +16,8 @@ from typing import Callable, Optional
 import torch
 
 from ..schedules import Schedule
-from .adaptive_control import MAX_REJECTIONS, check_count, check_number, check_order
+from .adaptive_control import MAX_REJECTIONS, StepController, check_count, check_number, check_order
+from .protocol import AdaptiveSolver
 
 
 def _scalar_vals(schedule: Schedule, t: float):
@@ -25,7 +27,7 @@ def _scalar_vals(schedule: Schedule, t: float):
     return a, s, (math.log(a) if a > 0 else -math.inf) - (math.log(s) if s > 0 else -math.inf)
 
 
-class DPMAdaptive:
+class DPMAdaptive(AdaptiveSolver):
     """Adaptive DPM-Solver on noise predictions.
 
     Args:
@@ -42,7 +44,6 @@ class DPMAdaptive:
 
     name = "dpm_adaptive"
     native = "eps"
-    adaptive = True
 
     def __init__(self, order: int = 3, rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
                  theta: float = 0.9, t_err: float = 1e-5, max_steps: int = 100000,
@@ -54,6 +55,12 @@ class DPMAdaptive:
         self.t_err = check_number("t_err", t_err, 0.0)
         self.max_steps = check_count("max_steps", max_steps)
         self.max_rejections = check_count("max_rejections", max_rejections)
+
+    @property
+    def controller(self) -> StepController:
+        """The reference's law: θ·E^{−1/k} after acceptance and rejection alike, no factor limits."""
+        return StepController.integral(self.order, theta=self.theta, fac_min=0.0, fac_max=math.inf,
+                                       max_rejections=self.max_rejections)
 
     def __repr__(self) -> str:
         return f"dpm_adaptive(order={self.order}, rtol={self.rtol}, atol={self.atol})"
@@ -84,6 +91,7 @@ class DPMAdaptive:
         h = math.copysign(min(self.h_init, abs(lam_end - lam_T)), lam_end - lam_T)
         x_prev = x
         eps_s = None
+        ctrl = self.controller
         nfe = steps = rejected = streak = 0
 
         def ddim(xs, eps, a_s_, a_t, s_t, r_s, r_t):  # x_t = (α_t/α_s)x_s − α_t(ρ_s − ρ_t) ε, exact at any h
@@ -144,14 +152,10 @@ class DPMAdaptive:
             else:
                 rejected += 1
                 streak += 1
-                if streak >= self.max_rejections:
-                    raise RuntimeError(
-                        f"rtol, atol: dpm_adaptive could not control the step size at t={s:.6g}: "
-                        f"{streak} consecutive rejected steps (max_rejections={self.max_rejections}; last "
-                        f"h={abs(h):.3g} in λ, error E={E:.3g} with rtol={self.rtol:g}, atol={self.atol:g}). "
-                        f"Loosen the tolerances or check that the model is smooth in x and t")
-            E = max(E, 1e-10)
-            h_new = self.theta * abs(h) * E ** (-1.0 / self.order)
+                if streak >= ctrl.max_rejections:
+                    raise ctrl.rejection_error("dpm_adaptive", f"at t={s:.6g}", streak, h, E, self.rtol,
+                                                          self.atol)
+            h_new = abs(h) * ctrl.scalar_factor(E)
             h = math.copysign(min(h_new, abs(lam_end - lam_s)), lam_end - lam_s) if lam_end != lam_s else 0.0
             if h == 0.0:
                 break

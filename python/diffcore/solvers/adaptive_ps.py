@@ -6,7 +6,8 @@ DPM-Solver-2 (r₁ = ⅓)/-3 (order 3) in λ, sharing model evaluations — but 
 λ, step size ``h``, previous error, accept/reject state and NFE count, as torchode does for batches of
 independent problems: an easy sample is not dragged through the smallest steps of the hardest one.
 
-Error control (per sample; :mod:`.adaptive_control`, fused in ``csrc/core/adaptive.h``):
+Error control (per sample; the shared :class:`~.adaptive_control.StepController`, fused in
+``csrc/core/adaptive.h``):
 tolerance ``atol + rtol·max(|x|, |x_high|)`` per element and the RMS norm over the sample's elements
 (torchdiffeq's semantics), accept iff ``E ≤ 1``; after an accepted step the PI controller
 ``h ← h·θ·E_n^{−0.7/k}·E_{n−1}^{0.4/k}`` (Gustafsson 1991; Hairer & Wanner II §IV.2), after a
@@ -31,13 +32,14 @@ import torch
 
 from .. import _ops
 from ..schedules import Schedule
-from .adaptive_control import (END_TOL, MAX_REJECTIONS, check_count, check_number, check_order, pi_control,
-                               rms_error)
+from .adaptive_control import (END_TOL, MAX_REJECTIONS, StepController, check_count, check_number, check_order,
+                               pi_control, rms_error)
+from .protocol import AdaptiveSolver
 
 __all__ = ["DPMAdaptivePS"]
 
 
-class DPMAdaptivePS:
+class DPMAdaptivePS(AdaptiveSolver):
     """Adaptive DPM-Solver on noise predictions with per-sample steps (module docstring).
 
     Args:
@@ -55,7 +57,6 @@ class DPMAdaptivePS:
 
     name = "dpm_adaptive_ps"
     native = "eps"
-    adaptive = True
 
     def __init__(self, order: int = 3, rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
                  theta: float = 0.9, fac_min: float = 0.2, fac_max: float = 5.0, per_sample: bool = True,
@@ -76,18 +77,28 @@ class DPMAdaptivePS:
         self.per_sample, self.max_rounds = per_sample, check_count("max_rounds", max_rounds)
         self.max_rejections = check_count("max_rejections", max_rejections)
 
+    @property
+    def controller(self) -> StepController:
+        """The PI controller of the module docstring with this solver's options."""
+        return StepController(self.order, theta=self.theta, fac_min=self.fac_min, fac_max=self.fac_max,
+                              max_rejections=self.max_rejections)
+
+    @property
+    def per_sample_control(self) -> bool:
+        return self.per_sample
+
     def __repr__(self) -> str:
         return (f"dpm_adaptive_ps(order={self.order}, rtol={self.rtol}, atol={self.atol}, "
                 f"per_sample={self.per_sample})")
 
-    def _control(self, x, x_low, x_high, h, err_prev, lam_s, lam_t, lam_end, active):
-        kw = dict(order=self.order, theta=self.theta, fac_min=self.fac_min, fac_max=self.fac_max)
+    def _control(self, ctrl, x, x_low, x_high, h, err_prev, lam_s, lam_t, lam_end, active):
         if self.per_sample:
             return _ops.adaptive_control(x, x_low, x_high, h, err_prev, lam_s, lam_t, lam_end, active,
-                                         atol=self.atol, rtol=self.rtol, **kw)
+                                         atol=self.atol, rtol=self.rtol, **ctrl.kernel_options())
         E = rms_error(x, x_low, x_high, self.atol, self.rtol)
         E = E.max().expand_as(E).contiguous()  # the batch shares the largest error
-        return pi_control(x, x_high, E, h, err_prev, lam_s, lam_t, lam_end, active, **kw), E
+        return pi_control(x, x_high, E, h, err_prev, lam_s, lam_t, lam_end, active, order=ctrl.order,
+                          controller=ctrl), E
 
     @staticmethod
     def _nonfinite(E, idx, ea, d1, d2, ts, t1, t2):
@@ -136,6 +147,7 @@ class DPMAdaptivePS:
         streak = torch.zeros_like(nfe)  # consecutive rejections of the current step
         r1, r2 = (0.5, None) if self.order == 2 else (1.0 / 3.0, 2.0 / 3.0)
         rounds = calls = 0
+        ctrl = self.controller
         shape1 = (-1,) + (1,) * (x.dim() - 1)
 
         def at(lam, t=None):
@@ -189,21 +201,18 @@ class DPMAdaptivePS:
                 phi2 = torch.expm1(hl) / hl - 1.0
                 x_high = base - bc(s_t * phi2 / r2) * d2
             ha, ep, la, act = h[idx], err_prev[idx], lam_s[idx], active[idx]
-            acc, E = self._control(xa, x_low.contiguous(), x_high.contiguous(), ha, ep, la, lt, le, act)
+            acc, E = self._control(ctrl, xa, x_low.contiguous(), x_high.contiguous(), ha, ep, la, lt, le, act)
             x[idx], h[idx], err_prev[idx], lam_s[idx], active[idx] = xa, ha, ep, la, act
             sk = torch.where(acc, torch.zeros_like(streak[idx]), streak[idx] + 1)
             streak[idx] = sk
-            nonfinite, stuck = torch.stack([(~torch.isfinite(E)).any(), (sk >= self.max_rejections).any()]).tolist()
+            nonfinite, stuck = torch.stack([(~torch.isfinite(E)).any(), (sk >= ctrl.max_rejections).any()]).tolist()
             if nonfinite:
                 self._nonfinite(E, idx, ea, d1, d2 if self.order == 3 else None, ts, t1, t2 if self.order == 3 else None)
             if stuck:
                 j = int(torch.argmax(sk))
-                raise RuntimeError(
-                    f"rtol, atol: dpm_adaptive_ps could not control the step size of sample {int(idx[j])} at "
-                    f"t={float(ts[j]):.6g}: {int(sk[j])} consecutive rejected steps (max_rejections="
-                    f"{self.max_rejections}; last h={float(hh[j]):.3g} in λ, error E={float(E[j]):.3g} with "
-                    f"rtol={self.rtol:g}, atol={self.atol:g}). Loosen the tolerances or check that the model is "
-                    f"smooth in x and t")
+                raise ctrl.rejection_error("dpm_adaptive_ps", f"of sample {int(idx[j])} at "
+                                                      f"t={float(ts[j]):.6g}", int(sk[j]), float(hh[j]), float(E[j]),
+                                                      self.rtol, self.atol)
             t_s[idx] = torch.where(acc, tt, ts)
             fresh[idx] = fresh[idx] & ~acc
             steps[idx] += acc.to(torch.int64)

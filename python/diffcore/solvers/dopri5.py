@@ -15,7 +15,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .adaptive_control import check_count, check_number
+from .adaptive_control import MAX_REJECTIONS, StepController, check_count, check_number
+from .protocol import AdaptiveSolver
 from .tableau import DOPRI5, ButcherTableau
 
 __all__ = ["Dopri5", "integrate"]
@@ -29,7 +30,7 @@ def _rms(a: torch.Tensor) -> torch.Tensor:
 
 def integrate(rhs: Callable, y0: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, rtol: float, atol: float,
               max_steps: int = 10000, batch_control: bool = False, safety: float = 0.9, fac_min: float = 0.2,
-              fac_max: float = 10.0, tableau: ButcherTableau = DOPRI5):
+              fac_max: float = 10.0, tableau: ButcherTableau = DOPRI5, max_rejections: int = MAX_REJECTIONS):
     """Integrate ``dy/dt = rhs(t, y, idx)`` from ``t0`` to ``t1`` (per sample, either direction) with an
     embedded FSAL pair (default Dormand–Prince 5(4)).
 
@@ -46,10 +47,12 @@ def integrate(rhs: Callable, y0: torch.Tensor, t0: torch.Tensor, t1: torch.Tenso
             when the largest per-sample error norm is ≤ 1 (cheaper bookkeeping, batch-dependent result).
         max_steps: raise ``RuntimeError`` after this many trial steps of one sample.
         tableau: an FSAL tableau with ``b_err`` (its last stage at the new solution).
+        max_rejections: raise ``RuntimeError`` when a sample's step is rejected this many times in a row.
 
     The first step size follows Hairer's starting-step algorithm (one extra evaluation; Hairer I,
     §II.4); then ``h ← h·min(fac_max, max(fac_min, safety·err^{−1/(q+1)}))`` with q the embedded
-    order, with no increase right after a rejection (Hairer I, §II.4, Eq. (4.13)).
+    order, with no increase right after a rejection (Hairer I, §II.4, Eq. (4.13)): the I-controller
+    of the shared :class:`~.adaptive_control.StepController`.
 
     Returns ``(y1 [B, N], stats)`` with ``stats = {"nfe": model calls, "nfe_per_sample", "steps",
     "rejected"}`` (the last three ``[B]`` int64).
@@ -58,7 +61,9 @@ def integrate(rhs: Callable, y0: torch.Tensor, t0: torch.Tensor, t1: torch.Tenso
         raise ValueError(f"tableau: expected an FSAL tableau with an error estimate (b_err), got {tableau!r}")
     C, A, E = tableau.c, tableau.a, tableau.b_err
     S = tableau.stages
-    expo = -1.0 / tableau.order  # the error estimate is O(h^order): that of the embedded (order − 1) method
+    # the error estimate is O(h^order): that of the embedded (order − 1) method
+    ctrl = StepController.integral(tableau.order, theta=safety, fac_min=fac_min, fac_max=fac_max,
+                                   max_rejections=max_rejections, hold_after_reject=True)
     B, N = y0.shape
     dev = y0.device
     y, t = y0.clone(), t0.clone()
@@ -67,6 +72,7 @@ def integrate(rhs: Callable, y0: torch.Tensor, t0: torch.Tensor, t1: torch.Tenso
     nfe_s = torch.zeros(B, dtype=torch.long, device=dev)
     n_acc = torch.zeros(B, dtype=torch.long, device=dev)
     n_rej = torch.zeros(B, dtype=torch.long, device=dev)
+    streak = torch.zeros(B, dtype=torch.long, device=dev)  # consecutive rejections of each sample's step
     calls = 0
     stats = {"nfe": 0, "nfe_per_sample": nfe_s, "steps": n_acc, "rejected": n_rej}
     if B == 0:
@@ -103,6 +109,7 @@ def integrate(rhs: Callable, y0: torch.Tensor, t0: torch.Tensor, t1: torch.Tenso
 
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     after_reject = torch.zeros(B, dtype=torch.bool, device=dev)
+    last_err = torch.zeros(B, dtype=_F64, device=dev)
     while True:
         act = torch.nonzero(~done).squeeze(1)
         na = act.numel()
@@ -111,9 +118,14 @@ def integrate(rhs: Callable, y0: torch.Tensor, t0: torch.Tensor, t1: torch.Tenso
         full = na == B
         idx = None if full else act
         ya, ta, fa, t1a, da = (y, t, f, t1, direction) if full else (y[act], t[act], f[act], t1[act], direction[act])
-        if int((n_acc + n_rej).max()) >= max_steps:
+        trials, stuck = torch.stack([(n_acc + n_rej).max(), streak.max()]).tolist()  # one host read
+        if trials >= max_steps:
             raise RuntimeError(f"max_steps: the adaptive solver took more than max_steps={max_steps} trial steps "
                                f"(rtol, atol too tight for this model, or a non-smooth/non-finite model output)")
+        if stuck >= ctrl.max_rejections:
+            j = int(torch.argmax(streak))
+            raise ctrl.rejection_error("the adaptive solver", f"of sample {j} at t={float(t[j]):.6g}", stuck,
+                                       float(h[j]), float(last_err[j]), rtol, atol, unit="in t")
         rem = (t1a - ta) * da  # > 0: t reaches t1 only through an accepted last step
         ulp = torch.finfo(_F64).eps * torch.maximum(ta.abs(), t1a.abs())
         hp = h if full else h[act]
@@ -137,8 +149,7 @@ def integrate(rhs: Callable, y0: torch.Tensor, t0: torch.Tensor, t1: torch.Tenso
         if batch_control:
             en = en.max().expand(na)
         acc = en <= 1.0
-        fac = torch.clamp(safety * en.clamp(min=1e-10) ** expo, fac_min, fac_max)
-        fac = torch.where(acc & (after_reject if full else after_reject[act]), torch.clamp(fac, max=1.0), fac)
+        fac = ctrl.factor(en, acc, after_reject=after_reject if full else after_reject[act])
         t_new = torch.where(acc, torch.where(last, t1a, ta + ha * da), ta)
         y_new = torch.where(acc[:, None], y5, ya)
         f_new = torch.where(acc[:, None], k[S - 1], fa)
@@ -149,6 +160,8 @@ def integrate(rhs: Callable, y0: torch.Tensor, t0: torch.Tensor, t1: torch.Tenso
             after_reject = ~acc
             n_acc += acc.long()
             n_rej += (~acc).long()
+            streak = torch.where(acc, 0, streak + 1)
+            last_err.copy_(en)
         else:
             y[act], t[act], f[act] = y_new, t_new, f_new
             h[act] = ha * fac
@@ -156,11 +169,13 @@ def integrate(rhs: Callable, y0: torch.Tensor, t0: torch.Tensor, t1: torch.Tenso
             after_reject[act] = ~acc
             n_acc.index_add_(0, act, acc.long())
             n_rej.index_add_(0, act, (~acc).long())
+            streak[act] = torch.where(acc, 0, streak[act] + 1)
+            last_err[act] = en
     stats["nfe"] = calls
     return y, stats
 
 
-class Dopri5:
+class Dopri5(AdaptiveSolver):
     """Adaptive Dormand–Prince 5(4) on ``dx/dt = v̂(x, t)`` in the schedule's own time (native
     prediction: velocity), with per-sample step control (module docstring).
 
@@ -174,15 +189,20 @@ class Dopri5:
 
     name = "dopri5"
     native = "velocity"
-    adaptive = True
     order = 5
 
-    def __init__(self, rtol: float = 1e-5, atol: float = 1e-5, max_steps: int = 10000, batch_control: bool = False):
+    def __init__(self, rtol: float = 1e-5, atol: float = 1e-5, max_steps: int = 10000, batch_control: bool = False,
+                 max_rejections: int = MAX_REJECTIONS):
         self.rtol, self.atol = check_number("rtol", rtol, 0.0), check_number("atol", atol, 0.0)
         self.max_steps = check_count("max_steps", max_steps)
+        self.max_rejections = check_count("max_rejections", max_rejections)
         if not isinstance(batch_control, bool):
             raise TypeError(f"batch_control: expected a bool, got {batch_control!r}")
         self.batch_control = batch_control
+
+    @property
+    def per_sample_control(self) -> bool:
+        return not self.batch_control
 
     def __repr__(self) -> str:
         return f"dopri5(rtol={self.rtol}, atol={self.atol})"
@@ -219,7 +239,7 @@ class Dopri5:
         ta = torch.full((B,), t_start, dtype=_F64, device=x.device)
         tb = torch.full((B,), t_end, dtype=_F64, device=x.device)
         y, st = integrate(rhs, y0, ta, tb, self.rtol, self.atol, max_steps=self.max_steps,
-                          batch_control=self.batch_control)
+                          batch_control=self.batch_control, max_rejections=self.max_rejections)
         out = y.reshape(shape)
         if callback is not None:
             callback({"i": int((st["steps"] + st["rejected"]).max()), "t": t_end, "x": out})

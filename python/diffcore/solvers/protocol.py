@@ -94,13 +94,20 @@ class GridSolver(Sampler):
 
 
 class GridPlan(Sampler):
-    """The coefficients of one fixed-grid run (docs/design.md, "Plan / execute protocol"); ``solver``
-    is the :class:`GridSolver` that built it, ``noise_draws`` the number of noise draws of a run."""
+    """The coefficients of one fixed-grid run (docs/design.md, "Plan / execute protocol").
+
+    Attributes:
+        solver: the :class:`GridSolver` that built it.
+        num_steps: the steps ``M``; ``timesteps``: the grid ``[batch, M + 1]`` (float64, CPU).
+        batch: 1 for a grid shared by the batch, ``B`` for per-sample grids.
+        noise_draws: the noise draws of a run (``stochastic`` is ``noise_draws > 0``).
+    """
 
     kind = Kind.GRID
     supports_cuda_graph = True
     supports_picard = True
     noise_draws = 0
+    batch = 1
 
     @property
     def name(self) -> str:

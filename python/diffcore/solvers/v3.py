@@ -46,6 +46,7 @@ from ..ems import EMS, grid_derivative
 from ..param import conversion_coefs, resolve_prediction
 from ..schedules import Schedule
 from .base import _check_bool, _check_order, _grid
+from .protocol import GridPlan, GridSolver
 
 __all__ = ["DPMSolverV3", "V3Plan", "V3State", "deriv_matrix", "step_integrals"]
 
@@ -127,7 +128,7 @@ def step_integrals(tab: _Tables, a: int, b: int, kmax: int):
     return E, Eb
 
 
-class DPMSolverV3:
+class DPMSolverV3(GridSolver):
     """DPM-Solver-v3, multistep, one model call per step (module docstring; Zheng et al. 2023).
 
     Args:
@@ -146,6 +147,8 @@ class DPMSolverV3:
     multistep = True
     stages = 1
     supports_thresholding = False
+    supports_picard = False  # per-dimension steps: no row of the plan / execute engine
+    per_sample_grid = False  # the statistics are shared by the batch
 
     def __init__(self, statistics: EMS = None, order: int = 3, predictor: str = "full", corrector: bool = True,
                  lower_order_final: bool = True):
@@ -182,10 +185,18 @@ class DPMSolverV3:
         return V3Plan(self, schedule, timesteps, device, dtype, resolve_prediction(prediction, schedule))
 
 
-class V3Plan:
+class V3Plan(GridPlan):
     """The weights of one DPM-Solver-v3 run (the plan protocol of :class:`diffcore.solvers.Plan`)."""
 
     noise_draws = 0
+    supports_picard = False
+    per_sample_grid = False
+
+    def refusal(self, capability: str) -> str:
+        if capability == "supports_picard":
+            return ("parallel: dpm_solver_v3's per-dimension steps are not available to the Picard sampler; use a "
+                    "multistep solver of diffcore.solvers (e.g. dpmpp_3m, unipc_3)")
+        return super().refusal(capability)
 
     def __init__(self, solver: DPMSolverV3, schedule: Schedule, timesteps, device, dtype, prediction: str):
         ems = solver.statistics
