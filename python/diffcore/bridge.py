@@ -40,7 +40,7 @@ _F64 = torch.float64
 
 
 # ------------------------------------------------------------------------------------------------
-# helpers
+# input checks and matrix functions
 
 
 def _vec(v, name: str) -> torch.Tensor:

@@ -577,7 +577,8 @@ def emd(a, b, cost) -> EMDResult:
     the plan of any exact solver (e.g. POT's network simplex, ``ot.emd``).
 
     Complexity and limits: the dual simplex has no polynomial bound; measured on random costs its time
-    grows about as ``(n·m)^1.3`` (bench/bench_emd.py). Problems with ``n·m`` above
+    grows as ``(n·m)^0.7``–``(n·m)^1.3``, about 45x POT's network simplex (bench/bench_emd.py, table in
+    docs/bridges.md). Problems with ``n·m`` above
     :data:`EMD_MAX_VARIABLES` (4e6) are refused; for uniform square problems :func:`exact_assignment` is
     much faster, and for large or batched problems use the entropic :func:`sinkhorn`.
 
