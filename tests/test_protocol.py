@@ -327,3 +327,23 @@ def test_no_attribute_dispatch_left():
             assert not pat.search(line), f"{f.name}:{n}: {line.strip()}"
     dropin = (root / "integrations" / "diffusers.py").read_text()
     assert "V3Plan" not in dropin and 'hasattr(solver, "plan")' not in dropin
+
+
+def test_picard_and_k_driver_check_the_kind():
+    """The Picard sampler and the k-diffusion loop take fixed-grid plans only, by the declared kind."""
+    from diffcore.k._driver import run
+    from diffcore.parallel import picard_sample
+
+    x = torch.zeros(2, 1)
+    cfg = diffcore.ParallelConfig()
+    with pytest.raises(TypeError, match="plan: expected a diffcore Plan"):
+        picard_sample(DPMAdaptive(), lambda reps: EPS, x, cfg)
+    v3 = _solver("dpm_solver_v3").plan(SCHED, diffcore.timesteps(SCHED, 4, t_end=1e-2, final_zero=False))
+    with pytest.raises(ValueError, match="parallel: dpm_solver_v3"):
+        picard_sample(v3, lambda reps: EPS, x, cfg)
+    pc = solvers.get("pc").plan(SCHED, diffcore.timesteps(SCHED, 4))
+    with pytest.raises(ValueError, match="solver: pc has data-dependent"):
+        picard_sample(pc, lambda reps: EPS, x, cfg)
+    sig = torch.tensor([2.0, 1.0, 0.0])
+    with pytest.raises(TypeError, match="solver: expected a fixed-grid diffcore solver"):
+        run(Dopri5(), lambda x, s: x, x, sig, sig.double(), None, None, True)

@@ -1,7 +1,7 @@
 """What :func:`diffcore.sample` can run: one abstract base, :class:`Sampler`, whose subclasses declare
-their **kind** and their **capabilities** as class attributes (after diffrax's ``AbstractSolver``,
-Kidger 2021, "On Neural Differential Equations", §5: one interface, capabilities declared by each
-solver rather than probed).
+their **kind** and their **capabilities** as class attributes (after diffrax's ``AbstractSolver``;
+Kidger 2022, "On Neural Differential Equations", arXiv:2202.02435: one interface, capabilities
+declared by each solver rather than probed).
 
 Kinds (:class:`Kind`), each with the abstract methods ``sample`` calls:
 
