@@ -303,3 +303,14 @@ def test_bridge_rejects_bad_input():
     for fn, exc, match in cases:
         with pytest.raises(exc, match=match):
             fn()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_dsb_affine_on_cuda():
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    xs, xt = _gauss_pair(4000, torch.Generator().manual_seed(0))
+    d = bridge.DSB(1, sigma=1.0, num_steps=30, drift="affine", dtype=F64, device="cuda")
+    d.fit(xs.to("cuda"), xt.to("cuda"), iterations=5, num_paths=4000, generator=gen)
+    x1 = d.sample_forward(xs.to("cuda"), generator=gen)
+    assert x1.device.type == "cuda"
+    assert abs(float(x1.mean()) - 2) < 0.08 and abs(float(x1.var()) - 0.25) < 0.06

@@ -20,6 +20,7 @@ from diffcore.likelihood import bits_per_dim, continuous_elbo
 
 F64 = torch.float64
 VP = schedules.get("vp_linear")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gauss():
@@ -241,3 +242,16 @@ def test_continuous_elbo_rejects_bad_input():
         continuous_elbo(lambda z, t: z[:, :1], x, VP)
     with pytest.raises(TypeError, match="schedule"):
         continuous_elbo(model, x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_continuous_elbo_on_cuda_matches_closed_form():
+    g = _gauss()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = g.sample(1000, generator=torch.Generator().manual_seed(1)).to("cuda")
+    model = lambda z, t: g.eps(z, t, VP)  # noqa: E731
+    elbo, terms = continuous_elbo(model, x, VP, n_t=32, generator=gen, return_terms=True)
+    assert elbo.device.type == "cuda"
+    closed = _gauss_elbo(g, x.cpu(), VP, 1e-3, 1.0)
+    se = float(terms["std_err"].pow(2).sum().sqrt()) / x.shape[0]
+    assert abs(float((elbo.cpu() - closed).mean())) < 5 * se

@@ -553,7 +553,8 @@ class DSB:
         ``batch_size`` (state, step) pairs drawn from ``num_paths`` simulated trajectories; affine drifts are
         solved exactly on all of them instead). ``x_src [Ns, D]``,
         ``x_tgt [Nt, D]``: samples of the two marginals (paths start from random rows). ``callback(i, self)``
-        is called after iteration i (1-based). Returns ``self``."""
+        is called after iteration i (1-based). ``generator`` (for the starting rows, the chains' noise and the
+        minibatches) must live on the DSB's device. Returns ``self``."""
         xs = self._check_start(x_src, "x_src")
         xt = self._check_start(x_tgt, "x_tgt")
         iterations = _count(iterations, "iterations")
