@@ -70,6 +70,17 @@ def test_gaussian_sb_drifts_solve_fokker_planck_and_nelson_relation():
         score = -(x - m) @ torch.linalg.inv(S)
         torch.testing.assert_close(sb.forward_drift(x, t) + sb.backward_drift(x, t), sigma ** 2 * score,
                                    rtol=0, atol=1e-12)
+        # the drifts are gradients (of σ² log Ψ and σ² log Ψ̂, book eq. 7.2.13-7.2.14): symmetric Jacobians,
+        # and the potentials' gradients reproduce them while Ψ Ψ̂ = p_t
+        torch.testing.assert_close(Kf, Kf.T, rtol=0, atol=1e-10)
+        torch.testing.assert_close(Kb, Kb.T, rtol=0, atol=1e-10)
+        xg = x.clone().requires_grad_(True)
+        lp, lph = sb.log_potentials(xg, t)
+        gp, gph = torch.autograd.grad(lp.sum(), xg, retain_graph=True)[0], torch.autograd.grad(lph.sum(), xg)[0]
+        torch.testing.assert_close(sigma ** 2 * gp, sb.forward_drift(x, t), rtol=0, atol=1e-10)
+        torch.testing.assert_close(sigma ** 2 * gph, sb.backward_drift(x, t), rtol=0, atol=1e-10)
+        logp = torch.distributions.MultivariateNormal(m, S).log_prob(x)
+        torch.testing.assert_close(lp + lph, logp, rtol=0, atol=1e-10)
     # ends: the marginals are the given ones
     torch.testing.assert_close(sb.marginal(1.0)[1], S1, rtol=0, atol=1e-15)
 
@@ -282,6 +293,7 @@ def test_bridge_rejects_bad_input():
         (lambda: _sb().backward_drift(torch.zeros(3, 2, dtype=F64), 0.0), ValueError, "t: expected a time in"),
         (lambda: _sb().forward_drift(torch.zeros(3, 3, dtype=F64), 0.5), ValueError, r"x: expected shape \(B, 2\)"),
         (lambda: _sb().sample_coupling(0), ValueError, "n: expected"),
+        (lambda: _sb().log_potentials(torch.zeros(3, 2, dtype=F64), 1.0), ValueError, "t: expected a time in"),
         (lambda: bridge.static_bridge(torch.zeros(3, 2), torch.zeros(4, 3), 1.0), ValueError, "y: expected shape"),
         (lambda: bridge.static_bridge([[0.0]], torch.zeros(4, 1), 1.0), TypeError, "x: expected"),
         (lambda: bridge.static_bridge(torch.zeros(3, 1), torch.zeros(4, 1), -1.0), ValueError, "sigma"),

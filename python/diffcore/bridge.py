@@ -9,7 +9,8 @@ and ``σ²``), and its optimal path law is the mixture of Brownian bridges over 
 
 * Closed forms between Gaussians (the test oracles; derivations in docs/bridges.md):
   :func:`gaussian_sb` (Bunne et al. 2023, "The Schrödinger Bridge between Gaussian Measures has a Closed
-  Form", Thm. 3: coupling, time marginals, forward and backward drifts), :func:`gaussian_ot_map` (the Brenier
+  Form", Thm. 3: coupling, time marginals, forward and backward drifts, the Schrödinger potentials),
+  :func:`gaussian_ot_map` (the Brenier
   map and W2², book eq. 7.2.1), :func:`gaussian_ot_velocity` (the Benamou–Brenier minimizer, book eq. 7.2.3),
   :func:`gaussian_linear_flow_map` (the flow map of the marginal velocity of linear interpolation with the
   independent coupling, book §5.2 / §7.5: not the OT map when the covariances do not commute).
@@ -239,6 +240,28 @@ class GaussianSB(NamedTuple):
         cov_0t = (1 - t) * self.cov0 + t * self.cross_cov  # Cov(x0, x_t)
         e0 = self.mean0 + (x - mt) @ torch.linalg.solve(St, cov_0t.T)
         return (e0 - x) / t
+
+    def log_potentials(self, x: torch.Tensor, t: float) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The Schrödinger potentials ``(log Ψ_t(x), log Ψ̂_t(x))`` ``[B]`` (book eq. 7.2.11–7.2.14 with f = 0,
+        g = σ): ``p_t = Ψ_t Ψ̂_t``, forward drift ``σ²∇log Ψ_t``, backward drift ``σ²∇log Ψ̂_t``. Both are
+        quadratic; ``log Ψ_t`` is normalized to 0 at the mean ``m_t`` (the pair is defined up to
+        ``(log Ψ + c_t, log Ψ̂ − c_t)``), for ``t ∈ (0, 1)``."""
+        t = float(t)
+        if not 0 < t < 1:
+            raise ValueError(f"t: expected a time in (0, 1), got {t}")
+        x = _points(x, "x", self.mean0.shape[0]).to(_F64)
+        D = self.mean0.shape[0]
+        mt, St = self.marginal(t)
+        pts = torch.cat([mt[None], mt[None] + torch.eye(D, dtype=_F64)])
+        bf = self.forward_drift(pts, t)
+        K = (bf[1:] - bf[:1]).T  # symmetric: the forward drift is a gradient field
+        K = 0.5 * (K + K.T)
+        d = x - mt
+        log_psi = (0.5 * ((d @ K) * d).sum(1) + d @ bf[0]) / self.sigma ** 2
+        L = torch.linalg.cholesky(St)
+        z = torch.linalg.solve_triangular(L, d.T, upper=False).T
+        log_p = -0.5 * ((z * z).sum(1) + D * math.log(2 * math.pi)) - torch.log(torch.diagonal(L)).sum()
+        return log_psi, log_p - log_psi
 
     def sample_coupling(self, n: int, generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """``n`` draws of ``(x0, x1)`` from the optimal coupling (float64, ``[n, D]`` each)."""
