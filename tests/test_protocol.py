@@ -6,9 +6,9 @@ and shared steps), ``dopri5`` (per-sample and batch control) and the likelihood'
 integrator, recorded before these solvers shared the controller, on the reference mixture of
 :mod:`diffcore.convergence` in float64. Step counts, rejections and NFE must be equal; the outputs
 of ``dpm_adaptive_ps``, ``dopri5`` and the likelihood are unchanged to rounding (the controller law
-and its arithmetic are the same operations). ``dpm_adaptive`` forms its factor as ``h·(θ·E^{−1/k})``
-in float64 tensors where it formed ``(θ·h)·E^{−1/k}`` in Python floats: the step sizes differ in
-the last bits (measured: accepted times within 2e-12, outputs within 3e-15), bounded here by 1e-10
+and its arithmetic are the same operations). ``dpm_adaptive`` now multiplies ``h`` by the controller's factor,
+``h·(θ·E^{−1/k})``, where it formed ``(θ·h)·E^{−1/k}``: the step sizes differ by rounding in
+the last bits (measured: accepted times within 2e-12, outputs within 8e-15), bounded here by 1e-10
 and 1e-12.
 """
 import math
@@ -154,6 +154,17 @@ def test_controller_law_closed_form():
     u = StepController.integral(2, fac_min=0.0, fac_max=math.inf)  # dpm_adaptive's unclipped law
     assert u.scalar_factor(1e6) == pytest.approx(0.9 * 1e-3, rel=1e-14)
     assert u.scalar_factor(0.0) == pytest.approx(0.9 * 1e5, rel=1e-14)  # E floored at 1e-10
+
+
+@pytest.mark.parametrize("ctrl", [StepController(3), StepController.integral(5, fac_max=10.0, hold_after_reject=True),
+                                  StepController.integral(2, fac_min=0.0, fac_max=math.inf)])
+def test_controller_scalar_path_is_the_tensor_path(ctrl):
+    """The host-float factor of a shared step equals the tensor one (same operations, libm's pow)."""
+    for E in (0.0, 1e-12, 0.3, 1.0, 1.0000001, 7.5, 1e8):
+        for after, ep in ((False, 1.0), (True, 0.02)):
+            t = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
+            want = float(ctrl.factor(t(E), t(E) <= 1, t(ep), torch.tensor([after]))[0])
+            assert ctrl.scalar_factor(E, after, ep) == pytest.approx(want, rel=1e-15, abs=0)
 
 
 def test_controller_constants_come_from_the_core():

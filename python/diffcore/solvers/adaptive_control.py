@@ -129,9 +129,20 @@ class StepController:
         return torch.where(accepted, E.clamp_min(ERR_PREV_FLOOR), err_prev)
 
     def scalar_factor(self, E: float, after_reject: bool = False, err_prev: float = 1.0) -> float:
-        """:meth:`factor` of one shared step (a host float ``E``, as a batch-wide controller reads it)."""
-        one = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
-        return float(self.factor(one(E), one(E) <= 1.0, one(err_prev), torch.tensor([after_reject]))[0])
+        """:meth:`factor` of one shared step, in host floats (a batch-wide controller has read ``E``
+        back already; a tensor round trip would cost more than the arithmetic). Same operations."""
+        accepted = E <= 1.0
+        Ec = E if E != E else max(E, ERR_FLOOR)
+        if accepted or (self.k_i == 1.0 and self.k_p == 0):
+            fac = self.theta * Ec ** (-(self.k_i + self.k_p) / self.order)
+            if accepted and self.k_p != 0:
+                fac = fac * err_prev ** (self.k_p / self.order)
+        else:
+            fac = self.theta * Ec ** (-1.0 / self.order)
+        fac = fac if fac != fac else min(max(fac, self.fac_min), self.fac_max)
+        if self.hold_after_reject and accepted and after_reject:
+            fac = min(fac, 1.0)
+        return fac
 
     def rejection_error(self, who: str, where: str, streak: int, h: float, E: float, rtol: float, atol: float,
                         unit: str = "in λ") -> RuntimeError:
