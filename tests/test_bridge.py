@@ -237,6 +237,10 @@ def test_dsb_affine_drifts_converge_to_the_gaussian_bridge():
     assert last["fwd_mean"] < first["fwd_mean"] / 3 and last["bwd_mean"] < first["bwd_mean"] / 3
     assert last["fwd_mean"] < 0.08 and last["fwd_var"] < 0.06 and last["cross"] < 0.05
     assert last["bwd_mean"] < 0.2 and last["bwd_var"] < 0.1
+    # the time-½ marginal of the forward chain is the bridge's N(m_½, Σ_½) (mean 1, variance ≈ 0.54)
+    mid = d.sample_forward(xs, generator=gen, return_path=True)[15, :, 0]
+    m_half, S_half = bridge.gaussian_sb([0.0], [[1.0]], [2.0], [[0.25]], 1.0).marginal(0.5)
+    assert abs(float(mid.mean()) - float(m_half)) < 0.06 and abs(float(mid.var()) - float(S_half)) < 0.06
 
 
 def test_dsb_mlp_quick_run_moves_toward_the_target():
