@@ -267,3 +267,144 @@ def test_step_grid_aliased_output():
         assert_bitwise(res[1][0], res[0][0], f"{dtype} x aliased as the model output")
         assert_bitwise(res[1][1], res[0][1], f"{dtype} ring with x aliased as the model output")
     del g
+
+
+# ------------------------------------------------------------------------------------- Picard window
+
+from diffcore.parallel import window_update_reference  # noqa: E402
+
+
+def _picard_both(x, phi, sig2, tol, carry):
+    out = []
+    for emulate in (False, True):
+        prev = _core._emulate_cuda(emulate)
+        try:
+            out.append(_ops.picard_window(x, phi, sig2, tol, carry))
+        finally:
+            _core._emulate_cuda(prev)
+    return out
+
+
+# (P positions per sample, buffers per position): one tile, several tiles with a ragged end, odd sizes
+_PICARD_SHAPES = [(1, 1), (37, 1), (1500, 1), (5001, 1), (3, 2), (2050, 2), (333, 3), (1031, 3), (517, 4)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("misaligned", [False, True])
+def test_picard_grid_matches_cpu(dtype, misaligned):
+    g = torch.Generator().manual_seed(400 + misaligned)
+    for q, (P, nb) in enumerate(_PICARD_SHAPES):
+        J, B = (1, 3, 6)[q % 3], (1, 3)[q % 2]
+        S = (P, nb) if nb > 1 else (P,)
+        x = rand((J + 1, B) + S, torch.float64, g)
+        phi = (x[:-1] + 0.1 * rand((J, B) + S, torch.float64, g)).to(dtype)
+        x = x.to(dtype)
+        if misaligned:  # the trajectory buffer's rows start one element past a 16-byte boundary
+            x, phi = at_offset(x, 1), at_offset(phi, 3)
+        sig2 = torch.rand(J, B, generator=g, dtype=torch.float64) + 0.5
+        carry = None
+        if nb > 1:
+            carry = torch.randint(-1, nb, (J, nb), generator=g)
+            carry[0] = torch.arange(nb)
+        (y0, r0, s0), (y1, r1, s1) = _picard_both(x, phi, sig2, 0.05, carry)
+        what = f"{dtype} P={P} nb={nb} J={J} B={B} misaligned={misaligned}"
+        assert_bitwise(y1, y0, what + ": y")
+        # the squared norms are summed in another order (per thread, then a tree): rounding only
+        assert torch.allclose(r1, r0, rtol=1e-12 if dtype == torch.float64 else 1e-6, atol=0), what
+        yr, rr, sr = window_update_reference(x, phi, sig2, 0.05, carry)
+        assert torch.allclose(r1, rr, rtol=1e-11 if dtype == torch.float64 else 2e-5, atol=0), what
+        for tol in (0.0, 1e9, float(rr[1:].max().sqrt()) * 0.999 if J > 1 else 1.0):
+            (_, _, s0), (_, _, s1) = _picard_both(x, phi, sig2, tol, carry)
+            assert int(s1) == int(s0) == int(window_update_reference(x, phi, sig2, tol, carry)[2]), what
+
+
+# ------------------------------------------------------------------ the same grids on a CUDA device
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def at_offset_on(t, off, device):
+    buf = torch.empty(t.numel() + off + 8, dtype=t.dtype, device=device)
+    v = buf[off:off + t.numel()].view(t.shape)
+    v.copy_(t)
+    return v
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_lincomb_matches_cpu(dtype):
+    g = torch.Generator().manual_seed(500)
+    for (B, N) in _sizes(dtype) + [(16, 1 << 16)]:
+        for K in (0, 1, 2, 5, 6):
+            for offs in _OFFSETS:
+                x = rand((B, N), dtype, g)
+                ring = rand((K, B, N), dtype, g) if K else None
+                new = rand((B, N), dtype, g) if K else None
+                slot = K // 2 if K else -1
+                coefs = torch.randn(B, 1 + K, generator=g, dtype=torch.float64)
+                rc = None if ring is None else at_offset(ring, offs[1])
+                want = lincomb(at_offset(x, offs[0]), coefs, rc, None if new is None else at_offset(new, offs[2]), slot)
+                rg = None if ring is None else at_offset_on(ring, offs[1], "cuda")
+                got = lincomb(at_offset_on(x, offs[0], "cuda"), coefs.to("cuda"), rg,
+                              None if new is None else at_offset_on(new, offs[2], "cuda"), slot)
+                what = f"cuda lincomb {dtype} K={K} B={B} N={N} offsets={offs}"
+                assert_bitwise(got.cpu(), want, what)
+                if ring is not None:
+                    assert_bitwise(rg.cpu(), rc, what + " ring")
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_step_matches_cpu(dtype):
+    g = torch.Generator().manual_seed(600)
+    for (B, N) in _sizes(dtype) + [(16, 1 << 16)]:
+        for K in (0, 1, 2, 5):
+            slot = K - 1 if K else -1
+            for second, noise, rec, raw in [(False, _NOISE_NONE, (0, slot, 1, 0, -1), False),
+                                            (True, _NOISE_PHILOX, (1, slot, 1, 1, 3), False),
+                                            (True, _NOISE_TENSOR, (0, -1, 0, 1, 0), True)]:
+                for offs in [(0, 0, 0, 0), (1, 1, 1, 1), (0, 3, 1, 2)]:
+                    x, o = rand((B, N), dtype, g), rand((B, N), dtype, g)
+                    y = rand((B, N), dtype, g) if second else None
+                    ring = rand((K, B, N), dtype, g) if K else None
+                    z = rand((B, N), dtype, g) if noise == _NOISE_TENSOR else None
+                    coefs = torch.randn(B, 1, 1, 12 + 2 * K, generator=g, dtype=torch.float64)
+                    res = []
+                    for dev in ("cpu", "cuda"):
+                        xs = at_offset_on(x, offs[0], dev)
+                        ys = None if y is None else at_offset_on(y, offs[1], dev)
+                        rs = None if ring is None else at_offset_on(ring, offs[2], dev)
+                        ids = torch.arange(100, 100 + B, dtype=torch.int64, device=dev)
+                        st = _ops.make_stepper(xs, ys, rs, coefs.to(dev), list(rec), noise, 11, ids)
+                        zc = None if z is None else _to_dlpack(z.to(dev))
+                        stream = torch.cuda.current_stream().cuda_stream if dev == "cuda" else 0
+                        st.step(0, 0, _to_dlpack(at_offset_on(o, offs[3], dev)), raw, 1, stream, zc)
+                        res.append([None if t is None else t.cpu() for t in (xs, ys, rs)])
+                    what = f"cuda step {dtype} K={K} B={B} N={N} noise={noise} offsets={offs}"
+                    for name, a, b in zip(("x", "y", "ring"), res[1], res[0]):
+                        if a is not None:
+                            assert_bitwise(a, b, f"{what}: {name}")
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_picard_matches_cpu(dtype):
+    g = torch.Generator().manual_seed(700)
+    for q, (P, nb) in enumerate(_PICARD_SHAPES + [(1 << 16, 2)]):
+        J, B = (1, 3, 6)[q % 3], (1, 3)[q % 2]
+        S = (P, nb) if nb > 1 else (P,)
+        x = rand((J + 1, B) + S, torch.float64, g)
+        phi = (x[:-1] + 0.1 * rand((J, B) + S, torch.float64, g)).to(dtype)
+        x = x.to(dtype)
+        sig2 = torch.rand(J, B, generator=g, dtype=torch.float64) + 0.5
+        carry = None
+        if nb > 1:
+            carry = torch.randint(-1, nb, (J, nb), generator=g)
+            carry[0] = torch.arange(nb)
+        y0, r0, s0 = _ops.picard_window(x, phi, sig2, 0.05, carry)
+        y1, r1, s1 = _ops.picard_window(x.cuda(), phi.cuda(), sig2.cuda(), 0.05,
+                                        None if carry is None else carry.cuda())
+        what = f"cuda picard {dtype} P={P} nb={nb} J={J} B={B}"
+        assert_bitwise(y1.cpu(), y0, what + ": y")
+        assert torch.allclose(r1.cpu(), r0, rtol=1e-12 if dtype == torch.float64 else 1e-6, atol=0), what
+        assert int(s1) == int(s0), what

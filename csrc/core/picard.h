@@ -38,12 +38,12 @@ struct PicardArgs {
   double tau2 = 0;  // τ², compared in the compute type like the reference's `residual > τ²`
 };
 
-// Node j of the scan at position p of sample b: returns ‖C_j‖² over the position's buffers (the
-// residual's numerator term), writes y_j and advances corr from C_j to C_{j+1}.
-template <class T, int NB>
-DC_HD double picard_node(const PicardArgs& a, int64_t j, int64_t b, int64_t p,
-                         typename Compute<T>::type* corr) {
-  using C = typename Compute<T>::type;
+// Node j of the scan at one position from its values: returns ‖C_j‖² over the position's buffers (the
+// residual's numerator term), writes y_j and advances corr from C_j to C_{j+1}. f = phi_j and
+// xn = x_{j+1} at the position. Every path (the CPU tiles, the CUDA vector and scalar paths) computes
+// through this.
+template <class C, int NB>
+DC_HD double picard_value(const PicardArgs& a, int64_t j, C* corr, const C* f, const C* xn, C* y) {
   double sq = 0.0;
   for (int k = 0; k < NB; ++k) sq += double(corr[k]) * double(corr[k]);
   C g[NB];
@@ -59,15 +59,29 @@ DC_HD double picard_node(const PicardArgs& a, int64_t j, int64_t b, int64_t p,
   } else {
     for (int k = 0; k < NB; ++k) g[k] = corr[k];
   }
+  for (int k = 0; k < NB; ++k) {
+    y[k] = f[k] + g[k];                 // Y_{ℓ+j+1} = Φ_{ℓ+j}(X_{ℓ+j}) + G_j
+    corr[k] = (f[k] - xn[k]) + g[k];    // C_{j+1} = (Φ − X_{ℓ+j+1}) + G_j
+  }
+  return sq;
+}
+
+// Node j at position p of sample b, through memory.
+template <class T, int NB>
+DC_HD double picard_node(const PicardArgs& a, int64_t j, int64_t b, int64_t p,
+                         typename Compute<T>::type* corr) {
+  using C = typename Compute<T>::type;
   const int64_t off = p * NB;
   const T* ph = static_cast<const T*>(a.phi) + j * a.phi_sj + b * a.phi_sb + off;
   const T* xn = static_cast<const T*>(a.x) + (j + 1) * a.x_sj + b * a.x_sb + off;
   T* y = static_cast<T*>(a.y) + j * a.y_sj + b * a.y_sb + off;
+  C f[NB], xv[NB], yv[NB];
   for (int k = 0; k < NB; ++k) {
-    const C f = load_as<C>(ph + k);
-    store_from(y + k, f + g[k]);                  // Y_{ℓ+j+1} = Φ_{ℓ+j}(X_{ℓ+j}) + G_j
-    corr[k] = (f - load_as<C>(xn + k)) + g[k];    // C_{j+1} = (Φ − X_{ℓ+j+1}) + G_j
+    f[k] = load_as<C>(ph + k);
+    xv[k] = load_as<C>(xn + k);
   }
+  const double sq = picard_value<C, NB>(a, j, corr, f, xv, yv);
+  for (int k = 0; k < NB; ++k) store_from(y + k, yv[k]);
   return sq;
 }
 
@@ -80,7 +94,11 @@ DC_HD C picard_residual(C num, C D, C s2) {
 // Backend entry points (cpu/picard_cpu.cpp, cuda/picard_cuda.cu).
 void picard_window_cpu(const PicardArgs& a, DType dtype, int nthreads);
 void picard_window_cuda(const PicardArgs& a, DType dtype, int device, uintptr_t stream);
-constexpr int64_t kPicardCudaTile = 256;  // positions per CUDA block (one per thread)
+// The CUDA launch run on the host, block by block and thread by thread (csrc/cpu/block_emulate.cpp).
+void picard_window_emulate(const PicardArgs& a, DType dtype);
+// A CUDA block covers at least kPicardCudaTile positions (csrc/core/picard_block.h), so the scratch of
+// picard_cuda_tiles(P) tiles per (node, sample) always suffices.
+constexpr int64_t kPicardCudaTile = 256;
 inline int64_t picard_cuda_tiles(int64_t P) { return (P + kPicardCudaTile - 1) / kPicardCudaTile; }
 
 }  // namespace dc

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <vector>
 
+#include "core/block_geometry.h"
 #include "core/picard.h"
 #include "cpu/chunked.h"
 
@@ -67,6 +68,7 @@ void picard_nb(const PicardArgs& a, int nthreads) {
 }  // namespace
 
 void picard_window_cpu(const PicardArgs& a, DType dtype, int nthreads) {
+  if (cuda_emulation()) return picard_window_emulate(a, dtype);
   // float32 / float64 only (the binding rejects the rest): the reference computes in the storage type.
   if (dtype == DType::F64) picard_nb<double>(a, nthreads);
   else if (dtype == DType::F32) picard_nb<float>(a, nthreads);
