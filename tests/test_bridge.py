@@ -191,14 +191,13 @@ def test_diffusion_pf_ode_of_gaussian_data_is_the_ot_map():
     pts = torch.cat([torch.zeros(1, 2, dtype=F64), torch.eye(2, dtype=F64), x])
     y = g.flow_map(pts, 1.0, 1e-3, sched)
     L = (y[1:3] - y[:1]).T
-    v1, v0 = sched.eval(torch.tensor([1.0, 1e-3], dtype=F64)), None
-    a1, s1 = float(v1.alpha[0]), float(v1.sigma[0])
-    a0, s0 = float(v1.alpha[1]), float(v1.sigma[1])
+    v = sched.eval(torch.tensor([1.0, 1e-3], dtype=F64))
+    a1, s1 = float(v.alpha[0]), float(v.sigma[0])
+    a0, s0 = float(v.alpha[1]), float(v.sigma[1])
     A, bvec, _ = bridge.gaussian_ot_map(a1 * M1, a1 ** 2 * S1 + s1 ** 2 * torch.eye(2, dtype=F64),
                                         a0 * M1, a0 ** 2 * S1 + s0 ** 2 * torch.eye(2, dtype=F64))
     torch.testing.assert_close(L, A, rtol=0, atol=1e-9)
     torch.testing.assert_close(y[3:], x @ A.T + bvec, rtol=0, atol=1e-9)
-    del v0
 
 
 # ------------------------------------------------------------------------------------------------

@@ -170,12 +170,12 @@ def gaussian_linear_flow_map(mean0, cov0, mean1, cov1, rtol: float = 1e-11) -> T
     so ``dM/dt = (t Σ1 − (1 − t) Σ0) Σ_t^{-1} M``, ``M(0) = I``, integrated by SciPy's DOP853 to ``rtol``.
     It pushes ``N(m0, Σ0)`` to ``N(m1, Σ1)`` (``M Σ0 Mᵀ = Σ1``) but ``M`` is not symmetric, hence not the
     Brenier map (:func:`gaussian_ot_map`), unless Σ0 and Σ1 commute (book §7.5.1). Returns ``(M, c)``."""
+    import numpy as np
     from scipy.integrate import solve_ivp
     m0, S0, m1, S1 = _gaussians(mean0, cov0, mean1, cov1)
     rtol = _positive(rtol, "rtol")
     D = m0.shape[0]
     S0n, S1n = S0.numpy(), S1.numpy()
-    import numpy as np
 
     def rhs(t, y):
         St = (1 - t) ** 2 * S0n + t ** 2 * S1n
