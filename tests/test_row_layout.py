@@ -195,3 +195,104 @@ def test_plans_and_steps_are_bit_identical_to_the_recorded_ones(key):
 def test_every_pinned_case_is_still_built():
     # solvers added later are not pinned; every pinned one must still exist
     assert set(PINS) <= set(CASES)
+
+
+# -- the declarations themselves ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("K", range(0, 6))
+def test_row_columns_are_the_documented_bijection(K):
+    # docs/design.md: [cu, co | ax, ay, ar_0..ar_{K-1}, am | bx, by, br_0..br_{K-1}, bm | zx, zy | ta, tb]
+    L = _row.layout(K)
+    order = ([L.cu, L.co, L.ax, L.ay] + [L.ar(k) for k in range(K)] + [L.am, L.bx, L.by]
+             + [L.br(k) for k in range(K)] + [L.bm, L.zx, L.zy, L.ta, L.tb])
+    assert order == list(range(12 + 2 * K)) and L.ncoef == 12 + 2 * K == _row.ncoef(K)
+    assert _row.interval(K) == slice(10 + 2 * K, 12 + 2 * K)
+
+
+def test_row_layout_refuses_bad_slots():
+    with pytest.raises(ValueError, match="K: expected 0 <= K <= 5"):
+        _row.layout(6)
+    with pytest.raises(ValueError, match="K: expected"):
+        _row.layout(-1)
+    with pytest.raises(IndexError, match=r"k: expected a ring slot in \[0, 2\)"):
+        _row.layout(2).ar(2)
+    with pytest.raises(IndexError, match="k: expected"):
+        _row.layout(0).br(0)
+
+
+def test_stage_and_node_records_and_enumerations_come_from_the_core():
+    from diffcore import _ops
+    from diffcore.noise import DOMAIN_BROWNIAN, DOMAIN_PRIOR, DOMAIN_STEP
+    from diffcore.param import PREDICTION_TYPES
+    R, N = _ops.StageRecord, _ops.NodeRecord
+    assert sorted([R.INPUT, R.SLOT, R.WRITE_X, R.WRITE_Y, R.DRAW]) == list(range(R.FIELDS)) == list(range(5))
+    assert sorted([N.T, N.ALPHA, N.SIGMA, N.LAM, N.DALPHA, N.DSIGMA]) == list(range(N.FIELDS)) == list(range(6))
+    assert tuple(_row.PREDICTION) == PREDICTION_TYPES and sorted(_row.PREDICTION.values()) == list(range(5))
+    assert (DOMAIN_STEP, DOMAIN_PRIOR, DOMAIN_BROWNIAN) == tuple(int(v) for v in _ops.NoiseDomain.__members__.values())
+    rec = _row.stage([1, 0, 1, 0, 3, 0, -1, 0, 1, -1], 1)
+    assert rec == _row.Stage(0, -1, False, True, -1)
+    assert _row.draws([1, 0, 1, 0, 3, 0, -1, 0, 1, -1]) == [3, -1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_step_reads_every_named_column(dtype):
+    # a hand-written row (every weight distinct) applied by the kernel equals the documented update
+    # computed here in float64, so the kernel and diffcore._row agree on every column
+    from diffcore import _ops
+    K, B, N = 2, 3, 37
+    g = torch.Generator().manual_seed(7)
+    L = _row.layout(K)
+    row = torch.zeros(1, 1, 1, L.ncoef, dtype=torch.float64)
+    vals = torch.rand(L.ncoef, generator=g, dtype=torch.float64) + 0.5
+    for c in [L.cu, L.co, L.ax, L.ay, L.ar(0), L.ar(1), L.am, L.bx, L.by, L.br(0), L.br(1), L.bm, L.zx, L.zy]:
+        row[0, 0, 0, c] = vals[c]
+    x, y, o, z = (torch.randn(B, N, generator=g, dtype=torch.float64) for _ in range(4))
+    ring = torch.randn(K, B, N, generator=g, dtype=torch.float64)
+    w = {k: float(vals[getattr(L, k)]) for k in ("cu", "co", "ax", "ay", "am", "bx", "by", "bm", "zx", "zy")}
+    m = w["cu"] * y + w["co"] * o  # the record below reads the model input from y
+    want_x = (w["ax"] * x + w["ay"] * y + float(vals[L.ar(0)]) * ring[0] + float(vals[L.ar(1)]) * ring[1]
+              + w["am"] * m + w["zx"] * z)
+    want_y = (w["bx"] * x + w["by"] * y + float(vals[L.br(0)]) * ring[0] + float(vals[L.br(1)]) * ring[1]
+              + w["bm"] * m + w["zy"] * z)
+    R = _ops.StageRecord
+    rec = [0] * R.FIELDS
+    rec[R.INPUT], rec[R.SLOT], rec[R.WRITE_X], rec[R.WRITE_Y], rec[R.DRAW] = 1, 1, 1, 1, 0
+    xs, ys, rs, os_, zs = (t.to(dtype).contiguous() for t in (x, y, ring, o, z))
+    st = _ops.make_stepper(xs, ys, rs, row, rec, noise=int(_ops.NoiseKind.tensor))
+    from torch.utils.dlpack import to_dlpack
+    st.step(0, 0, to_dlpack(os_), False, 1, 0, to_dlpack(zs))
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    assert torch.allclose(xs.double(), want_x, rtol=tol, atol=tol)
+    assert torch.allclose(ys.double(), want_y, rtol=tol, atol=tol)
+    assert torch.allclose(rs[1].double(), m, rtol=tol, atol=tol) and torch.equal(rs[0], ring[0].to(dtype))
+
+
+class _BadOptions(solvers.DDIM):
+    def __init__(self, opts, **kw):
+        super().__init__(**kw)
+        self._opts = opts
+
+    def _core_options(self):
+        return self._opts
+
+
+def test_plan_generator_options_are_typed():
+    sched = schedules.VPLinear()
+    with pytest.raises(ValueError, match="options: plan generator 'ddim' has no option 'bogus'"):
+        _BadOptions({"bogus": 1}).plan(sched, torch.linspace(1.0, 1e-3, 4))
+    bad = _BadOptions({"eta": "much"})
+    bad.method = "ddim_eta"
+    with pytest.raises(TypeError, match="options: 'eta' of plan generator 'ddim_eta' got str"):
+        bad.plan(sched, torch.linspace(1.0, 1e-3, 4))
+    unknown = _BadOptions({})
+    unknown.method = "no_such_method"
+    with pytest.raises(ValueError, match="method: unknown plan generator 'no_such_method'; registered: .*ddim"):
+        unknown.plan(sched, torch.linspace(1.0, 1e-3, 4))
+
+
+def test_singular_conversion_names_the_prediction():
+    # an ε model read by a data-prediction solver where α = 0 (rectified flow's t = 1): x0 = (x − σε)/α
+    with pytest.raises(ValueError, match="prediction: converting a 'eps' model to 'x0' is singular"):
+        solvers.get("dpmpp_2m").plan(schedules.RectifiedFlow(), torch.linspace(1.0, 0.0, 5), prediction="eps")
+    with pytest.raises(ValueError, match="src: the Salimans 'v' prediction"):
+        solvers.get("dpmpp_2m").plan(schedules.EDM(), torch.linspace(1.0, 0.0, 5), prediction="v")

@@ -15,9 +15,9 @@
 namespace py = pybind11;
 
 namespace dc {
-void register_schedule_ops(py::module_& m);  // cpu/schedule_cpu.cpp
+void register_schedule_ops(py::module_& m);  // bind/schedule_bind.cpp
 void register_step_ops(py::module_& m);      // bind/step_bind.cpp
-void register_plan_ops(py::module_& m);      // cpu/plan_cpu.cpp
+void register_plan_ops(py::module_& m);      // bind/plan_bind.cpp
 void register_noise_ops(py::module_& m);     // bind/noise_bind.cpp
 void register_ot_ops(py::module_& m);        // bind/ot_bind.cpp
 void register_picard_ops(py::module_& m);    // bind/picard_bind.cpp

@@ -1,4 +1,4 @@
-// Noise-schedule scalar functions in float64, shared by the CPU loop (cpu/schedule_cpu.cpp) and
+// Noise-schedule scalar functions in float64, shared by the CPU loop (bind/schedule_bind.cpp) and
 // usable from CUDA kernels (everything is DC_HD, plain double math, no containers).
 //
 // Each family evaluates the eight quantities (α, σ, α', σ', λ, λ', f, g²) at a time t, and the

@@ -32,8 +32,6 @@ _is_compiling = torch.compiler.is_compiling
 _num_threads: Optional[int] = None
 #: The most dimensions a tensor handed to a compiled kernel may have (csrc/bind/dlpack_view.h).
 MAX_DIMS: int = _core.MAX_DIMS
-#: The adaptive solvers' step-size controller constants and defaults (csrc/core/adaptive.h).
-ADAPTIVE_CONTROL: dict = dict(_core.ADAPTIVE_CONTROL)
 #: The coefficient row's columns and the stage record's fields (csrc/core/row_layout.h; Python reads
 #: rows through diffcore._row), the fused step's noise sources and the Philox key domains.
 RowLayout = _core.RowLayout
@@ -41,6 +39,10 @@ StageRecord = _core.StageRecord
 MAX_RING: int = _core.MAX_RING
 NoiseKind = _core.NoiseKind
 NoiseDomain = _core.NoiseDomain
+NodeRecord = _core.NodeRecord
+Prediction = _core.Prediction
+#: The adaptive solvers' step-size controller constants and defaults (csrc/core/adaptive.h).
+ADAPTIVE_CONTROL: dict = dict(_core.ADAPTIVE_CONTROL)
 _tls = threading.local()
 
 
@@ -420,12 +422,12 @@ def make_stepper(x, y, ring, coefs, layout, noise=0, seed=0, ids=None, span=(0.0
                          float(span[1]), int(depth))
 
 
-def plan_build(method, options, grid, stage, quad, orders, K, S, coefs, mtime, extra=None):
-    """Fill a coefficient plan in the float64 core (csrc/cpu/plan_cpu.cpp); returns (layout, nstages)."""
-    layout, nstages = _core.plan_build(method, dict(options), _capsule(grid), _capsule(stage), _capsule(quad),
-                                       [int(o) for o in orders], int(K), int(S), _capsule(coefs), _capsule(mtime),
-                                       _capsule(extra))
-    return list(layout), list(nstages)
+def plan_build(method, options, grid, stage, quad, orders, K, S, coefs, mtime, extra, prediction, native, prelude):
+    """Fill a coefficient plan in the float64 core (csrc/bind/plan_bind.cpp); returns (layout, nstages, has_prelude)."""
+    layout, nstages, pre = _core.plan_build(method, dict(options), _capsule(grid), _capsule(stage), _capsule(quad),
+                                            [int(o) for o in orders], int(K), int(S), _capsule(coefs), _capsule(mtime),
+                                            _capsule(extra), int(prediction), int(native), _capsule(prelude))
+    return list(layout), list(nstages), bool(pre)
 
 
 def sinkhorn(cost, a, b, eps: float, tol: float, max_iters: int, check_every: int, eps_scaling: int, eps0: float,

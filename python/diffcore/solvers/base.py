@@ -28,6 +28,7 @@ from ..param import _check_v, _is_vp, resolve_prediction
 from ..schedules import Schedule
 from ..noise import DOMAIN_STEP, Noise, default_seed
 from ..thresholding import dynamic_threshold
+from .protocol import GridPlan, GridSolver
 
 __all__ = ["Solver", "Plan", "State", "SOLVER_TYPES"]
 
@@ -55,7 +56,7 @@ def _check_order(order, allowed: Sequence[int]) -> int:
     return order
 
 
-class Solver:
+class Solver(GridSolver):
     """Base class of the deterministic PF-ODE solvers (book Ch. 9).
 
     Subclasses set the class attributes and, where needed, override :meth:`_orders`,
@@ -65,7 +66,7 @@ class Solver:
         name: registry name.
         order: the global order of a correct implementation with these options.
         native: the prediction the update is written in (``"eps"``, ``"x0"`` or ``"velocity"``).
-        method: compiled plan generator (``csrc/cpu/plan_cpu.cpp``).
+        method: compiled plan generator (registered by name in ``csrc/bind/plan_bind.cpp``).
         stages: model evaluations per step (single-step methods) — 1 for multistep ones.
         history: ring slots of past native outputs the update reads (K).
         second_buffer: whether the state needs a second buffer (stage input / last corrected state).
@@ -208,7 +209,7 @@ def _nodes(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
     return _row.node_records(t, a, s, lam, v.dalpha.to(torch.float64), v.dsigma.to(torch.float64))
 
 
-class Plan:
+class Plan(GridPlan):
     """Coefficients of one solver on one schedule and grid (see the module docstring).
 
     Attributes:
@@ -318,6 +319,18 @@ class Plan:
         self._hooks = None if not hooks else [[hooks.get((i, s)) for s in range(S)] for i in range(M)]
 
     # -- protocol ----------------------------------------------------------------------------------
+    per_sample_grid = True
+
+    @property
+    def supports_picard(self) -> bool:  # a Python hook (pc's corrector) is no fixed linear combination
+        return self._hooks is None
+
+    def refusal(self, capability: str) -> str:
+        if capability == "supports_picard":
+            return (f"solver: {self.solver.name} has data-dependent coefficients (a Python hook per step); the "
+                    "Picard sampler needs steps that are fixed linear combinations")
+        return super().refusal(capability)
+
     @property
     def batch(self) -> int:
         """Rows of the plan: 1 for a shared grid, B for per-sample grids."""

@@ -303,13 +303,13 @@ class Langevin(Solver):
         self.step_size = None if step_size is None else _number("step_size", step_size, lo_open=True)
 
     def _steps(self, schedule, grid_t, grid, final_zero):
-        if bool((grid[:, -1, 2] == 0).any()):
+        if bool((grid[:, -1, _row.NODE_SIGMA] == 0).any()):
             raise ValueError("timesteps: Langevin needs a noise level with σ > 0 at the last time")
         M = grid_t.shape[1] - 1
         return grid_t[:, -1:].repeat(1, M + 1).contiguous(), [1] * M, None
 
     def _extra(self, schedule, grid_t, grid):
-        sig = grid[..., 2]
+        sig = grid[..., _row.NODE_SIGMA]
         eta = torch.full_like(sig, self.step_size) if self.step_size is not None else 0.2 * sig ** 2
         return torch.stack([eta, torch.zeros_like(eta)], -1).contiguous()
 
@@ -347,8 +347,8 @@ class AnnealedLangevin(Solver):
         self.include_smallest, self.denoise = include_smallest, denoise
 
     def _levels(self, grid_t, grid):
-        keep = grid[0, :, 2] > 0
-        return grid_t[:, keep], grid[:, keep, 2]
+        keep = grid[0, :, _row.NODE_SIGMA] > 0
+        return grid_t[:, keep], grid[:, keep, _row.NODE_SIGMA]
 
     def _steps(self, schedule, grid_t, grid, final_zero):
         _require_decreasing(self, grid_t)
@@ -363,7 +363,7 @@ class AnnealedLangevin(Solver):
         return grid_new, [1] * cols.shape[1], None
 
     def _extra(self, schedule, grid_t, grid):
-        sig = grid[..., 2]
+        sig = grid[..., _row.NODE_SIGMA]
         s1 = sig[:, -1:]  # the last node is the smallest level
         # default δ = 0.2·σ₁² (NCSN's 2e-5 at σ₁ = 0.01): η_ℓ = 0.2·σ_ℓ², a stable step at every level;
         # NCSN's fixed 2e-5 with a smaller σ₁ (EDM's 0.002) gives η_ℓ/σ_ℓ² = 5 > 2 and diverges at the
@@ -412,7 +412,7 @@ class EDMChurn(Solver):
         self.s_noise = _number("s_noise", s_noise)
 
     def _gammas(self, grid, M):
-        rho = grid[:, :-1, 2] / grid[:, :-1, 1]
+        rho = grid[:, :-1, _row.NODE_SIGMA] / grid[:, :-1, _row.NODE_ALPHA]
         g = min(self.s_churn / M, math.sqrt(2.0) - 1.0)
         inside = (rho >= self.s_tmin) & (rho <= self.s_tmax)
         return torch.where(inside, torch.full_like(rho, g), torch.zeros_like(rho)), rho
@@ -432,17 +432,6 @@ class EDMChurn(Solver):
             that = torch.where(churned, th, that)
         stage_t = torch.stack([that, grid_t[:, 1:]], -1).contiguous()
         return grid_t, orders, stage_t
-
-    def _prelude(self, schedule, grid_t, stage_t):
-        if self.s_churn == 0:
-            return None
-        t0, th0 = grid_t[:, 0], stage_t[:, 0, 0]
-        v0, vh = schedule.eval(t0), schedule.eval(th0)
-        a0, s0 = v0.alpha.to(torch.float64), v0.sigma.to(torch.float64)
-        ah, sh = vh.alpha.to(torch.float64), vh.sigma.to(torch.float64)
-        rho0, rhoh = s0 / a0, sh / ah
-        c = ah * torch.sqrt((rhoh ** 2 - rho0 ** 2).clamp_min(0)) * self.s_noise
-        return torch.stack([ah / a0, c], -1).contiguous()
 
     def _core_options(self):
         return {"churn": self.s_churn > 0, "s_noise": self.s_noise}

@@ -1,4 +1,4 @@
-// CPU entry points of the noise-schedule core (csrc/core/schedule_math.h):
+// Python entry points of the noise-schedule core (csrc/core/schedule_math.h), CPU loops:
 //
 //   _core.schedule_eval(cid, params, table, t, out)     out[q, ...] = quantity q at t[...], q = 0..7
 //                                                       (α, σ, α', σ', λ, λ', f, g²)
