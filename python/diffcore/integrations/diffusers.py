@@ -120,6 +120,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import threading
 from dataclasses import dataclass
 from typing import List, Optional, Union
 
@@ -178,6 +179,8 @@ _GRID_FALLBACK = {"PNDMScheduler": "DDIMScheduler", "DEISMultistepScheduler": "D
                   "LMSDiscreteScheduler": "EulerDiscreteScheduler", "KDPM2DiscreteScheduler": "EulerDiscreteScheduler",
                   "KDPM2AncestralDiscreteScheduler": "EulerDiscreteScheduler"}
 _ADAPTIVE = ("dpm_adaptive", "dpm_adaptive_ps")
+#: the source scheduler from_config built, handed to the __init__ it calls (per thread)
+_PREBUILT = threading.local()
 _PRIVATE = ("_class_name", "_diffusers_version", "_use_default_values")
 
 
@@ -199,6 +202,13 @@ def _diffusers_class(name: str):
     if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
         raise ValueError(f"_class_name: {name!r} is not a diffusers scheduler class")
     return cls
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except (ValueError, TypeError, RuntimeError):  # arrays: compare as lists
+        return np.asarray(a).tolist() == np.asarray(b).tolist()
 
 
 def _init_params(cls) -> set:
@@ -447,7 +457,12 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"beta_schedule: expected 'linear', 'scaled_linear' or 'squaredcos_cap_v2' (or "
                              f"trained_betas), got {bs!r}")
         try:
-            self._src = src_cls(**src_cfg)
+            pre = getattr(_PREBUILT, "source", None)
+            _PREBUILT.source = None
+            if pre is not None and pre[0] == name and all(_same(pre[1].get(k), v) for k, v in src_cfg.items()):
+                self._src = pre[2]
+            else:
+                self._src = src_cls(**src_cfg)
         except (NotImplementedError, ValueError, TypeError) as e:
             raise ValueError(f"_source_config: {name} refused this configuration ({e})") from e
         self._src_name = name
@@ -565,7 +580,13 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         new["_source_config"] = source
         new["_class_name"] = cls.__name__
         ours = {k: v for k, v in kwargs.items() if k not in params or k in own}
-        return super().from_config(new, return_unused_kwargs=return_unused_kwargs, **ours)
+        # __init__ takes this instance instead of building the source again (KDPM2's construction runs its
+        # set_timesteps over all 1000 training levels: about a second)
+        _PREBUILT.source = (src, source, built)
+        try:
+            return super().from_config(new, return_unused_kwargs=return_unused_kwargs, **ours)
+        finally:
+            _PREBUILT.source = None
 
     @classmethod
     def extract_init_dict(cls, config_dict, **kwargs):
