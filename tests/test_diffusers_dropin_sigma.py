@@ -441,15 +441,14 @@ _SWEEP = {
 }
 
 
-@pytest.mark.slow
-def test_randomized_hub_configs_match_or_name_the_attribute():
+def _sweep(classes, draws, seed, least):
     """A seeded sweep of option combinations at 1-25 steps: each either matches diffusers step by step
     within 1e-5 or raises a ValueError naming a config attribute or argument."""
     import random
-    rng = random.Random(7)
+    rng = random.Random(seed)
     matched = named = 0
-    for _ in range(60):
-        cls = rng.choice(sorted(_SWEEP))
+    for _ in range(draws):
+        cls = rng.choice(classes)
         opts = {k: rng.choice(v) for k, v in _SWEEP[cls].items() if rng.random() < 0.5}
         base = SD3_FLOW if cls.startswith("FlowMatch") else rng.choice([SD_PNDM, DDPM_HUB])
         n = rng.choice(STEPS)
@@ -470,7 +469,17 @@ def test_randomized_hub_configs_match_or_name_the_attribute():
             continue
         assert worst <= 1e-5, f"{cls} {opts} n={n}: {worst:.3g} relative off diffusers"
         matched += 1
-    assert matched >= 30, (matched, named)
+    assert matched >= least, (matched, named)
+
+
+def test_randomized_hub_configs_match_or_name_the_attribute():
+    """The sweep over the classes whose diffusers construction is quick (KDPM2's takes ~1 s: below)."""
+    _sweep(sorted(c for c in _SWEEP if not c.startswith("KDPM2")), 40, 7, 25)
+
+
+@pytest.mark.slow
+def test_randomized_hub_configs_match_or_name_the_attribute_all_classes():
+    _sweep(sorted(_SWEEP), 80, 11, 40)
 
 
 # -- diffusers' log-ρ DEIS as a diffcore method ---------------------------------------------------------
