@@ -28,7 +28,6 @@ and indexes it by ``step_index``, the entry of ``timesteps`` being stepped.
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, Optional, Type
 
 import numpy as np
@@ -314,8 +313,6 @@ class DEIS(Stepper):
     during warm-up and, below 15 steps, at the last two steps."""
 
     predictions = ("epsilon", "v_prediction", "sample", "flow_prediction")
-
-    begin_index = True
 
     def reset(self):
         n = int(self.src.config.solver_order)
