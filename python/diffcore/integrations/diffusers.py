@@ -65,7 +65,9 @@ method in :mod:`diffcore.integrations.diffusers_sigma`, indexing the levels the 
 ``set_timesteps`` computed: at 1-3 steps from σ = 14.6 (SD), 80 (EDM) or 4096 (zero SNR) diffusers'
 float32 cancellation puts its output up to 9e-4 off a float64 plan, and the drop-in returns diffusers'
 numbers. † keeps its diffcore plan for :meth:`DiffcoreScheduler.make_plan` and ``diffcore.sample``;
-‡ has no plan (``make_plan`` raises; a thread takes its own :meth:`DiffcoreScheduler.copy`). ``add_noise``
+‡ has no plan (``make_plan`` raises; a thread takes its own :meth:`DiffcoreScheduler.copy`). Their noise
+comes from the ``generator`` passed to each ``step`` (without one, torch's global generator, as in
+diffusers), not from diffcore's Philox streams. ``add_noise``
 looks the timestep up in the source's schedule as diffusers does; a timestep not listed there raises
 naming ``timesteps``.
 
@@ -888,6 +890,13 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         self.solver = self._solver0 = solver
         return True
 
+    def _grid_index(self, i: int) -> int:
+        """The grid point where plan step ``i`` starts: ``i``, except for a single-step plan on grid points
+        (DPMSolverSinglestep), whose step of order k spans k grid intervals."""
+        if not isinstance(self.solver, _solvers.GridSinglestep):
+            return i
+        return int(sum(self._build_plan(torch.device("cpu"), torch.float64).orders[:i]))
+
     def _check_singlestep_orders(self, plan) -> None:
         """DPMSolverSinglestepScheduler: the plan's steps (groups of listed levels) follow the source's
         ``order_list`` (a safety net: both apply diffusers' ``get_order_list``)."""
@@ -1091,7 +1100,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         if kind != "step" or s != 0:
             raise ValueError(f"begin_index: entry {begin_index} is stage {s} of step {i}; expected the first stage of a step")
         if i > 0:
-            sub = self._build_plan(torch.device("cpu"), torch.float64, self.diffcore_times[i:])
+            sub = self._build_plan(torch.device("cpu"), torch.float64, self.diffcore_times[self._grid_index(i):])
             tail = [e[1] - i for e in self._entries[begin_index:]]
             if getattr(sub, "prelude", None) is not None or tail != [j for j in range(sub.num_steps) for _ in sub.stages(j)]:
                 raise ValueError(f"begin_index: {self.solver.name} started at step {i} has other stages than the "
@@ -1184,7 +1193,7 @@ class DiffcoreScheduler(SchedulerMixin, ConfigMixin):
         times = None
         if self._begin_index:
             i0 = self._entries[self._begin_index][1]
-            times = self.diffcore_times[i0:]
+            times = self.diffcore_times[self._grid_index(i0):]
             if times.numel() < 2:
                 raise ValueError("begin_index: no solver step left after it")
         plan = self._build_plan(sample.device, dtype, times)
