@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import diffcore
-from diffcore import noise, schedules, solvers
+from diffcore import _row, noise, schedules, solvers
 
 SCH = schedules.get("vp_linear")
 B, D = 8, 5
@@ -55,7 +55,7 @@ def test_brownian_noise_is_each_samples_own_tree():
     for i in range(plan.num_steps):
         st = plan.init_state(zero, noise.Noise(seed=5, brownian=True))
         plan.step(st, i, 0, zero)
-        z = st.x / plan.coefs[:, i, 0, 8 + 2 * K, None]
+        z = st.x / plan.coefs[:, i, 0, _row.layout(K).zx, None]
         for b in range(Bs):
             ref = trees[b].increment(g[b, i], g[b, i + 1])[0]
             assert (z[b] - ref).abs().max().item() < 1e-9, (i, b)

@@ -296,3 +296,15 @@ def test_singular_conversion_names_the_prediction():
         solvers.get("dpmpp_2m").plan(schedules.RectifiedFlow(), torch.linspace(1.0, 0.0, 5), prediction="eps")
     with pytest.raises(ValueError, match="src: the Salimans 'v' prediction"):
         solvers.get("dpmpp_2m").plan(schedules.EDM(), torch.linspace(1.0, 0.0, 5), prediction="v")
+
+
+def test_schedule_families_and_ot_codes_are_the_cores():
+    from diffcore import _ops, ot
+    fams = {schedules.VPLinear: "vp_linear", schedules.VPCosine: "vp_cosine", schedules.VPDiscrete: "vp_discrete",
+            schedules.SubVP: "subvp", schedules.VE: "ve", schedules.EDM: "edm", schedules.RectifiedFlow: "rectified_flow",
+            schedules.Trig: "trig"}
+    assert {cls._cid for cls in fams} == set(range(len(_ops.ScheduleFamily.__members__)))
+    for cls, name in fams.items():
+        assert cls._cid == int(_ops.ScheduleFamily.__members__[name])
+    assert ot._CONVERGED == int(_ops.OTStatus.converged) == 0 and ot._BREAKDOWN == int(_ops.OTStatus.breakdown)
+    assert (ot._SCALE_OFF, ot._SCALE_ON, ot._SCALE_AUTO) == (0, 1, 2)

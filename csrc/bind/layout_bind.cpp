@@ -1,12 +1,14 @@
 // The declarations Python reads by name instead of mirroring them: the coefficient row's column
 // offsets and the stage and node records' fields (csrc/core/row_layout.h), the prediction types
 // (csrc/core/prediction.h), the step's noise sources (csrc/core/solver_step.h) and noise domains
-// (csrc/core/philox.h).
+// (csrc/core/philox.h), the schedule family ids (csrc/core/schedule_math.h) and the optimal-transport
+// solver's status codes and ε-scaling modes (csrc/ot/ot_math.h).
 //
 //   _core.RowLayout(K)          .cu .co .ax .ay .am .bx .by .bm .zx .zy .ta .tb .ncoef, .ar(k) .br(k)
 //   _core.StageRecord           .INPUT .SLOT .WRITE_X .WRITE_Y .DRAW .FIELDS
 //   _core.NodeRecord            .T .ALPHA .SIGMA .LAM .DALPHA .DSIGMA .FIELDS
-//   _core.Prediction, _core.NoiseKind, _core.NoiseDomain   enumerations
+//   _core.Prediction, _core.NoiseKind, _core.NoiseDomain, _core.ScheduleFamily, _core.OTStatus,
+//   _core.EpsScaling   enumerations
 #include <pybind11/pybind11.h>
 
 #include <string>
@@ -14,6 +16,8 @@
 #include "core/philox.h"
 #include "core/prediction.h"
 #include "core/row_layout.h"
+#include "core/schedule_math.h"
+#include "ot/ot_math.h"
 #include "core/solver_step.h"
 
 namespace py = pybind11;
@@ -85,6 +89,28 @@ void register_layout_ops(py::module_& m) {
       .value("step", kDomainStep)
       .value("prior", kDomainPrior)
       .value("brownian", kDomainBrownian);
+  py::enum_<ScheduleFamily>(m, "ScheduleFamily", "compiled-core schedule family ids (csrc/core/schedule_math.h)")
+      .value("vp_linear", kVPLinear)
+      .value("vp_cosine", kVPCosine)
+      .value("vp_discrete", kVPDiscrete)
+      .value("subvp", kSubVP)
+      .value("ve", kVE)
+      .value("edm", kEDM)
+      .value("rectified_flow", kRectifiedFlow)
+      .value("trig", kTrig);
+  py::enum_<ot::Status>(m, "OTStatus", "per-problem status of the Sinkhorn solver (csrc/ot/ot_math.h)")
+      .value("converged", ot::kConverged)
+      .value("max_iters", ot::kMaxIters)
+      .value("bad_cost", ot::kBadCost)
+      .value("bad_a", ot::kBadA)
+      .value("bad_b", ot::kBadB)
+      .value("sum_a", ot::kSumA)
+      .value("sum_b", ot::kSumB)
+      .value("breakdown", ot::kBreakdown);
+  py::enum_<ot::EpsScaling>(m, "EpsScaling", "ε-scaling mode of a Sinkhorn solve (csrc/ot/ot_math.h)")
+      .value("off", ot::kScalingOff)
+      .value("on", ot::kScalingOn)
+      .value("auto", ot::kScalingAuto);
 }
 
 }  // namespace dc

@@ -68,7 +68,7 @@ void sinkhorn(py::handle cost_c, py::handle a_c, py::handle b_c, py::handle plan
   if (!(tol >= 0.0)) throw py::value_error("tol: expected tol >= 0");
   if (max_iters < 0) throw py::value_error("max_iters: expected max_iters >= 0");
   if (check_every < 1) throw py::value_error("check_every: expected check_every >= 1");
-  if (eps_scaling < 0 || eps_scaling > 2) throw py::value_error("eps_scaling: expected 0 (off), 1 (on) or 2 (auto)");
+  if (eps_scaling < ot::kScalingOff || eps_scaling > ot::kScalingAuto) throw py::value_error("eps_scaling: expected 0 (off), 1 (on) or 2 (auto)");
   if (!(eps0 >= 0.0) || !std::isfinite(eps0))
     throw py::value_error("eps0: expected a positive finite number (0: the cost range)");
   if (!(eps_q > 0.0 && eps_q < 1.0)) throw py::value_error("eps_q: expected 0 < eps_q < 1");

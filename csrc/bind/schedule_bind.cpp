@@ -33,7 +33,7 @@ SchedParams make_params(int cid, const std::vector<double>& params, py::handle t
   SchedParams sp;
   sp.cid = cid;
   for (int i = 0; i < np; ++i) sp.p[i] = params[i];
-  if (cid == 2) {
+  if (cid == kVPDiscrete) {
     const double n = sp.p[0];
     if (!(n >= 1.0 && n <= 1e15 && n == double(int64_t(n))))
       throw py::value_error("params: expected the number of training timesteps N (an integer >= 1), got " +

@@ -23,7 +23,7 @@ struct Node {
 // `noisy` marks an expression that draws noise (even where its weight happens to be 0, so that the
 // draw numbering of a plan does not depend on the grid).
 struct Lin {
-  static constexpr int kX = 0, kY = 1, kM = 2 + kMaxRing, kZ = 3 + kMaxRing, kTerms = 4 + kMaxRing;
+  static constexpr int kX = 0, kY = 1, kR0 = 2, kM = kR0 + kMaxRing, kZ = kM + 1, kTerms = kZ + 1;
   double c[kTerms] = {};
   bool noisy = false;
   static Lin term(int k, double w = 1.0) { Lin l; l.c[k] = w; l.noisy = k == kZ; return l; }
@@ -31,7 +31,7 @@ struct Lin {
   static Lin Y() { return term(kY); }
   static Lin M() { return term(kM); }
   static Lin Z() { return term(kZ); }
-  static Lin R(int slot) { return term(2 + slot); }
+  static Lin R(int slot) { return term(kR0 + slot); }
   Lin operator+(const Lin& o) const {
     Lin r; for (int k = 0; k < kTerms; ++k) r.c[k] = c[k] + o.c[k];
     r.noisy = noisy || o.noisy; return r;
@@ -143,10 +143,10 @@ struct PlanIO {
           throw std::domain_error("plan: non-finite coefficient at step " + std::to_string(i) + ", stage " +
                                   std::to_string(s) + " (a step to or from σ = 0 or α = 0 that this method cannot take)");
       for (int k = K; k < kMaxRing; ++k)
-        if (e->c[2 + k] != 0.0) throw std::logic_error("plan: expression uses ring slot beyond K");
+        if (e->c[Lin::kR0 + k] != 0.0) throw std::logic_error("plan: expression uses ring slot beyond K");
       r[j ? L.bx() : L.ax()] = e->c[Lin::kX];
       r[j ? L.by() : L.ay()] = e->c[Lin::kY];
-      for (int k = 0; k < K; ++k) r[j ? L.br(k) : L.ar(k)] = e->c[2 + k];
+      for (int k = 0; k < K; ++k) r[j ? L.br(k) : L.ar(k)] = e->c[Lin::kR0 + k];
       r[j ? L.bm() : L.am()] = e->c[Lin::kM];
       r[j ? L.zy() : L.zx()] = e->c[Lin::kZ];
     };

@@ -21,7 +21,11 @@
 
 namespace dc {
 
-constexpr int kNumScheduleFamilies = 8;
+// The family ids (`cid`); the binding exports them as _core.ScheduleFamily.
+enum ScheduleFamily : int {
+  kVPLinear = 0, kVPCosine = 1, kVPDiscrete = 2, kSubVP = 3, kVE = 4, kEDM = 5, kRectifiedFlow = 6, kTrig = 7,
+  kNumScheduleFamilies = 8
+};
 constexpr double kSchedPi = 3.141592653589793;  // == Python's math.pi
 
 struct SchedParams {
@@ -34,14 +38,14 @@ struct SchedParams {
 // Number of parameters each family expects (-1: unknown family).
 DC_HD int schedule_num_params(int cid) {
   switch (cid) {
-    case 0: return 2;
-    case 1: return 1;
-    case 2: return 1;
-    case 3: return 2;
-    case 4: return 3;
-    case 5: return 0;
-    case 6: return 1;
-    case 7: return 1;
+    case kVPLinear: return 2;
+    case kVPCosine: return 1;
+    case kVPDiscrete: return 1;
+    case kSubVP: return 2;
+    case kVE: return 3;
+    case kEDM: return 0;
+    case kRectifiedFlow: return 1;
+    case kTrig: return 1;
     default: return -1;
   }
 }
@@ -84,7 +88,7 @@ DC_HD int64_t discrete_segment(double t, int64_t N) {
 DC_HD void schedule_eval_one(const SchedParams& sp, double t, double out[8]) {
   using namespace sched_detail;
   switch (sp.cid) {
-    case 0: {  // VPLinear
+    case kVPLinear: {  // VPLinear
       double beta, B;
       linear_beta(sp.p[0], sp.p[1], t, beta, B);
       const double alpha = exp(-0.5 * B);
@@ -94,7 +98,7 @@ DC_HD void schedule_eval_one(const SchedParams& sp, double t, double out[8]) {
            -0.5 * log(expm1(B)), -beta / (2.0 * sig2), -0.5 * beta, beta);
       return;
     }
-    case 1: {  // VPCosine
+    case kVPCosine: {  // VPCosine
       const double s = sp.p[0];
       const double k = kSchedPi / (2.0 * (1.0 + s));
       const double c0 = cos(k * s);
@@ -110,7 +114,7 @@ DC_HD void schedule_eval_one(const SchedParams& sp, double t, double out[8]) {
            -2.0 * f);
       return;
     }
-    case 2: {  // VPDiscrete: log α piecewise linear between the knots
+    case kVPDiscrete: {  // VPDiscrete: log α piecewise linear between the knots
       const int64_t N = int64_t(sp.p[0]);
       const int64_t j = discrete_segment(t, N);
       const double la0 = sp.table[j];
@@ -125,7 +129,7 @@ DC_HD void schedule_eval_one(const SchedParams& sp, double t, double out[8]) {
            -2.0 * dla);
       return;
     }
-    case 3: {  // SubVP
+    case kSubVP: {  // SubVP
       double beta, B;
       linear_beta(sp.p[0], sp.p[1], t, beta, B);
       const double alpha = exp(-0.5 * B);
@@ -135,7 +139,7 @@ DC_HD void schedule_eval_one(const SchedParams& sp, double t, double out[8]) {
            -0.5 * beta, beta * -expm1(-2.0 * B));
       return;
     }
-    case 4: {  // VE (geometric σ); exact: kernel std √(σ(t)² − σ_min²)
+    case kVE: {  // VE (geometric σ); exact: kernel std √(σ(t)² − σ_min²)
       const double smin = sp.p[0], smax = sp.p[1];
       const double L = log(smax / smin);
       const double st = smin * exp(t * L);
@@ -148,10 +152,10 @@ DC_HD void schedule_eval_one(const SchedParams& sp, double t, double out[8]) {
       set8(out, 1.0, sigma, 0.0, dsigma, -log(sigma), -dsigma / sigma, 0.0, (2.0 * st) * st * L);
       return;
     }
-    case 5:  // EDM: α = 1, σ = t
+    case kEDM:  // EDM: α = 1, σ = t
       set8(out, 1.0, t, 0.0, 1.0, -log(t), -1.0 / t, 0.0, 2.0 * t);
       return;
-    case 6: {  // RectifiedFlow with time shift
+    case kRectifiedFlow: {  // RectifiedFlow with time shift
       const double s = sp.p[0];
       const double den = 1.0 + (s - 1.0) * t;
       const double u = s * t / den;
@@ -161,7 +165,7 @@ DC_HD void schedule_eval_one(const SchedParams& sp, double t, double out[8]) {
            ((2.0 * s) * s) * t / ((den * den) * omt));
       return;
     }
-    case 7: {  // Trig
+    case kTrig: {  // Trig
       const double h = kSchedPi / 2.0;
       const double sd = sp.p[0];
       const double c = sin(h * (1.0 - t));  // cos(πt/2), exactly 0 at t = 1
@@ -181,9 +185,9 @@ DC_HD void schedule_eval_one(const SchedParams& sp, double t, double out[8]) {
 DC_HD double schedule_inverse_one(const SchedParams& sp, double lam) {
   using namespace sched_detail;
   switch (sp.cid) {
-    case 0:  // VPLinear: B = softplus(−2λ)
+    case kVPLinear:  // VPLinear: B = softplus(−2λ)
       return linear_beta_inverse(sp.p[0], sp.p[1], softplus(-2.0 * lam));
-    case 1: {  // VPCosine
+    case kVPCosine: {  // VPCosine
       const double s = sp.p[0];
       const double k = kSchedPi / (2.0 * (1.0 + s));
       const double s0 = sin(k * s), c0 = cos(k * s);
@@ -194,7 +198,7 @@ DC_HD double schedule_inverse_one(const SchedParams& sp, double lam) {
       const double R = sqrt(s0 * s0 + (c0 * c0) * sig2);
       return atan2(c0 * sig2 / (R + s0 * alpha), (c0 * c0) * alpha + s0 * R) / k;
     }
-    case 2: {  // VPDiscrete: binary search for the segment, then linear in log α
+    case kVPDiscrete: {  // VPDiscrete: binary search for the segment, then linear in log α
       const int64_t N = int64_t(sp.p[0]);
       const double la = -0.5 * softplus(-2.0 * lam);
       const double v = -la;
@@ -211,22 +215,22 @@ DC_HD double schedule_inverse_one(const SchedParams& sp, double lam) {
       const double frac = (nj - v) / (nj - nj1);
       return (double(j) + frac) / double(N);
     }
-    case 3: {  // SubVP: α solves e^λ α² + α − e^λ = 0; B = −2 log α without cancellation
+    case kSubVP: {  // SubVP: α solves e^λ α² + α − e^λ = 0; B = −2 log α without cancellation
       const double u = exp(-lam);
       const double Bl = 2.0 * log1p(0.5 * (u + u * u / (sqrt(u * u + 4.0) + 2.0)));
       return linear_beta_inverse(sp.p[0], sp.p[1], Bl);
     }
-    case 4: {  // VE
+    case kVE: {  // VE
       const double smin = sp.p[0], smax = sp.p[1];
       const double L = log(smax / smin);
       if (sp.p[2] == 0.0) return (-lam - log(smin)) / L;
       return 0.5 * log1p(exp(-2.0 * lam) / (smin * smin)) / L;
     }
-    case 5:  // EDM
+    case kEDM:  // EDM
       return exp(-lam);
-    case 6:  // RectifiedFlow
+    case kRectifiedFlow:  // RectifiedFlow
       return sigmoid(-lam - log(sp.p[0]));
-    case 7:  // Trig
+    case kTrig:  // Trig
       return (2.0 / kSchedPi) * atan2(1.0, sp.p[0] * exp(lam));
     default:
       return NAN;

@@ -51,7 +51,11 @@ constexpr int kCandidates = 4;           // ω_t, then 1 + (ω_t − 1)/2, 1 + (
 // reasonable budget (bench/RESULTS.md, tests/test_ot.py), while above it scaling only adds iterations.
 constexpr double kAutoScaling = 1e-4;
 
-// Status codes written per problem (stats[b, 3]); the Python layer turns them into errors/warnings.
+// ε-scaling modes of a solve (exported as _core.EpsScaling).
+enum EpsScaling : int { kScalingOff = 0, kScalingOn = 1, kScalingAuto = 2 };
+
+// Status codes written per problem (stats[b, 3]); the Python layer turns them into errors/warnings
+// (exported as _core.OTStatus).
 enum Status : int {
   kConverged = 0,
   kMaxIters = 1,
@@ -197,7 +201,7 @@ DC_OT_INLINE void candidate_gains(double w, double d, double omega, double* ga, 
 // returns ε itself when there is no scaling.
 DC_OT_INLINE double scaling_eps0(int mode, double eps, double eps0, double range) {
   const double e0 = eps0 > 0.0 ? eps0 : range;
-  const bool on = mode == 1 || (mode == 2 && eps < kAutoScaling * range);
+  const bool on = mode == kScalingOn || (mode == kScalingAuto && eps < kAutoScaling * range);
   return (on && e0 > eps) ? e0 : eps;
 }
 

@@ -41,6 +41,9 @@ NoiseKind = _core.NoiseKind
 NoiseDomain = _core.NoiseDomain
 NodeRecord = _core.NodeRecord
 Prediction = _core.Prediction
+ScheduleFamily = _core.ScheduleFamily
+OTStatus = _core.OTStatus
+EpsScaling = _core.EpsScaling
 #: The adaptive solvers' step-size controller constants and defaults (csrc/core/adaptive.h).
 ADAPTIVE_CONTROL: dict = dict(_core.ADAPTIVE_CONTROL)
 _tls = threading.local()

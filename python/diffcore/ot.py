@@ -32,8 +32,12 @@ from . import _ops
 __all__ = ["SinkhornResult", "AssignmentResult", "EMDResult", "emd", "EMD_MAX_VARIABLES", "ConvergenceWarning", "sinkhorn", "sinkhorn_reference",
            "exact_assignment", "squared_euclidean", "eps_floor", "EPS_FLOOR_RESOLUTIONS"]
 
-# Status codes of the compiled solver (csrc/ot/ot_math.h, enum Status).
-_CONVERGED, _MAX_ITERS, _BAD_COST, _BAD_A, _BAD_B, _SUM_A, _SUM_B, _BREAKDOWN = range(8)
+# Status codes of the compiled solver (csrc/ot/ot_math.h, enum Status, exported by the core).
+_CONVERGED, _MAX_ITERS, _BAD_COST, _BAD_A, _BAD_B, _SUM_A, _SUM_B, _BREAKDOWN = (
+    int(getattr(_ops.OTStatus, n)) for n in ("converged", "max_iters", "bad_cost", "bad_a", "bad_b", "sum_a", "sum_b",
+                                             "breakdown"))
+_SCALE_OFF, _SCALE_ON, _SCALE_AUTO = (int(_ops.EpsScaling.off), int(_ops.EpsScaling.on),
+                                      int(_ops.EpsScaling.auto))
 
 
 class ConvergenceWarning(UserWarning):
@@ -301,13 +305,13 @@ def sinkhorn(a, b, cost, eps: float, tol: Optional[float] = None, max_iters: int
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
         raise ValueError(f"check_every: expected a positive int, got {check_every!r}")
     if isinstance(eps_scaling, str) and eps_scaling == "auto":
-        mode, q = 2, 0.5
+        mode, q = _SCALE_AUTO, 0.5
     elif eps_scaling is True:
-        mode, q = 1, 0.5
+        mode, q = _SCALE_ON, 0.5
     elif eps_scaling is False or eps_scaling is None:
-        mode, q = 0, 0.5
+        mode, q = _SCALE_OFF, 0.5
     elif isinstance(eps_scaling, float) and 0 < eps_scaling < 1:
-        mode, q = 1, float(eps_scaling)
+        mode, q = _SCALE_ON, float(eps_scaling)
     else:
         raise ValueError(f"eps_scaling: expected 'auto', a bool or a factor in (0, 1), got {eps_scaling!r}")
     if eps0 is not None and (not isinstance(eps0, numbers.Real) or not (eps0 > 0) or not math.isfinite(eps0)):

@@ -293,7 +293,7 @@ class VPLinear(_LinearBeta):
 
     name = "vp_linear"
     kind = "vp"
-    _cid = 0
+    _cid = int(_ops.ScheduleFamily.vp_linear)
 
     def _eval_ref(self, t):
         beta, B = self._beta_B(t)
@@ -313,7 +313,7 @@ class SubVP(_LinearBeta):
 
     name = "subvp"
     kind = "general"
-    _cid = 3
+    _cid = int(_ops.ScheduleFamily.subvp)
 
     def _eval_ref(self, t):
         beta, B = self._beta_B(t)
@@ -337,7 +337,7 @@ class VPCosine(Schedule):
     name = "vp_cosine"
     kind = "vp"
     t_start = 0.9946
-    _cid = 1
+    _cid = int(_ops.ScheduleFamily.vp_cosine)
 
     def __init__(self, s: float = 0.008, t_end: float = 1e-3):
         s = _real(s, "s")
@@ -388,7 +388,7 @@ class VPDiscrete(Schedule):
     name = "vp_discrete"
     kind = "vp"
     spacing = "uniform_t"
-    _cid = 2
+    _cid = int(_ops.ScheduleFamily.vp_discrete)
 
     def __init__(self, betas=None, alphas_cumprod=None):
         if (betas is None) == (alphas_cumprod is None):
@@ -460,7 +460,7 @@ class VE(Schedule):
     name = "ve"
     kind = "ve"
     t_end = 0.0
-    _cid = 4
+    _cid = int(_ops.ScheduleFamily.ve)
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, exact: bool = False):
         sigma_min, sigma_max = _real(sigma_min, "sigma_min"), _real(sigma_max, "sigma_max")
@@ -505,7 +505,7 @@ class EDM(Schedule):
     t_max = math.inf
     spacing = "karras"
     final_zero = True
-    _cid = 5
+    _cid = int(_ops.ScheduleFamily.edm)
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
         sigma_min, sigma_max = _real(sigma_min, "sigma_min"), _real(sigma_max, "sigma_max")
@@ -536,7 +536,7 @@ class RectifiedFlow(Schedule):
     kind = "general"
     t_end = 0.0
     spacing = "uniform_t"
-    _cid = 6
+    _cid = int(_ops.ScheduleFamily.rectified_flow)
 
     def __init__(self, shift: float = 1.0):
         shift = _real(shift, "shift")
@@ -616,7 +616,7 @@ class Trig(Schedule):
     name = "trig"
     prediction = "velocity"
     final_zero = True
-    _cid = 7
+    _cid = int(_ops.ScheduleFamily.trig)
 
     def __init__(self, sigma_data: float = 1.0):
         sigma_data = _real(sigma_data, "sigma_data")
