@@ -309,6 +309,35 @@ def test_copy_runs_the_same_loop(cls_name, opts):
         x = a
 
 
+@pytest.mark.parametrize("cls_name,opts,begin", [
+    ("DPMSolverSinglestepScheduler", {"solver_order": 3}, 3),  # a step of order k starts k levels further on
+    ("DPMSolverSinglestepScheduler", {"solver_order": 2, "algorithm_type": "sde-dpmsolver++"}, 4),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver", "solver_order": 3, **SIGMA_MIN}, 4),
+], ids=str)
+def test_set_begin_index_matches_diffusers(cls_name, opts, begin):
+    """img2img pipelines start the loop at a later entry of timesteps (set_begin_index)."""
+    ref, ours = _chain(cls_name, SD_PNDM, **opts)
+    ref.set_timesteps(10)
+    ours.set_timesteps(10)
+    ref.set_begin_index(begin)
+    ours.set_begin_index(begin)
+    gr, go = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    for t in ref.timesteps[begin:]:
+        m = fake_model(x, t)
+        a = ref.step(m, t, x, generator=gr).prev_sample
+        b = ours.step(m.clone(), t, x.clone(), generator=go).prev_sample
+        assert float((a - b).abs().max() / a.abs().max()) <= 1e-5
+        x = a
+
+
+def test_singlestep_begin_inside_a_step_raises_naming_begin_index():
+    ref, ours = _chain("DPMSolverSinglestepScheduler", SD_PNDM, solver_order=3)
+    ours.set_timesteps(10)
+    with pytest.raises(ValueError, match="begin_index"):
+        ours.set_begin_index(4)  # the second level of the second third-order step
+
+
 def test_inverse_scheduler_checks_the_timestep_and_shapes():
     ref, ours = _chain("DDIMInverseScheduler", SD_PNDM)
     ours.set_timesteps(4)
