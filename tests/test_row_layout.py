@@ -232,6 +232,8 @@ def test_stage_and_node_records_and_enumerations_come_from_the_core():
     rec = _row.stage([1, 0, 1, 0, 3, 0, -1, 0, 1, -1], 1)
     assert rec == _row.Stage(0, -1, False, True, -1)
     assert _row.draws([1, 0, 1, 0, 3, 0, -1, 0, 1, -1]) == [3, -1]
+    with pytest.raises(IndexError, match=r"q: expected a record index in \[0, 2\), got 2"):
+        _row.stage([1, 0, 1, 0, 3, 0, -1, 0, 1, -1], 2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

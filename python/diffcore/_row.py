@@ -51,6 +51,9 @@ class Stage(NamedTuple):
 
 def stage(records: Sequence[int], q: int) -> Stage:
     """Record ``q`` (``q = step·stages + stage``) of a flattened list of stage records."""
+    n = len(records) // FIELDS
+    if not 0 <= q < n:
+        raise IndexError(f"q: expected a record index in [0, {n}), got {q}")
     r = records[q * FIELDS:(q + 1) * FIELDS]
     return Stage(int(r[_R.INPUT]), int(r[_R.SLOT]), bool(r[_R.WRITE_X]), bool(r[_R.WRITE_Y]), int(r[_R.DRAW]))
 
