@@ -60,23 +60,38 @@ package, with placeholders for the imports they only use in functions this scrip
 afterwards (``diffcore.integrations._peers.load_k_diffusion``). A peer that cannot be loaded is
 reported as ``skipped``.
 
-Usage: ``python bench/bench_sde.py [--device cpu|cuda] [--quick] [--json PATH]`` (``--quick``: 16×1024
-only, ``--min-time 0.05``; ``--device cuda`` prints a note and exits when CUDA is unavailable;
-``--json``: the tables as JSON for ``bench/run_all.py``). Full run 327 s on the 2-core CPU machine
-(2026-11-23).
+Usage: ``python bench/bench_sde.py [--device cpu|cuda] [--quick] [--threads N] [--json PATH]`` (``--quick``:
+16×1024 only, ``--min-time 0.05``; ``--device cuda`` prints a note and exits when CUDA is unavailable;
+``--json``: the tables as JSON for ``bench/run_all.py``). Full run 327 s on the quiet 2-core CPU machine
+(2026-11-23); 586 s (``--threads 1 --rounds 5``) and 1855 s (``--threads 2 --rounds 5``) under a load
+average of 11-16 (2026-12-08).
 
 Notes:
-Findings of the 2026-11-23 CPU run (2 cores, float32, batch 16; diffusers 0.42.1, k-diffusion
-0.1.1.post1 loaded from its sampling module, torchsde 0.2.6); ratio = peer time / diffcore time
-(below 1: diffcore slower). Plain noise: ``philox_normal`` 191 µs vs ``torch.randn`` 57.5 µs at 16k
-(3.3× slower), 20.0 ms vs 10.2 ms at 2M (2.0× slower). The in-kernel Philox generator (~19
-ns/element/thread, scalar double Box–Muller with our own polynomials for CPU/CUDA bit-identity) is
-the bottleneck of every stochastic step on the CPU: with pre-drawn noise the same steps cost 10–17 µs
-(16k) and 1.0–1.7 ms (2M). That full run predates the lowering of the noisy-step parallel threshold
-(1<<16 → 1<<12 elements, which lets 16k-element steps use both cores); after it, ``--quick`` (16k
-elements only) gave: DDPM diffusers 0.91x, pure torch 0.44x; Euler ancestral diffusers 0.90x,
-k-diffusion 0.99x; DPM++ 2M SDE diffusers 1.84x, k-diffusion 1.10x; Brownian pass vs torchsde
-BrownianTree 0.76x (N = 20), 0.69x (N = 100); ``philox_normal`` 2.44x slower than ``torch.randn``.
+Findings of the 2026-12-08 CPU runs (``--rounds 5``, once with ``--threads 1`` and once with
+``--threads 2``; 2 cores, float32, batch 16; diffusers 0.42.1, k-diffusion 0.1.1.post1 loaded from its
+sampling module, torchsde 0.2.6). The machine was busy: other engineers' test suites kept the load
+average at 11-16 on its 2 cores through both runs, so every absolute time is inflated several-fold
+(each entry got a fraction of a core, and the 2-thread run mostly one core: the kernel schedules by
+autogroup) and the numbers are medians over the 5 rounds in which the entries of a row are measured in
+turn. Ratio = peer time / diffcore time (above 1: diffcore faster).
+
+The CPU noise is now the vectorized generator (csrc/cpu/noise_cpu.cpp: 64 Philox counters per
+iteration in structure-of-arrays loops, Box–Muller over the word pairs, compiled for baseline x86-64,
+AVX2 and AVX-512 and picked from the running CPU; the AVX-512 variant here), bit-identical to the
+scalar transform the CUDA kernels use (tests/test_philox_simd.py pins digests recorded from the
+scalar code). ``philox_normal`` vs ``torch.randn``: 3.05 vs 3.51 ns/element at 16k (0.87x of randn's
+time) and 0.82x at 2M on one thread, 0.88x and 0.66x on two; the scalar generator was 2.0-3.3x slower
+than randn (~19 ns/element/thread). Stochastic steps on one thread: diffusers/diffcore 15.5x (DDPM),
+21.9x (Euler ancestral), 24.3x (DPM++ 2M SDE) at 16k and 3.0x, 2.9x, 2.5x at 2M; k-diffusion/diffcore
+22.5x and 13.0x at 16k, 3.5x and 2.5x at 2M; pure-torch DDPM 9.6x and 2.3x. On two threads:
+diffusers 5.2x, 10.6x, 7.8x at 16k and 7.8x, 7.8x, 7.5x at 2M; k-diffusion 13.3x and 4.6x at 16k,
+7.6x and 7.2x at 2M; pure torch 2.2x and 7.3x. The large 16k ratios are partly the peers' Python
+per-step overhead, which the load inflates more than one short kernel call. The Brownian tree is
+drawn over arrays (each visited node's normals for a whole chunk): in-kernel DPM++ 2M SDE with
+Brownian noise vs k-diffusion's BrownianTreeNoiseSampler 5.3x / 4.1x (1 thread, 16k / 2M) and 5.7x /
+21x (2 threads); the Brownian pass vs torchsde's BrownianTree 1.9-2.9x (1 thread) and 2.9-9.4x (2
+threads), was 0.59-1.08x; torchsde's BrownianInterval (tol 0, a cache that depends on the query order,
+not a stateless tree) stays faster (0.12-0.50x).
 """
 from __future__ import annotations
 
@@ -390,7 +405,9 @@ def main() -> None:
     if marked2:
         print("# †n: median of n < rounds timed calls (slow entry, see --slow-budget)")
     print()
-    print(f"# plain normal noise, one draw — {today} — {args.device}, float32, batch {BATCH}")
+    isas = getattr(diffcore._ops._core, "noise_isas", None)
+    isa = f", CPU generator variant {isas()[1]}" if isas is not None and dev.type == "cpu" else ""
+    print(f"# plain normal noise, one draw — {today} — {args.device}, float32, batch {BATCH}{isa}")
     print(f"# command: {cmd}")
     h3 = ["elements", "diffcore philox_normal µs", "torch.randn µs", "philox/randn", "philox ns/element",
           "randn ns/element"]
