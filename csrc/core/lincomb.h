@@ -37,13 +37,14 @@ DC_HD C lc_weight(const LincombArgs& a, int64_t b, int k, int64_t n) {
   return w;
 }
 
-// The combination of one element from its values: acc = w_0*x, then acc += w_k*d_{k-1} for k = 1..K in
-// order. Every path (the CPU chunks, the CUDA vector and scalar paths) computes through this, so all
-// round identically (no contraction: CMakeLists.txt).
-template <class C, int KK>
-DC_HD C lincomb_value(const C* w, C x, const C* d) {
+// The combination of one element from its values: acc = w_0*x, then acc += w_k*d(k-1) for k = 1..K in
+// order (d(k): the value of term k, a callable so that the CPU loop reads in place). Every path (the
+// CPU chunks, the CUDA vector and scalar paths) computes through this, so all round identically (no
+// contraction: CMakeLists.txt).
+template <class C, int KK, class Term>
+DC_HD C lincomb_value(const C* w, C x, Term&& d) {
   C acc = w[0] * x;
-  for (int k = 0; k < KK; ++k) acc += w[k + 1] * d[k];
+  for (int k = 0; k < KK; ++k) acc += w[k + 1] * d(k);
   return acc;
 }
 

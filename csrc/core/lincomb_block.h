@@ -43,7 +43,7 @@ DC_HD void lincomb_row_block(const LincombArgs& a, const RowTiling& g, int64_t b
   for_scalar_part(r, t, threads, [&](int64_t i) {
     C d[KK > 0 ? KK : 1];
     for (int k = 0; k < KK; ++k) d[k] = load_as<C>(src[k] + i);
-    const C acc = lincomb_value<C, KK>(w, load_as<C>(x + i), d);
+    const C acc = lincomb_value<C, KK>(w, load_as<C>(x + i), [&](int k) { return d[k]; });
     if (write) dst[i] = nw[i];
     store_from(out + i, acc);
   });
@@ -56,11 +56,7 @@ DC_HD void lincomb_row_block(const LincombArgs& a, const RowTiling& g, int64_t b
     for (int k = 0; k < KK; ++k) vload_as<C>(src[k] + i, d[k]);
     Vec<T> fresh;
     if (write) fresh = vload(nw + i);
-    for (int l = 0; l < V; ++l) {
-      C dl[KK > 0 ? KK : 1];
-      for (int k = 0; k < KK; ++k) dl[k] = d[k][l];
-      acc[l] = lincomb_value<C, KK>(w, xv[l], dl);
-    }
+    for (int l = 0; l < V; ++l) acc[l] = lincomb_value<C, KK>(w, xv[l], [&](int k) { return d[k][l]; });
     if (write) vstore(dst + i, fresh);
     vstore_from(out + i, acc);
   }

@@ -89,18 +89,20 @@ struct StepCoef {
   }
 };
 
-// The arithmetic of one element from its values (u: the model input, x or y; rv: the K old ring
-// values; z: the noise when NOISE), in the order every backend uses: the CPU loops and the CUDA
-// vector and scalar paths all compute through this, so they round identically (no contraction:
-// CMakeLists.txt). Without a second buffer, y reads x (with zero weights).
-template <class C, int KK, bool NOISE>
-DC_HD void step_value(const StepCoef<C, KK>& r, C xv, C yv, C uv, C ov, const C* rv, C zv, C* m, C* x1, C* y1) {
+// The arithmetic of one element from its values (u: the model input, x or y; ring(k): the old value
+// of ring slot k; z: the noise when NOISE), in the order every backend uses: the CPU loops and the
+// CUDA vector and scalar paths all compute through this, so they round identically (no contraction:
+// CMakeLists.txt). Without a second buffer, y reads x (with zero weights). `ring` is a callable so
+// that the CPU loop reads the slots in place (an intermediate array stops GCC vectorizing it).
+template <class C, int KK, bool NOISE, class Ring>
+DC_HD void step_value(const StepCoef<C, KK>& r, C xv, C yv, C uv, C ov, Ring&& ring, C zv, C* m, C* x1, C* y1) {
   const C mm = r.cu * uv + r.co * ov;
   C accx = r.ax * xv + r.ay * yv;
   C accy = r.bx * xv + r.by * yv;
   for (int k = 0; k < KK; ++k) {
-    accx += r.ar[k] * rv[k];
-    accy += r.br[k] * rv[k];
+    const C v = ring(k);
+    accx += r.ar[k] * v;
+    accy += r.br[k] * v;
   }
   accx += r.am * mm;
   accy += r.bm * mm;

@@ -43,8 +43,9 @@ DC_HD void philox_lanes(const NoiseKey& k, int64_t n, double* z) {
 }
 
 // One element n of sample b with the row already converted (the scalar head and tail of a row block,
-// and every element of a packed block).
-template <class T, int KK>
+// and every element of a packed block). NOISE == w.noise, a template parameter so that a launch
+// without noise carries none of the noise code (registers).
+template <class T, int KK, bool NOISE>
 DC_HD void step_scalar(const StepArgs& a, const StepWrites& w, const StepCoef<typename Compute<T>::type, KK>& r,
                        const double* c, int64_t b, int64_t n) {
   using C = typename Compute<T>::type;
@@ -56,13 +57,10 @@ DC_HD void step_scalar(const StepArgs& a, const StepWrites& w, const StepCoef<ty
   for (int k = 0; k < KK; ++k) rv[k] = load_as<C>(rp + k * a.ring_sk);
   const C xv = load_as<C>(xp), yv = load_as<C>(yp);
   const C uv = a.input == 1 ? yv : xv;
+  const auto ring = [&](int k) { return rv[k]; };
   C m, x1, y1;
-  if (w.noise) {
-    const C zv = C(step_noise_at<T>(a, c, b, n));
-    step_value<C, KK, true>(r, xv, yv, uv, load_as<C>(op), rv, zv, &m, &x1, &y1);
-  } else {
-    step_value<C, KK, false>(r, xv, yv, uv, load_as<C>(op), rv, C(0), &m, &x1, &y1);
-  }
+  const C zv = NOISE ? C(step_noise_at<T>(a, c, b, n)) : C(0);
+  step_value<C, KK, NOISE>(r, xv, yv, uv, load_as<C>(op), ring, zv, &m, &x1, &y1);
   if (w.ring) store_from(rp + a.slot * a.ring_sk, m);
   if (w.x) store_from(xp, x1);
   if (w.y) store_from(yp, y1);
@@ -71,7 +69,7 @@ DC_HD void step_scalar(const StepArgs& a, const StepWrites& w, const StepCoef<ty
 // A row-mode block: the sample's row converted once, the piece's elements as 16-byte vectors where
 // every array's row shares one alignment (x, y, the model output, the ring slots, a noise tensor), the
 // rest scalar.
-template <class T, int KK>
+template <class T, int KK, bool NOISE>
 DC_HD void step_row_block(const StepArgs& a, const StepWrites& w, const RowTiling& g, int64_t block, int t,
                           int threads) {
   using C = typename Compute<T>::type;
@@ -90,16 +88,16 @@ DC_HD void step_row_block(const StepArgs& a, const StepWrites& w, const RowTilin
     rp[k] = static_cast<const T*>(a.ring) + k * a.ring_sk + b * a.ring_sb + n0;
     same = same && mis16(rp[k]) == mis;
   }
-  const bool ztensor = w.noise && a.noise == kNoiseTensor;
+  const bool ztensor = NOISE && a.noise == kNoiseTensor;
   const T* zp = ztensor ? static_cast<const T*>(a.z) + b * a.z_sb + n0 : nullptr;
   if (ztensor) same = same && mis16(zp) == mis;
   split_piece<T>(r, same, mis);
 
-  for_scalar_part(r, t, threads, [&](int64_t i) { step_scalar<T, KK>(a, w, rc, c, b, n0 + i); });
+  for_scalar_part(r, t, threads, [&](int64_t i) { step_scalar<T, KK, NOISE>(a, w, rc, c, b, n0 + i); });
 
   const RowLayout L(KK);
-  const bool philox = w.noise && (a.noise == kNoisePhilox || (a.noise == kNoiseBrownian && c[L.ta()] == c[L.tb()]));
-  const NoiseKey key = step_noise_key(a, b);
+  const bool philox = NOISE && (a.noise == kNoisePhilox || (a.noise == kNoiseBrownian && c[L.ta()] == c[L.tb()]));
+  const NoiseKey key = NOISE ? step_noise_key(a, b) : NoiseKey{};
   T* dst = w.ring ? static_cast<T*>(a.ring) + a.slot * a.ring_sk + b * a.ring_sb + n0 : nullptr;
   for (int u = 0; u < kUnroll; ++u) {
     const int64_t v = t + int64_t(u) * threads;
@@ -107,25 +105,31 @@ DC_HD void step_row_block(const StepArgs& a, const StepWrites& w, const RowTilin
     const int64_t i = r.head + v * V;
     C xv[V], yv[V], ov[V], rv[KK > 0 ? KK : 1][V], zv[V];
     vload_as<C>(xp + i, xv);
-    vload_as<C>(yp + i, yv);
+    if (a.y) {
+      vload_as<C>(yp + i, yv);
+    } else {
+      for (int l = 0; l < V; ++l) yv[l] = xv[l];  // y reads x: the same values without a second load
+    }
     vload_as<C>(op + i, ov);
     for (int k = 0; k < KK; ++k) vload_as<C>(rp[k] + i, rv[k]);
-    if (ztensor) {
-      vload_as<C>(zp + i, zv);
-    } else if (philox) {
-      double z[V];
-      philox_lanes<V>(key, n0 + i, z);
-      for (int l = 0; l < V; ++l) zv[l] = C(z[l]);
-    } else if (w.noise) {  // Brownian increments, element by element
-      for (int l = 0; l < V; ++l) zv[l] = C(step_noise_at<T>(a, c, b, n0 + i + l));
+    if constexpr (NOISE) {
+      if (ztensor) {
+        vload_as<C>(zp + i, zv);
+      } else if (philox) {
+        double z[V];
+        philox_lanes<V>(key, n0 + i, z);
+        for (int l = 0; l < V; ++l) zv[l] = C(z[l]);
+      } else {  // Brownian increments, element by element
+        for (int l = 0; l < V; ++l) zv[l] = C(step_noise_at<T>(a, c, b, n0 + i + l));
+      }
+    } else {
+      for (int l = 0; l < V; ++l) zv[l] = C(0);
     }
     C m[V], x1[V], y1[V];
     for (int l = 0; l < V; ++l) {
-      C rl[KK > 0 ? KK : 1];
-      for (int k = 0; k < KK; ++k) rl[k] = rv[k][l];
+      const auto ring = [&](int k) { return rv[k][l]; };
       const C uv = a.input == 1 ? yv[l] : xv[l];
-      if (w.noise) step_value<C, KK, true>(rc, xv[l], yv[l], uv, ov[l], rl, zv[l], &m[l], &x1[l], &y1[l]);
-      else step_value<C, KK, false>(rc, xv[l], yv[l], uv, ov[l], rl, C(0), &m[l], &x1[l], &y1[l]);
+      step_value<C, KK, NOISE>(rc, xv[l], yv[l], uv, ov[l], ring, zv[l], &m[l], &x1[l], &y1[l]);
     }
     if (w.ring) vstore_from(dst + i, m);
     if (w.x) vstore_from(xp + i, x1);
@@ -134,7 +138,7 @@ DC_HD void step_row_block(const StepArgs& a, const StepWrites& w, const RowTilin
 }
 
 // A packed-mode block: element by element, each converting its own sample's row.
-template <class T, int KK>
+template <class T, int KK, bool NOISE>
 DC_HD void step_packed_block(const StepArgs& a, const StepWrites& w, const RowTiling& g, int64_t block, int t,
                              int threads) {
   using C = typename Compute<T>::type;
@@ -143,30 +147,36 @@ DC_HD void step_packed_block(const StepArgs& a, const StepWrites& w, const RowTi
     int64_t b, n;
     packed_index(p, g.N, e, &b, &n);
     const double* c = a.coef + b * a.coef_sb;
-    step_scalar<T, KK>(a, w, StepCoef<C, KK>(c, a.raw), c, b, n);
+    step_scalar<T, KK, NOISE>(a, w, StepCoef<C, KK>(c, a.raw), c, b, n);
   }
 }
 
-template <class T, int KK>
+// NOISE must equal step_writes(a).noise (the launchers dispatch on it).
+template <class T, int KK, bool NOISE>
 DC_HD void step_block(const StepArgs& a, const RowTiling& g, int64_t block, int t, int threads) {
   const StepWrites w = step_writes(a);
   if (!w.any()) return;
-  if (g.packed()) step_packed_block<T, KK>(a, w, g, block, t, threads);
-  else step_row_block<T, KK>(a, w, g, block, t, threads);
+  if (g.packed()) step_packed_block<T, KK, NOISE>(a, w, g, block, t, threads);
+  else step_row_block<T, KK, NOISE>(a, w, g, block, t, threads);
 }
 
-// Calls fn(IntC<K>{}) for the launch's history size (host code: launchers, emulation).
+// Calls fn(IntC<K>{}, IntC<noise>{}) for the launch's history size and whether it draws noise (host
+// code: launchers, emulation).
 template <class Fn>
-inline void dispatch_ring(int K, Fn&& fn) {
+inline void dispatch_step(int K, bool noise, Fn&& fn) {
+  auto with_noise = [&](auto kk) {
+    if (noise) fn(kk, IntC<1>{});
+    else fn(kk, IntC<0>{});
+  };
   switch (K) {
-    case 0: fn(IntC<0>{}); break;
-    case 1: fn(IntC<1>{}); break;
-    case 2: fn(IntC<2>{}); break;
-    case 3: fn(IntC<3>{}); break;
-    case 4: fn(IntC<4>{}); break;
-    default: fn(IntC<kMaxRing>{}); break;
+    case 0: with_noise(IntC<0>{}); break;
+    case 1: with_noise(IntC<1>{}); break;
+    case 2: with_noise(IntC<2>{}); break;
+    case 3: with_noise(IntC<3>{}); break;
+    case 4: with_noise(IntC<4>{}); break;
+    default: with_noise(IntC<kMaxRing>{}); break;
   }
 }
-static_assert(kMaxRing == 5, "dispatch_ring covers K = 0 .. kMaxRing");
+static_assert(kMaxRing == 5, "dispatch_step covers K = 0 .. kMaxRing");
 
 }  // namespace dc

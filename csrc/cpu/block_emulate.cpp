@@ -29,9 +29,10 @@ void lincomb_grid(const LincombArgs& a) {
 template <class T>
 void step_grid(const StepArgs& a) {
   const RowTiling g = row_tiling<T>(a.B, a.N);
-  dispatch_ring(a.K, [&](auto kk) {
+  dispatch_step(a.K, step_writes(a).noise, [&](auto kk, auto noise) {
     for (int64_t blk = 0; blk < g.blocks; ++blk)
-      for (int t = 0; t < kBlockThreads; ++t) step_block<T, decltype(kk)::value>(a, g, blk, t, kBlockThreads);
+      for (int t = 0; t < kBlockThreads; ++t)
+        step_block<T, decltype(kk)::value, decltype(noise)::value != 0>(a, g, blk, t, kBlockThreads);
   });
 }
 

@@ -35,9 +35,7 @@ void lincomb_chunk_fixed(const LincombArgs& a, int64_t b, int64_t n0, int64_t le
   const T* nw = WRITE ? static_cast<const T*>(a.nw) + b * a.nw_sb + n0 : nullptr;
 #pragma omp simd
   for (int64_t i = 0; i < len; ++i) {
-    C d[KK > 0 ? KK : 1];
-    for (int k = 0; k < KK; ++k) d[k] = load_as<C>(src[k] + i);
-    const C acc = lincomb_value<C, KK>(w, load_as<C>(x + i), d);
+    const C acc = lincomb_value<C, KK>(w, load_as<C>(x + i), [&](int k) { return load_as<C>(src[k] + i); });
     if (WRITE) dst[i] = nw[i];
     store_from(out + i, acc);
   }

@@ -55,11 +55,9 @@ void step_chunk(const StepArgs& a, int64_t b, int64_t n0, int64_t len) {
   T* dst = (WRITE & 1) ? static_cast<T*>(a.ring) + a.slot * a.ring_sk + b * a.ring_sb + n0 : nullptr;
 #pragma omp simd
   for (int64_t i = 0; i < len; ++i) {
-    C rv[KK > 0 ? KK : 1];
-    for (int k = 0; k < KK; ++k) rv[k] = load_as<C>(rp[k] + i);
     C m, accx, accy;
-    step_value<C, KK, NOISE>(r, load_as<C>(xp + i), load_as<C>(yp + i), load_as<C>(up + i), load_as<C>(op + i), rv,
-                             NOISE ? zb[i] : C(0), &m, &accx, &accy);
+    step_value<C, KK, NOISE>(r, load_as<C>(xp + i), load_as<C>(yp + i), load_as<C>(up + i), load_as<C>(op + i),
+                             [&](int k) { return load_as<C>(rp[k] + i); }, NOISE ? zb[i] : C(0), &m, &accx, &accy);
     if (WRITE & 1) store_from(dst + i, m);
     if (WRITE & 2) store_from(xp + i, accx);
     if (WRITE & 4) store_from(yp + i, accy);
