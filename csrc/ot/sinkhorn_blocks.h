@@ -48,6 +48,7 @@ DC_HD int64_t split_work(int64_t n, int64_t m, int64_t P) {
 constexpr int64_t kSplitEntries = int64_t(1) << 20;
 constexpr int64_t kMaxSplit = 256;
 constexpr int64_t kMinSplitRows = 4;
+constexpr int64_t kGroupSumBlocks = 64;  // from this many blocks a column's P partial sums are summed by a group
 
 DC_HD int64_t split_room(int64_t n, int64_t m) {
   if (n * m < kSplitEntries) return 0;
@@ -384,11 +385,27 @@ class SplitSolver {
   // absorb, repairs).
   DC_OT_HD void column_pass(bool relax, double omega, double eps, double* gr) {
     ex_.each([&](int64_t k, const Blk& b) {
+      const int64_t c0 = p_.col0(k), c1 = p_.col0(k + 1), P = p_.P, m = p_.m;
+      // t_j over the P block rows: a group per column when P is large (P loads would be a long serial
+      // chain for one thread), else a thread per column
+      if (P >= kGroupSumBlocks) {
+        for (int64_t j = c0 + b.grp(); j < c1; j += b.ngrp()) {
+          double acc = 0.0;
+          for (int64_t q = b.glane(); q < P; q += b.gsize()) acc += p_.tpart[q * m + j];
+          acc = b.gsum(acc);
+          if (b.glane() == 0) p_.t[j] = acc;
+        }
+      } else {
+        for (int64_t j = c0 + b.tid(); j < c1; j += b.nthr()) {
+          double acc = 0.0;
+          for (int64_t q = 0; q < P; ++q) acc += p_.tpart[q * m + j];
+          p_.t[j] = acc;
+        }
+      }
+      b.sync();
       double v[4] = {0.0, 0.0, 0.0, 0.0};
-      for (int64_t j = p_.col0(k) + b.tid(); j < p_.col0(k + 1); j += b.nthr()) {
-        double acc = 0.0;
-        for (int64_t q = 0; q < p_.P; ++q) acc += p_.tpart[q * p_.m + j];
-        p_.t[j] = acc;
+      for (int64_t j = c0 + b.tid(); j < c1; j += b.nthr()) {
+        const double acc = p_.t[j];
         const double bw = p_.bw[j], be = p_.be[j];
         const ScalingStep r = relax ? scaling_relaxed(bw, acc, be, omega, p_.absorb) : scaling_plain(bw, acc, be, p_.absorb);
         p_.bold[j] = be;
