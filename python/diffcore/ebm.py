@@ -25,12 +25,12 @@ docs/score_matching.md derives the identities the tests check.
 """
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
+
+from ._checks import _choice, _positive_float, _positive_int
 
 __all__ = ["EnergyModel", "QuadraticEnergy", "divergence", "score_matching_loss", "sure",
            "generalized_score_matching_loss"]
@@ -55,25 +55,6 @@ def _check_fn(fn, name: str) -> Callable:
     if not callable(fn):
         raise TypeError(f"{name}: expected a callable x -> tensor, got {type(fn).__name__}")
     return fn
-
-
-def _positive_int(v, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or int(v) < 1:
-        raise ValueError(f"{name}: expected a positive int, got {v!r}")
-    return int(v)
-
-
-def _positive_float(v, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)) or not v > 0:
-        raise ValueError(f"{name}: expected a positive finite number, got {v!r}")
-    return float(v)
-
-
-def _choice(v, name: str, options) -> str:
-    key = v.lower() if isinstance(v, str) else None
-    if key not in options:
-        raise ValueError(f"{name}: expected one of {list(options)}, got {v!r}")
-    return key
 
 
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch
 
 from . import schedules as _schedules
 from ._device import as_device
+from ._checks import _choice, _positive_float, _positive_int
 from .param import ModelWrapper, conversion_coefs, convert, resolve_prediction, singular_hint
 from .paths import _check_data
 from .solvers.dopri5 import integrate as _integrate
@@ -47,25 +48,6 @@ _VJP_CHUNK_ELEMENTS = 1 << 24
 
 # ------------------------------------------------------------------------------------------------
 # argument helpers
-
-
-def _positive_float(v, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)) or not v > 0:
-        raise ValueError(f"{name}: expected a positive finite number, got {v!r}")
-    return float(v)
-
-
-def _positive_int(v, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or int(v) < 1:
-        raise ValueError(f"{name}: expected a positive int, got {v!r}")
-    return int(v)
-
-
-def _choice(v, name: str, options) -> str:
-    key = v.lower() if isinstance(v, str) else None
-    if key not in options:
-        raise ValueError(f"{name}: expected one of {list(options)}, got {v!r}")
-    return key
 
 
 def _check_x(x, name: str = "x") -> torch.Tensor:
