@@ -172,17 +172,25 @@ def test_ddpm_fixed_large_last_step_from_t_above_0_matches_diffusers(cls_name, b
 def test_ddpm_fixed_large_last_step_draws_from_per_sample_generators_as_diffusers():
     """Pipelines pass one generator per sample; the last step's β-noise comes from each, after its earlier draws."""
     ref, ours = _chain("DDPMScheduler", SD_PNDM, variance_type="fixed_large")
-    ref.set_timesteps(4)
-    ours.set_timesteps(4)
-    gr = [torch.Generator().manual_seed(10 + i) for i in range(2)]
-    go = [torch.Generator().manual_seed(10 + i) for i in range(2)]
+    assert _compare_with_sample_generators(ref, ours, 4, seed=10) <= 1e-5
+
+
+def _compare_with_sample_generators(ref, ours, n: int, seed: int) -> float:
+    """Worst ‖Δ‖∞/‖ref‖∞ over an n-step loop of two samples, each with its own generator (seed + i), the same
+    seeds for diffusers' scheduler ``ref`` and the drop-in ``ours``, both stepping diffusers' trajectory."""
+    ref.set_timesteps(n)
+    ours.set_timesteps(n)
+    gr = [torch.Generator().manual_seed(seed + i) for i in range(2)]
+    go = [torch.Generator().manual_seed(seed + i) for i in range(2)]
     x = torch.randn((2, 3, 4, 4), generator=torch.Generator().manual_seed(0))
+    worst = 0.0
     for t in ref.timesteps:
         m = fake_model(x, t)
         a = ref.step(m, t, x, generator=gr).prev_sample
         b = ours.step(m.clone(), t, x.clone(), generator=go).prev_sample
-        assert float((a - b).abs().max() / a.abs().max()) <= 1e-5
+        worst = max(worst, float((a - b).abs().max() / a.abs().max()))
         x = a
+    return worst
 
 
 @pytest.mark.parametrize("cls_name,base,opts,kw", [

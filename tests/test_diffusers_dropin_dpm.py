@@ -17,7 +17,8 @@ from diffcore import schedules, solvers  # noqa: E402
 from diffcore.convergence import order_study, pinned_starts, reference_mixture  # noqa: E402
 from diffcore.integrations.diffusers import DiffcoreScheduler  # noqa: E402
 from diffcore.solvers.grid_singlestep import order_schedule  # noqa: E402
-from test_diffusers_dropin17 import DDPM_HUB, EDM_HUB, SD_PNDM, _chain, _compare, fake_model  # noqa: E402
+from test_diffusers_dropin17 import (DDPM_HUB, EDM_HUB, SD_PNDM, _chain, _compare,  # noqa: E402
+                                     _compare_with_sample_generators, fake_model)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -129,17 +130,7 @@ def test_noise_form_thresholding_matches_diffusers_from_three_steps():
 ], ids=str)
 def test_stochastic_configs_draw_from_per_sample_generators_as_diffusers(cls_name, opts):
     ref, ours = _chain(cls_name, SD_PNDM, **opts)
-    ref.set_timesteps(7)
-    ours.set_timesteps(7)
-    gr = [torch.Generator().manual_seed(20 + i) for i in range(2)]
-    go = [torch.Generator().manual_seed(20 + i) for i in range(2)]
-    x = torch.randn((2, 3, 4, 4), generator=torch.Generator().manual_seed(0))
-    for t in ref.timesteps:
-        m = fake_model(x, t)
-        a = ref.step(m, t, x, generator=gr).prev_sample
-        b = ours.step(m.clone(), t, x.clone(), generator=go).prev_sample
-        assert float((a - b).abs().max() / a.abs().max()) <= 1e-5
-        x = a
+    assert _compare_with_sample_generators(ref, ours, 7, seed=20) <= 1e-5
 
 
 def test_stochastic_config_differs_with_another_generator():

@@ -11,18 +11,11 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 from diffcore.integrations.diffusers import FAMILIES, DiffcoreScheduler  # noqa: E402
+from test_diffusers_dropin17 import DDPM_HUB, SD_PNDM  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
-#: Stable Diffusion's hub scheduler config (runwayml/stable-diffusion-v1-5)
-SD_PNDM = {"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end": 0.012,
-           "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000,
-           "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
-           "clip_sample": False}
-#: google/ddpm-cifar10-32's config
-DDPM_HUB = {"_class_name": "DDPMScheduler", "_diffusers_version": "0.1.1", "beta_end": 0.02, "beta_schedule": "linear",
-            "beta_start": 0.0001, "clip_sample": True, "num_train_timesteps": 1000, "trained_betas": None,
-            "variance_type": "fixed_small"}
+#: an EDMEulerScheduler config (the hub configs SD_PNDM and DDPM_HUB are shared with the other drop-in tests)
 EDM_HUB = {"_class_name": "EDMEulerScheduler", "sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.5,
            "sigma_schedule": "karras", "num_train_timesteps": 1000, "prediction_type": "epsilon", "rho": 7.0}
 SD3_FLOW = {"_class_name": "FlowMatchEulerDiscreteScheduler", "_diffusers_version": "0.29.0.dev0",
