@@ -47,6 +47,45 @@ def traffic(plan, i: int, s: int) -> int:
     return _traffic(plan, i, s)
 
 
+def step_plan(dev, dtype):
+    """The measured plan: ``dpmpp_2m``, 20 steps, VP linear betas, prediction ``"eps"``; its middle step
+    ``i`` and the floor's traffic T (tensors of x's size) for stage 0."""
+    sch = schedules.VPDiscrete(betas=torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
+    plan = solvers.get(SOLVER).plan(sch, diffcore.timesteps(sch, STEPS), device=dev, dtype=dtype, prediction="eps")
+    i = plan.num_steps // 2
+    return plan, i, traffic(plan, i, 0)
+
+
+class StepWorkload:
+    """The three timed callables of one (dtype, size): ``fused`` (stage 0 of step i, history warmed by the
+    steps before), ``floor`` (``copy_`` of the step's bytes) and ``eager`` (the x' update as three torch
+    kernels), and ``nbytes`` = T·n·itemsize, the bytes the fused step moves."""
+
+    def __init__(self, dev, dtype, n: int, batch: int = 16, plan=None):
+        self.plan, self.i, self.T = plan if plan is not None else step_plan(dev, dtype)
+        plan, i, T = self.plan, self.i, self.T
+        x = torch.randn(batch, n // batch, device=dev, dtype=dtype)
+        out = torch.randn_like(x)
+        with torch.no_grad():
+            st = plan.init_state(x)
+            for j in range(i):
+                for s in plan.stages(j):
+                    plan.step(st, j, s, out)
+        src = torch.randn(T * n // 2, device=dev, dtype=dtype)
+        dst = torch.empty_like(src)
+        xe, re = x.clone(), torch.randn_like(x)
+        cx, cr, cm = (torch.rand(batch, 1, device=dev, dtype=dtype) for _ in range(3))
+        buf = torch.empty_like(x)
+
+        def eager():
+            torch.mul(xe, cx, out=buf)
+            buf.addcmul_(re, cr)
+            buf.addcmul_(out, cm)
+
+        self.fns = {"fused": lambda: plan.step(st, i, 0, out), "floor": lambda: dst.copy_(src), "eager": eager}
+        self.nbytes = T * n * x.element_size()
+
+
 def event_us(fn, inner: int) -> float:
     if not torch.cuda.is_available():  # --device cpu: a smoke run of the script, wall clock
         t0 = time.perf_counter()
@@ -90,48 +129,20 @@ def main() -> None:
         print("skipped: diffcore was built without CUDA")
         return
     B = args.batch
-    sch = schedules.VPDiscrete(betas=torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
-    ts = diffcore.timesteps(sch, STEPS)
     torch.manual_seed(0)
     rows = []
     for dname in args.dtypes.split(","):
         dtype = getattr(torch, dname)
-        plan = solvers.get(SOLVER).plan(sch, ts, device=dev, dtype=dtype, prediction="eps")
-        i = plan.num_steps // 2
-        T = traffic(plan, i, 0)
         for mi in (int(s) for s in args.sizes.split(",")):
             n = mi << 20
-            x = torch.randn(B, n // B, device=dev, dtype=dtype)
-            out = torch.randn_like(x)
+            w = StepWorkload(dev, dtype, n, B)
             with torch.no_grad():
-                st = plan.init_state(x)
-                for j in range(i):
-                    for s in plan.stages(j):
-                        plan.step(st, j, s, out)
-            src = torch.randn(T * n // 2, device=dev, dtype=dtype)
-            dst = torch.empty_like(src)
-            xe, re = x.clone(), torch.randn_like(x)
-            cx, cr, cm = (torch.rand(B, 1, device=dev, dtype=dtype) for _ in range(3))
-            buf = torch.empty_like(x)
-
-            def fused():
-                plan.step(st, i, 0, out)
-
-            def floor():
-                dst.copy_(src)
-
-            def eager():
-                torch.mul(xe, cx, out=buf)
-                buf.addcmul_(re, cr)
-                buf.addcmul_(out, cm)
-
-            with torch.no_grad():
-                med = measure({"fused": fused, "floor": floor, "eager": eager}, args.reps, args.inner)
-            nbytes = T * n * x.element_size()
+                med = measure(w.fns, args.reps, args.inner)
             t_f, t_c, t_e = med["fused"], med["floor"], med["eager"]
             rows.append([dname, f"{mi}Mi", f"{t_f:,.1f}", f"{t_c:,.1f}", f"{t_e:,.1f}", f"{t_f / t_c:.2f}x",
-                         f"{t_e / t_f:.2f}x", f"{nbytes / t_f / 1e3:,.0f}", f"{nbytes / t_c / 1e3:,.0f}"])
-            del x, out, st, src, dst, xe, re, buf
+                         f"{t_e / t_f:.2f}x", f"{w.nbytes / t_f / 1e3:,.0f}", f"{w.nbytes / t_c / 1e3:,.0f}"])
+            i, T = w.i, w.T
+            del w
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
     headers = ["dtype", "elements", "fused µs", "copy_ floor µs", "eager µs", "fused/floor", "eager/fused",

@@ -232,16 +232,10 @@ def run_tests(rows: List[Row], timeout: float) -> None:
 
 
 def step_part(rows: List[Row], quick: bool, budget: float) -> None:
-    from bench_step import traffic  # noqa: PLC0415
-
-    import diffcore  # noqa: PLC0415
-    from diffcore import schedules, solvers  # noqa: PLC0415
+    from bench_step_gpu import StepWorkload, step_plan  # noqa: PLC0415
 
     dl = Deadline(budget)
     dev = torch.device(DEVICE)
-    sch = schedules.VPDiscrete(betas=torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
-    ts = diffcore.timesteps(sch, 20)
-    B = 16
     for r in rows:
         if r.part != "fused step":
             continue
@@ -249,40 +243,17 @@ def step_part(rows: List[Row], quick: bool, budget: float) -> None:
             r.result = "skipped (time budget)"
             continue
         dtype, n = getattr(torch, r.params["dtype"]), r.params["n"]
-        plan = solvers.get("dpmpp_2m").plan(sch, ts, device=dev, dtype=dtype, prediction="eps")
-        i = plan.num_steps // 2
-        T = traffic(plan, i, 0)
-        if (T + 6) * n * dtype.itemsize > 0.8 * free_bytes():
+        plan = step_plan(dev, dtype)
+        if (plan[2] + 6) * n * dtype.itemsize > 0.8 * free_bytes():
             r.result = "skipped (GPU memory)"
             continue
-        x = torch.randn(B, n // B, device=dev, dtype=dtype)
-        out = torch.randn_like(x)
-        with torch.no_grad():
-            st = plan.init_state(x)
-            for j in range(i):
-                for s in plan.stages(j):
-                    plan.step(st, j, s, out)
-        src = torch.empty(T * n // 2, device=dev, dtype=dtype).normal_()
-        dst = torch.empty_like(src)
-        prev, y = torch.randn_like(x), torch.empty_like(x)
-        cx, c0, c1 = (torch.rand(B, 1, device=dev, dtype=dtype) for _ in range(3))
-
-        def fused():
-            plan.step(st, i, 0, out)
-
-        def eager():
-            torch.mul(x, cx, out=y)
-            y.addcmul_(out, c0)
-            y.addcmul_(prev, c1)
-
+        w = StepWorkload(dev, dtype, n, 16, plan=plan)
         samples = 3 if quick else 5
         with torch.no_grad():
-            t_f = event_median_us(fused, samples)
-            t_c = event_median_us(lambda: dst.copy_(src), samples)
-            t_e = event_median_us(eager, samples)
-        r.measured, r.result = judge_step(t_f, t_c, t_e, T * n * dtype.itemsize)
-        r.values = dict(fused_us=t_f, floor_us=t_c, eager_us=t_e, bytes=T * n * dtype.itemsize)
-        del x, out, st, src, dst, prev, y
+            t_f, t_c, t_e = (event_median_us(w.fns[k], samples) for k in ("fused", "floor", "eager"))
+        r.measured, r.result = judge_step(t_f, t_c, t_e, w.nbytes)
+        r.values = dict(fused_us=t_f, floor_us=t_c, eager_us=t_e, bytes=w.nbytes)
+        del w
         empty_cache()
 
 
